@@ -1,0 +1,103 @@
+"""Every sharding decision in one place: mesh, logical-axis rules, param and batch shardings.
+
+Model code names logical axes (`param_logical_axes`); `DEFAULT_RULES` maps them to the mesh
+axes ("data", "fsdp", "tensor"). The same code runs on 1 CPU, 8 fake CPU devices and a
+GPU/TPU mesh. A logical axis whose size the mesh axis does not divide is replicated rather
+than failing (e.g. 2 kv heads on tensor=4), so small test models still run on big meshes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from sharpjax.models.config import ModelConfig
+from sharpjax.models.transformer import Params, init_params, param_logical_axes, param_shapes
+
+MESH_AXES = ("data", "fsdp", "tensor")
+# Batch rows are split over both data-parallel axes; fsdp additionally shards weights.
+BATCH_AXES = ("data", "fsdp")
+
+DEFAULT_RULES: Mapping[str, str | tuple[str, ...] | None] = {
+    "layers": None,
+    "embed": "fsdp",
+    "norm": None,
+    "heads": "tensor",
+    "kv_heads": "tensor",
+    "head_dim": None,
+    "mlp": "tensor",
+    "vocab": "tensor",
+}
+
+
+def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A ("data", "fsdp", "tensor") mesh; `-1` on one axis takes the remaining devices."""
+    devices = list(devices if devices is not None else jax.devices())
+    sizes = [data, fsdp, tensor]
+    if sizes.count(-1) > 1:
+        raise ValueError(f"mesh (data={data}, fsdp={fsdp}, tensor={tensor}): at most one axis may be -1.")
+    known = math.prod(s for s in sizes if s != -1)
+    if -1 in sizes:
+        if len(devices) % known:
+            raise ValueError(f"mesh fsdp*tensor*data={known} does not divide the {len(devices)} devices.")
+        sizes[sizes.index(-1)] = len(devices) // known
+    if math.prod(sizes) != len(devices):
+        raise ValueError(
+            f"mesh (data={sizes[0]}, fsdp={sizes[1]}, tensor={sizes[2]}) needs {math.prod(sizes)} devices; "
+            f"{len(devices)} are available."
+        )
+    return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES)
+
+
+def logical_to_spec(
+    logical_axes: tuple[str, ...], shape: tuple[int, ...], mesh: Mesh, rules: Mapping = DEFAULT_RULES
+) -> PartitionSpec:
+    """Maps logical axis names to a PartitionSpec, replicating dims the mesh does not divide."""
+    spec, used = [], set()
+    for name, size in zip(logical_axes, shape):
+        if name not in rules:
+            raise KeyError(f"logical axis {name!r} has no sharding rule; known: {sorted(rules)}.")
+        mesh_axes = rules[name]
+        mesh_axes = () if mesh_axes is None else (mesh_axes,) if isinstance(mesh_axes, str) else tuple(mesh_axes)
+        mesh_axes = tuple(a for a in mesh_axes if a not in used and mesh.shape[a] > 1)
+        if mesh_axes and size % math.prod(mesh.shape[a] for a in mesh_axes) == 0:
+            used.update(mesh_axes)
+            spec.append(mesh_axes[0] if len(mesh_axes) == 1 else mesh_axes)
+        else:
+            spec.append(None)
+    return PartitionSpec(*spec)
+
+
+def param_shardings(config: ModelConfig, mesh: Mesh, rules: Mapping = DEFAULT_RULES) -> Params:
+    """NamedShardings for every param, in the param pytree's structure."""
+    is_axes = lambda x: isinstance(x, tuple) and all(isinstance(a, str) for a in x)  # noqa: E731
+    return jax.tree.map(
+        lambda axes, shape: NamedSharding(mesh, logical_to_spec(axes, shape, mesh, rules)),
+        param_logical_axes(config),
+        param_shapes(config),
+        is_leaf=is_axes,
+    )
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
+    """Rows split over the data-parallel axes, other dims replicated."""
+    return NamedSharding(mesh, PartitionSpec(BATCH_AXES, *([None] * (ndim - 1))))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def shard_params(params: Params, shardings: Params) -> Params:
+    """Places an existing param pytree onto the mesh."""
+    return jax.device_put(params, shardings)
+
+
+def init_params_sharded(config: ModelConfig, key: jax.Array, mesh: Mesh, rules: Mapping = DEFAULT_RULES) -> Params:
+    """Random params created directly in their shards (no full copy on one device)."""
+    shardings = param_shardings(config, mesh, rules)
+    return jax.jit(lambda k: init_params(config, k), out_shardings=shardings)(key)

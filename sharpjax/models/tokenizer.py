@@ -1,0 +1,108 @@
+"""Tokenizers: loading through transformers, a locally built character tokenizer, batching.
+
+Nothing can be downloaded here, so tests, the demo and the synthetic-task base model use
+`build_char_tokenizer`: one token per character plus chat special tokens, wrapped as a
+`transformers.PreTrainedTokenizerFast` with a chat template, so every code path (chat
+template, special tokens, save/load) is the one real checkpoints take.
+"""
+
+from __future__ import annotations
+
+import os
+import string
+
+import numpy as np
+import tokenizers
+import transformers
+from tokenizers import decoders, models, pre_tokenizers
+
+PAD, BOS, EOS = "<|pad|>", "<|bos|>", "<|end|>"
+USER, ASSISTANT, SYSTEM = "<|user|>", "<|assistant|>", "<|system|>"
+SPECIAL_TOKENS = (PAD, BOS, EOS, USER, ASSISTANT, SYSTEM)
+# Role header, content, end-of-turn: the shape of Llama/Qwen templates, with our tokens.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|' + message['role'] + '|>' + message['content'] + '<|end|>' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
+)
+DEFAULT_ALPHABET = string.printable.replace("\x0b", "").replace("\x0c", "").replace("\r", "")
+
+
+def build_char_tokenizer(alphabet: str = DEFAULT_ALPHABET) -> transformers.PreTrainedTokenizerFast:
+    """A character-level tokenizer with chat special tokens and a chat template.
+
+    Ids: the special tokens first (pad=0, bos=1, end/eos=2, ...), then `alphabet` in order,
+    then `<|unk|>` for any character outside the alphabet.
+    """
+    chars = list(dict.fromkeys(alphabet))
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
+    vocab |= {c: len(SPECIAL_TOKENS) + i for i, c in enumerate(chars)}
+    vocab["<|unk|>"] = len(vocab)
+    tok = tokenizers.Tokenizer(models.WordLevel(vocab, unk_token="<|unk|>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(tokenizers.Regex(r"[\s\S]"), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    tok.add_special_tokens([tokenizers.AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
+    return transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token=PAD,
+        bos_token=BOS,
+        eos_token=EOS,
+        unk_token="<|unk|>",
+        chat_template=CHAT_TEMPLATE,
+        padding_side="left",
+    )
+
+
+def load_tokenizer(model_dir: str) -> transformers.PreTrainedTokenizerBase:
+    """`AutoTokenizer` from a local model directory, left padding, pad token guaranteed."""
+    if not os.path.isdir(model_dir):
+        raise FileNotFoundError(f"{model_dir} is not a directory: expected a Hugging Face model directory.")
+    tok = transformers.AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        # Llama 3 ships without a pad token; padding is masked anyway, any id works.
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def render_chat(tokenizer: transformers.PreTrainedTokenizerBase, user_message: str) -> str:
+    """One user turn rendered with the model's own chat template, generation prompt on."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(
+            f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no chat_template; "
+            "use an instruct model's tokenizer or set tokenizer.chat_template."
+        )
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": user_message}], tokenize=False, add_generation_prompt=True
+    )
+
+
+def bucket_length(length: int, buckets: tuple[int, ...]) -> int:
+    """The smallest bucket that holds `length` (compile once per bucket, not per batch)."""
+    for b in sorted(buckets):
+        if length <= b:
+            return b
+    raise ValueError(f"prompt of {length} tokens is longer than the largest bucket {max(buckets)}.")
+
+
+def left_pad(
+    token_lists: list[list[int]], *, pad_id: int, length: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Left-pads id lists to `length` (default: the longest).
+
+    Returns:
+      (tokens [B, length] int32, mask [B, length] int32 with 1 on real tokens).
+    Raises ValueError when a list is longer than `length` (never truncates silently).
+    """
+    longest = max(len(t) for t in token_lists)
+    length = longest if length is None else length
+    if longest > length:
+        raise ValueError(f"a prompt has {longest} tokens, more than the padded length {length}.")
+    tokens = np.full((len(token_lists), length), pad_id, np.int32)
+    mask = np.zeros((len(token_lists), length), np.int32)
+    for i, ids in enumerate(token_lists):
+        if ids:
+            tokens[i, length - len(ids) :] = ids
+            mask[i, length - len(ids) :] = 1
+    return tokens, mask

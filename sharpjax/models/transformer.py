@@ -1,0 +1,286 @@
+"""The decoder-only transformer (Llama 3.x / Qwen2.5 / Qwen3) as pure functions over a pytree.
+
+Params are a nested dict of arrays with the per-layer weights stacked on a leading `layers`
+axis, so the layer stack is one `jax.lax.scan` (one compiled layer, fast compiles at 36
+layers). The KV cache is an explicit argument and return value.
+
+Shape letters: B batch, T tokens in this call, S cache slots, D model, N query heads, K kv
+heads, G = N // K, H head dim, F mlp, V vocab, L layers.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float, Int
+
+from sharpjax.models.config import ModelConfig
+
+Params = dict[str, Any]
+
+# Finite, so that a query with no visible key (a left-padding position) gets a uniform
+# softmax instead of NaNs that would poison gradients through `where`.
+_MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
+
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+@flax.struct.dataclass
+class KVCache:
+    """Keys and values of every layer, preallocated for S slots.
+
+    Attributes:
+      k: [L, B, S, K, H] keys, already rotated.
+      v: [L, B, S, K, H] values.
+      index: int32 scalar, the number of filled slots (the next write position).
+    """
+
+    k: Float[Array, "L B S K H"]
+    v: Float[Array, "L B S K H"]
+    index: Int[Array, ""]
+
+    @classmethod
+    def init(cls, config: ModelConfig, batch_size: int, num_slots: int, dtype=None) -> KVCache:
+        shape = (config.num_layers, batch_size, num_slots, config.num_kv_heads, config.head_dim)
+        dtype = dtype or config.jnp_dtype
+        return cls(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype), index=jnp.zeros((), jnp.int32))
+
+
+def param_logical_axes(config: ModelConfig) -> Params:
+    """Logical axis names for every parameter: the one place model code names its layout.
+
+    The sharding rules (`sharpjax.models.sharding`) map these names to mesh axes.
+    """
+    layers: dict[str, tuple[str, ...]] = {
+        "attn_norm": ("layers", "norm"),
+        "q": ("layers", "embed", "heads", "head_dim"),
+        "k": ("layers", "embed", "kv_heads", "head_dim"),
+        "v": ("layers", "embed", "kv_heads", "head_dim"),
+        "o": ("layers", "heads", "head_dim", "embed"),
+        "mlp_norm": ("layers", "norm"),
+        "gate": ("layers", "embed", "mlp"),
+        "up": ("layers", "embed", "mlp"),
+        "down": ("layers", "mlp", "embed"),
+    }
+    if config.qkv_bias:
+        layers |= {
+            "q_bias": ("layers", "heads", "head_dim"),
+            "k_bias": ("layers", "kv_heads", "head_dim"),
+            "v_bias": ("layers", "kv_heads", "head_dim"),
+        }
+    if config.o_bias:
+        layers["o_bias"] = ("layers", "norm")
+    if config.mlp_bias:
+        layers |= {"gate_bias": ("layers", "mlp"), "up_bias": ("layers", "mlp"), "down_bias": ("layers", "norm")}
+    if config.qk_norm:
+        layers |= {"q_norm": ("layers", "head_dim"), "k_norm": ("layers", "head_dim")}
+    axes: Params = {"embed": ("vocab", "embed"), "layers": layers, "final_norm": ("norm",)}
+    if not config.tie_word_embeddings:
+        axes["lm_head"] = ("embed", "vocab")
+    return axes
+
+
+def param_shapes(config: ModelConfig) -> Params:
+    """The shape of every parameter, in the structure of `param_logical_axes`."""
+    sizes = {
+        "layers": config.num_layers,
+        "embed": config.hidden_size,
+        "norm": config.hidden_size,
+        "heads": config.num_heads,
+        "kv_heads": config.num_kv_heads,
+        "head_dim": config.head_dim,
+        "mlp": config.intermediate_size,
+        "vocab": config.vocab_size,
+    }
+    return jax.tree.map(
+        lambda axes: tuple(sizes[a] for a in axes),
+        param_logical_axes(config),
+        is_leaf=lambda x: isinstance(x, tuple),
+    )
+
+
+def init_params(config: ModelConfig, key: jax.Array, *, init_std: float = 0.02) -> Params:
+    """Random params: N(0, init_std) matrices, unit norms, zero biases (HF's init)."""
+    shapes = param_shapes(config)
+    leaves, treedef = jax.tree.flatten(shapes, is_leaf=lambda x: isinstance(x, tuple))
+    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree.flatten_with_path(shapes, is_leaf=lambda x: isinstance(x, tuple))[0]]
+    keys = jax.random.split(key, len(leaves))
+    out = []
+    for path, shape, k in zip(paths, leaves, keys):
+        if "norm" in path:
+            out.append(jnp.ones(shape, config.jnp_dtype))
+        elif "bias" in path:
+            out.append(jnp.zeros(shape, config.jnp_dtype))
+        else:
+            out.append((init_std * jax.random.normal(k, shape, jnp.float32)).astype(config.jnp_dtype))
+    return jax.tree.unflatten(treedef, out)
+
+
+def rms_norm(x: Float[Array, "... D"], weight: Float[Array, " D"], eps: float) -> Float[Array, "... D"]:
+    """RMSNorm computed in fp32 and cast back, as in HF Llama/Qwen."""
+    x32 = x.astype(jnp.float32)
+    x32 = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + eps)
+    return weight * x32.astype(x.dtype)
+
+
+def rope_inverse_frequencies(config: ModelConfig) -> Float[Array, " H2"]:
+    """Inverse RoPE frequencies [H/2], including Llama 3 frequency-dependent scaling."""
+    rope, dim = config.rope, config.head_dim
+    inv_freq = 1.0 / (rope.theta ** (jnp.arange(0, dim, 2, dtype=jnp.float32) / dim))
+    if rope.kind == "llama3":
+        old_len = rope.original_max_position_embeddings
+        low_wavelen = old_len / rope.low_freq_factor
+        high_wavelen = old_len / rope.high_freq_factor
+        wavelen = 2 * math.pi / inv_freq
+        scaled = jnp.where(wavelen > low_wavelen, inv_freq / rope.factor, inv_freq)
+        smooth = (old_len / wavelen - rope.low_freq_factor) / (rope.high_freq_factor - rope.low_freq_factor)
+        smoothed = (1 - smooth) * scaled / rope.factor + smooth * scaled
+        is_medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+        inv_freq = jnp.where(is_medium, smoothed, scaled)
+    return inv_freq
+
+
+def apply_rope(
+    x_BTnH: Float[Array, "B T n H"], positions_BT: Int[Array, "B T"], inv_freq: Float[Array, " H2"]
+) -> Float[Array, "B T n H"]:
+    """Rotates the two halves of each head (HF's `rotate_half` convention)."""
+    freqs_BTh = positions_BT[..., None].astype(jnp.float32) * inv_freq
+    emb = jnp.concatenate([freqs_BTh, freqs_BTh], axis=-1)[:, :, None, :]
+    cos, sin = jnp.cos(emb).astype(x_BTnH.dtype), jnp.sin(emb).astype(x_BTnH.dtype)
+    half = x_BTnH.shape[-1] // 2
+    rotated = jnp.concatenate([-x_BTnH[..., half:], x_BTnH[..., :half]], axis=-1)
+    return x_BTnH * cos + rotated * sin
+
+
+def _attention(
+    q_BTNH, k_BSKH, v_BSKH, visible_BTS: Bool[Array, "B T S"], num_kv_heads: int
+) -> Float[Array, "B T N H"]:
+    b, t, n, h = q_BTNH.shape
+    q_BTKGH = q_BTNH.reshape(b, t, num_kv_heads, n // num_kv_heads, h)
+    scores_BKGTS = jnp.einsum("btkgh,bskh->bkgts", q_BTKGH, k_BSKH, preferred_element_type=jnp.float32)
+    scores_BKGTS = scores_BKGTS / math.sqrt(h)
+    scores_BKGTS = jnp.where(visible_BTS[:, None, None], scores_BKGTS, _MASK_VALUE)
+    probs_BKGTS = jax.nn.softmax(scores_BKGTS, axis=-1).astype(v_BSKH.dtype)
+    out_BTKGH = jnp.einsum("bkgts,bskh->btkgh", probs_BKGTS, v_BSKH)
+    return out_BTKGH.reshape(b, t, n, h)
+
+
+def _layer(config: ModelConfig, inv_freq, x_BTD, p, positions_BT, visible_BTS, kv):
+    """One pre-norm block. `kv` is (k_cache_BSKH_all_layers, v_..., layer index, write index) or None."""
+    h_BTD = rms_norm(x_BTD, p["attn_norm"], config.rms_norm_eps)
+    q_BTNH = jnp.einsum("btd,dnh->btnh", h_BTD, p["q"])
+    k_BTKH = jnp.einsum("btd,dkh->btkh", h_BTD, p["k"])
+    v_BTKH = jnp.einsum("btd,dkh->btkh", h_BTD, p["v"])
+    if config.qkv_bias:
+        q_BTNH, k_BTKH, v_BTKH = q_BTNH + p["q_bias"], k_BTKH + p["k_bias"], v_BTKH + p["v_bias"]
+    if config.qk_norm:
+        q_BTNH = rms_norm(q_BTNH, p["q_norm"], config.rms_norm_eps)
+        k_BTKH = rms_norm(k_BTKH, p["k_norm"], config.rms_norm_eps)
+    q_BTNH = apply_rope(q_BTNH, positions_BT, inv_freq)
+    k_BTKH = apply_rope(k_BTKH, positions_BT, inv_freq)
+    if kv is None:
+        keys_BSKH, values_BSKH, new_kv = k_BTKH, v_BTKH, None
+    else:
+        k_cache, v_cache, layer, index = kv
+        k_cache = jax.lax.dynamic_update_slice(k_cache, k_BTKH[None].astype(k_cache.dtype), (layer, 0, index, 0, 0))
+        v_cache = jax.lax.dynamic_update_slice(v_cache, v_BTKH[None].astype(v_cache.dtype), (layer, 0, index, 0, 0))
+        keys_BSKH, values_BSKH = k_cache[layer], v_cache[layer]
+        new_kv = (k_cache, v_cache)
+    attn_BTNH = _attention(q_BTNH, keys_BSKH, values_BSKH, visible_BTS, config.num_kv_heads)
+    attn_BTD = jnp.einsum("btnh,nhd->btd", attn_BTNH, p["o"])
+    if config.o_bias:
+        attn_BTD = attn_BTD + p["o_bias"]
+    x_BTD = x_BTD + attn_BTD
+
+    h_BTD = rms_norm(x_BTD, p["mlp_norm"], config.rms_norm_eps)
+    gate_BTF = jnp.einsum("btd,df->btf", h_BTD, p["gate"])
+    up_BTF = jnp.einsum("btd,df->btf", h_BTD, p["up"])
+    if config.mlp_bias:
+        gate_BTF, up_BTF = gate_BTF + p["gate_bias"], up_BTF + p["up_bias"]
+    mlp_BTD = jnp.einsum("btf,fd->btd", jax.nn.silu(gate_BTF) * up_BTF, p["down"])
+    if config.mlp_bias:
+        mlp_BTD = mlp_BTD + p["down_bias"]
+    return x_BTD + mlp_BTD, new_kv
+
+
+def forward(
+    params: Params,
+    tokens_BT: Int[Array, "B T"],
+    *,
+    config: ModelConfig,
+    positions_BT: Int[Array, "B T"],
+    key_mask_BS: Bool[Array, "B S"],
+    cache: KVCache | None = None,
+    remat: str = "none",
+) -> tuple[Float[Array, "B T D"], KVCache | None]:
+    """Runs the transformer to the final norm (call `logits` for the vocabulary projection).
+
+    Args:
+      params: the param pytree (`init_params` / `sharpjax.models.hf.load_params`).
+      tokens_BT: token ids; padding ids are arbitrary (masked through `key_mask_BS`).
+      config: the architecture (static).
+      positions_BT: RoPE positions; for a left-padded row, `cumsum(mask) - 1`.
+      key_mask_BS: which key slots hold real tokens. Without a cache S == T; with a cache
+        S is the number of cache slots and the mask covers every slot (future slots may be
+        True: causality is applied separately from slot order).
+      cache: optional KV cache; the T new keys/values are written at slots
+        [cache.index, cache.index + T) and the returned cache has index advanced by T.
+      remat: "none", "full" or "dots": what `jax.checkpoint` saves per layer.
+
+    Returns:
+      (hidden_BTD after the final norm, the updated cache or None).
+    """
+    if remat not in REMAT_POLICIES:
+        raise ValueError(f"remat={remat!r}; expected one of {sorted(REMAT_POLICIES)}.")
+    b, t = tokens_BT.shape
+    start = jnp.zeros((), jnp.int32) if cache is None else cache.index
+    query_slot_T = start + jnp.arange(t, dtype=jnp.int32)
+    slot_S = jnp.arange(key_mask_BS.shape[1], dtype=jnp.int32)
+    visible_BTS = (slot_S[None, :] <= query_slot_T[:, None])[None] & key_mask_BS[:, None, :]
+    inv_freq = rope_inverse_frequencies(config)
+    x_BTD = jnp.take(params["embed"], tokens_BT, axis=0)
+
+    def body(carry, layer_inputs):
+        x, kv = carry
+        p, layer = layer_inputs
+        kv_in = None if kv is None else (*kv, layer, start)
+        x, kv = _layer(config, inv_freq, x, p, positions_BT, visible_BTS, kv_in)
+        return (x, kv), None
+
+    if remat != "none":
+        body = jax.checkpoint(body, policy=REMAT_POLICIES[remat])
+    kv0 = None if cache is None else (cache.k, cache.v)
+    layer_ids = jnp.arange(config.num_layers, dtype=jnp.int32)
+    (x_BTD, kv), _ = jax.lax.scan(body, (x_BTD, kv0), (params["layers"], layer_ids))
+    hidden_BTD = rms_norm(x_BTD, params["final_norm"], config.rms_norm_eps)
+    new_cache = None if cache is None else KVCache(k=kv[0], v=kv[1], index=cache.index + t)
+    return hidden_BTD, new_cache
+
+
+def logits(params: Params, hidden_BTD: Float[Array, "B T D"], *, dtype=jnp.float32) -> Float[Array, "B T V"]:
+    """Projects hidden states to vocabulary logits, accumulated and returned in `dtype`."""
+    if "lm_head" in params:
+        return jnp.einsum("btd,dv->btv", hidden_BTD, params["lm_head"], preferred_element_type=dtype)
+    return jnp.einsum("btd,vd->btv", hidden_BTD, params["embed"], preferred_element_type=dtype)
+
+
+def positions_from_mask(mask_BT: Int[Array, "B T"]) -> Int[Array, "B T"]:
+    """RoPE positions for a left-padded batch: 0 at each row's first real token."""
+    return jnp.maximum(jnp.cumsum(mask_BT.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+def apply(params: Params, tokens_BT, mask_BT, *, config: ModelConfig, remat: str = "none") -> Float[Array, "B T V"]:
+    """Convenience full forward without a cache: fp32 logits for a (left-)padded batch."""
+    positions_BT = positions_from_mask(mask_BT)
+    hidden_BTD, _ = forward(
+        params, tokens_BT, config=config, positions_BT=positions_BT, key_mask_BS=mask_BT.astype(bool), remat=remat
+    )
+    return logits(params, hidden_BTD)

@@ -1,0 +1,37 @@
+"""Run in a subprocess with 8 fake CPU devices: sharded jitted forward == unsharded."""
+
+import sys
+
+import jax
+import numpy as np
+
+from sharpjax.models import apply, load_model
+from sharpjax.models.sharding import batch_sharding, make_mesh, param_shardings, shard_params
+
+
+def main(model_dir: str) -> None:
+    assert jax.device_count() == 8, jax.devices()
+    params, config = load_model(model_dir, dtype="float32")
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(3, 512, (8, 11)).astype(np.int32)
+    mask = np.ones((8, 11), np.int32)
+    mask[::2, :4] = 0
+    expected = np.asarray(apply(params, tokens, mask, config=config))
+    for data, fsdp, tensor in [(8, 1, 1), (1, 4, 2), (2, 2, 2)]:
+        mesh = make_mesh(data, fsdp, tensor)
+        shardings = param_shardings(config, mesh)
+        sharded = shard_params(params, shardings)
+        # The layout really is sharded: q's heads split over tensor, embed over fsdp.
+        assert sharded["layers"]["q"].sharding.spec == shardings["layers"]["q"].spec
+        fn = jax.jit(
+            lambda p, t, m: apply(p, t, m, config=config),
+            in_shardings=(shardings, batch_sharding(mesh), batch_sharding(mesh)),
+        )
+        got = np.asarray(fn(sharded, tokens, mask))
+        err = np.abs(got - expected)[mask.astype(bool)].max()
+        assert err < 1e-5, (data, fsdp, tensor, err)
+        print(f"mesh data={data} fsdp={fsdp} tensor={tensor}: max |diff| {err:.2e}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,89 @@
+"""HF import/export round trip and clear errors on bad checkpoints."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import safetensors.numpy
+import torch
+import transformers
+
+from sharpjax.models import CheckpointError, ConfigError, load_model, save_model
+from sharpjax.models.tokenizer import load_tokenizer, render_chat
+
+from tests.conftest import FAMILIES
+
+
+def read_tensors(model_dir):
+    out = {}
+    for fname in os.listdir(model_dir):
+        if fname.endswith(".safetensors"):
+            out |= safetensors.numpy.load_file(os.path.join(model_dir, fname))
+    return out
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("max_shard_bytes", [2**40, 100_000])
+def test_round_trip_gives_identical_tensors(hf_checkpoint, tmp_path, family, max_shard_bytes):
+    src = hf_checkpoint(family)
+    params, config = load_model(src, dtype="float32")
+    save_model(str(tmp_path), params, config, max_shard_bytes=max_shard_bytes)
+    if max_shard_bytes < 2**40:
+        assert os.path.exists(tmp_path / "model.safetensors.index.json")
+    original, exported = read_tensors(src), read_tensors(tmp_path)
+    assert sorted(original) == sorted(exported)
+    for name in original:
+        np.testing.assert_array_equal(original[name], exported[name], err_msg=name)
+    # transformers loads what we wrote, with the same weights.
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path), dtype=torch.float32)
+    ref = transformers.AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+    for (n1, p1), (n2, p2) in zip(ref.state_dict().items(), reloaded.state_dict().items()):
+        assert n1 == n2 and torch.equal(p1, p2), n1
+    # and sharpjax reloads its own (sharded) export.
+    again, _ = load_model(str(tmp_path), dtype="float32")
+    assert all(np.array_equal(a, b) for a, b in zip(np.asarray(params["embed"])[None], np.asarray(again["embed"])[None]))
+
+
+def test_unknown_model_type(hf_checkpoint, tmp_path):
+    dst = shutil.copytree(hf_checkpoint("qwen3"), tmp_path / "m")
+    cfg = json.loads((dst / "config.json").read_text())
+    cfg["model_type"] = "gpt2"
+    (dst / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ConfigError, match=r"model_type='gpt2' is not supported"):
+        load_model(str(dst))
+
+
+def test_config_missing_field(hf_checkpoint, tmp_path):
+    dst = shutil.copytree(hf_checkpoint("llama"), tmp_path / "m")
+    cfg = json.loads((dst / "config.json").read_text())
+    del cfg["hidden_size"]
+    (dst / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ConfigError, match=r"config.json: required field 'hidden_size' is missing"):
+        load_model(str(dst))
+
+
+def test_missing_tensor_names_file_and_tensor(hf_checkpoint, tmp_path):
+    dst = shutil.copytree(hf_checkpoint("qwen2", False), tmp_path / "m")
+    tensors = safetensors.numpy.load_file(str(dst / "model.safetensors"))
+    del tensors["model.layers.1.self_attn.k_proj.bias"]
+    safetensors.numpy.save_file(tensors, str(dst / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=r"model.layers.1.self_attn.k_proj.bias.*model.safetensors"):
+        load_model(str(dst))
+
+
+def test_missing_files(tmp_path):
+    with pytest.raises(CheckpointError, match="config.json not found"):
+        load_model(str(tmp_path))
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen3"}))
+    with pytest.raises(ConfigError, match="required field"):
+        load_model(str(tmp_path))
+
+
+def test_tokenizer_and_chat_template_from_checkpoint(hf_checkpoint):
+    tok = load_tokenizer(hf_checkpoint("llama"))
+    text = render_chat(tok, "What is 1+1?")
+    assert text == "<|user|>What is 1+1?<|end|><|assistant|>"
+    assert tok.decode(tok(text)["input_ids"]) == text
+    assert tok.padding_side == "left"
