@@ -1,0 +1,16 @@
+"""Rollout: jitted sampling with a KV cache, and teacher-forced scoring."""
+
+from sharpjax.rollout.sampler import RolloutBatch, SamplingConfig, filter_logits, sample
+from sharpjax.rollout.scoring import score_tokens, token_logprobs_from_hidden
+from sharpjax.rollout.text import encode_prompts, generate_text
+
+__all__ = [
+    "RolloutBatch",
+    "SamplingConfig",
+    "encode_prompts",
+    "filter_logits",
+    "generate_text",
+    "sample",
+    "score_tokens",
+    "token_logprobs_from_hidden",
+]

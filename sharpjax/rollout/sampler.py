@@ -1,0 +1,234 @@
+"""Jitted sampling: one prefill, then a `lax.while_loop` decode over a preallocated KV cache.
+
+The prefill runs once per prompt; its cache is repeated for the G samples of the RLOO
+group. Each decode step samples one token per row, records its log-prob under the policy at
+temperature 1 (what the loss and the -L_pol reward need), and stops early once every row
+has emitted a stop token (unless `ignore_eos`, the paper's fixed-length runs).
+
+Shape letters: B rows (prompts x samples), P prompt length, M max new tokens, S = P + M
+cache slots, V vocab.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float, Int
+
+from sharpjax.models.config import ModelConfig
+from sharpjax.models.transformer import KVCache, Params, forward, logits
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    """How to sample (static: changing it recompiles).
+
+    Attributes:
+      max_new_tokens: M, response length budget.
+      num_samples: G, samples per prompt (the RLOO group), sharing one prefill.
+      temperature: softmax temperature (paper: 1.0). Ignored when `greedy`.
+      top_p: nucleus mass (1.0 = off, the paper's setting).
+      top_k: keep the k most likely tokens (0 = off, the paper's setting).
+      greedy: argmax decoding.
+      ignore_eos: never stop early; every response has M tokens (fixed-length runs).
+      stop_token_ids: ids that end a response (EOS / end-of-turn); included in the response.
+      pad_id: id written after a response ends.
+    """
+
+    max_new_tokens: int = 64
+    num_samples: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    greedy: bool = False
+    ignore_eos: bool = False
+    stop_token_ids: tuple[int, ...] = ()
+    pad_id: int = 0
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens={self.max_new_tokens} must be >= 1.")
+        if self.num_samples < 1:
+            raise ValueError(f"num_samples={self.num_samples} must be >= 1.")
+        if not self.greedy and self.temperature <= 0:
+            raise ValueError(f"temperature={self.temperature} must be > 0 (use greedy=True for argmax).")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p={self.top_p} must be in (0, 1].")
+        if self.top_k < 0:
+            raise ValueError(f"top_k={self.top_k} must be >= 0 (0 disables it).")
+        if not self.ignore_eos and not self.stop_token_ids:
+            raise ValueError("stop_token_ids is empty: give the EOS/end-of-turn ids, or set ignore_eos=True.")
+
+
+@flax.struct.dataclass
+class RolloutBatch:
+    """Prompt + response tokens and what the reward and loss need, rows = prompts x G.
+
+    Attributes:
+      tokens: [B, P + M] left-padded prompt, then the response, then `pad_id`.
+      attention_mask: [B, P + M] 1 on real prompt tokens and response tokens.
+      response_mask: [B, P + M] 1 on response tokens (the stop token included).
+      logprobs: [B, P + M] log pi(token_t | <t) at temperature 1 on response tokens, else 0.
+      sampling_logprobs: [B, P + M] the same under the tempered, top-k/top-p filtered
+        distribution that the tokens were actually drawn from.
+      lengths: [B] response lengths in tokens.
+      finished: [B] True where a stop token ended the response ("eos"), False: "length".
+      prompt_index: [B] row of the prompt batch each response answers.
+    """
+
+    tokens: Int[Array, "B S"]
+    attention_mask: Int[Array, "B S"]
+    response_mask: Int[Array, "B S"]
+    logprobs: Float[Array, "B S"]
+    sampling_logprobs: Float[Array, "B S"]
+    lengths: Int[Array, " B"]
+    finished: Bool[Array, " B"]
+    prompt_index: Int[Array, " B"]
+
+
+def filter_logits(logits_BV: Float[Array, "B V"], *, top_k: int, top_p: float) -> Float[Array, "B V"]:
+    """Sets logits outside the top-k / top-p nucleus to -inf (keeps at least one token)."""
+    if top_k > 0 and top_k < logits_BV.shape[-1]:
+        kth_B1 = jax.lax.top_k(logits_BV, top_k)[0][:, -1:]
+        logits_BV = jnp.where(logits_BV < kth_B1, -jnp.inf, logits_BV)
+    if top_p < 1.0:
+        sorted_BV = jnp.sort(logits_BV, axis=-1)[:, ::-1]
+        probs_BV = jax.nn.softmax(sorted_BV, axis=-1)
+        mass_before_BV = jnp.cumsum(probs_BV, axis=-1) - probs_BV
+        # The smallest logit still inside the nucleus; everything below it goes.
+        keep_BV = mass_before_BV < top_p
+        cutoff_B1 = jnp.min(jnp.where(keep_BV, sorted_BV, jnp.inf), axis=-1, keepdims=True)
+        logits_BV = jnp.where(logits_BV < cutoff_B1, -jnp.inf, logits_BV)
+    return logits_BV
+
+
+@flax.struct.dataclass
+class _State:
+    step: Int[Array, ""]
+    key: jax.Array
+    cache: KVCache
+    logits: Float[Array, "B V"]
+    tokens: Int[Array, "B M"]
+    logprobs: Float[Array, "B M"]
+    sampling_logprobs: Float[Array, "B M"]
+    done: Bool[Array, " B"]
+    lengths: Int[Array, " B"]
+
+
+def _next_token(logits_BV, key, sampling: SamplingConfig):
+    logprobs_BV = jax.nn.log_softmax(logits_BV, axis=-1)
+    if sampling.greedy:
+        token_B = jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
+        sampling_logprobs_BV = logprobs_BV
+    else:
+        tempered_BV = filter_logits(logits_BV / sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p)
+        token_B = jax.random.categorical(key, tempered_BV, axis=-1).astype(jnp.int32)
+        sampling_logprobs_BV = jax.nn.log_softmax(tempered_BV, axis=-1)
+    pick = lambda lp: jnp.take_along_axis(lp, token_B[:, None], axis=-1)[:, 0]  # noqa: E731
+    return token_B, pick(logprobs_BV), pick(sampling_logprobs_BV)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "sampling"))
+def sample(
+    params: Params,
+    prompt_tokens_BP: Int[Array, "Bp P"],
+    prompt_mask_BP: Int[Array, "Bp P"],
+    key: jax.Array,
+    *,
+    config: ModelConfig,
+    sampling: SamplingConfig,
+) -> RolloutBatch:
+    """Samples `sampling.num_samples` responses for each left-padded prompt.
+
+    Args:
+      params: policy params (may be sharded; rows follow the prompt batch's sharding).
+      prompt_tokens_BP: left-padded prompts [Bp, P].
+      prompt_mask_BP: 1 on real prompt tokens.
+      key: PRNG key; the same key gives the same samples.
+      config: the architecture.
+      sampling: sampling parameters.
+
+    Returns:
+      A `RolloutBatch` with B = Bp * G rows; rows i*G .. i*G+G-1 answer prompt i.
+    """
+    bp, p = prompt_tokens_BP.shape
+    m, g = sampling.max_new_tokens, sampling.num_samples
+    b = bp * g
+    prompt_mask_BP = prompt_mask_BP.astype(jnp.int32)
+    prompt_len_Bp = prompt_mask_BP.sum(-1)
+    key_mask_BpS = jnp.concatenate([prompt_mask_BP, jnp.ones((bp, m), jnp.int32)], axis=1).astype(bool)
+
+    cache = KVCache.init(config, bp, p + m)
+    positions_BP = jnp.maximum(jnp.cumsum(prompt_mask_BP, axis=-1) - 1, 0)
+    hidden_BPD, cache = forward(
+        params, prompt_tokens_BP, config=config, positions_BT=positions_BP, key_mask_BS=key_mask_BpS, cache=cache
+    )
+    last_logits = logits(params, hidden_BPD[:, -1:])[:, 0]
+
+    # The G samples of a prompt share its prefill: repeat rows, not computation.
+    repeat = lambda x, axis=0: jnp.repeat(x, g, axis=axis)  # noqa: E731
+    cache = KVCache(k=repeat(cache.k, 1), v=repeat(cache.v, 1), index=cache.index)
+    key_mask_BS = repeat(key_mask_BpS)
+    prompt_len_B = repeat(prompt_len_Bp)
+    stop_ids = jnp.asarray(sampling.stop_token_ids or (-1,), jnp.int32)
+
+    def cond(state: _State):
+        return (state.step < m) & ~jnp.all(state.done)
+
+    def body(state: _State):
+        key, step_key = jax.random.split(state.key)
+        token_B, logprob_B, sampling_logprob_B = _next_token(state.logits, step_key, sampling)
+        alive_B = ~state.done
+        token_B = jnp.where(alive_B, token_B, sampling.pad_id)
+        write = lambda buf, x: jax.lax.dynamic_update_slice(buf, x[:, None], (0, state.step))  # noqa: E731
+        is_stop_B = jnp.isin(token_B, stop_ids) & (not sampling.ignore_eos)
+        hidden_B1D, cache = forward(
+            params,
+            token_B[:, None],
+            config=config,
+            positions_BT=(prompt_len_B + state.step)[:, None],
+            key_mask_BS=key_mask_BS,
+            cache=state.cache,
+        )
+        return _State(
+            step=state.step + 1,
+            key=key,
+            cache=cache,
+            logits=logits(params, hidden_B1D)[:, 0],
+            tokens=write(state.tokens, token_B),
+            logprobs=write(state.logprobs, jnp.where(alive_B, logprob_B, 0.0)),
+            sampling_logprobs=write(state.sampling_logprobs, jnp.where(alive_B, sampling_logprob_B, 0.0)),
+            done=state.done | (alive_B & is_stop_B),
+            lengths=state.lengths + alive_B.astype(jnp.int32),
+        )
+
+    state = _State(
+        step=jnp.zeros((), jnp.int32),
+        key=key,
+        cache=cache,
+        logits=repeat(last_logits),
+        tokens=jnp.full((b, m), sampling.pad_id, jnp.int32),
+        logprobs=jnp.zeros((b, m), jnp.float32),
+        sampling_logprobs=jnp.zeros((b, m), jnp.float32),
+        done=jnp.zeros((b,), bool),
+        lengths=jnp.zeros((b,), jnp.int32),
+    )
+    state = jax.lax.while_loop(cond, body, state)
+
+    response_mask_BM = (jnp.arange(m)[None, :] < state.lengths[:, None]).astype(jnp.int32)
+    prompt_mask_B = repeat(prompt_mask_BP)
+    zeros_BP = jnp.zeros((b, p), jnp.float32)
+    return RolloutBatch(
+        tokens=jnp.concatenate([repeat(prompt_tokens_BP), state.tokens], axis=1),
+        attention_mask=jnp.concatenate([prompt_mask_B, response_mask_BM], axis=1),
+        response_mask=jnp.concatenate([jnp.zeros_like(prompt_mask_B), response_mask_BM], axis=1),
+        logprobs=jnp.concatenate([zeros_BP, state.logprobs], axis=1),
+        sampling_logprobs=jnp.concatenate([zeros_BP, state.sampling_logprobs], axis=1),
+        lengths=state.lengths,
+        finished=state.done,
+        prompt_index=jnp.repeat(jnp.arange(bp, dtype=jnp.int32), g),
+    )
