@@ -7,6 +7,7 @@ import numpy as np
 
 from sharpjax.models import apply, load_model
 from sharpjax.models.sharding import batch_sharding, make_mesh, param_shardings, shard_params
+from sharpjax.rollout import SamplingConfig, sample, score_tokens
 
 
 def main(model_dir: str) -> None:
@@ -17,6 +18,9 @@ def main(model_dir: str) -> None:
     mask = np.ones((8, 11), np.int32)
     mask[::2, :4] = 0
     expected = np.asarray(apply(params, tokens, mask, config=config))
+    sampling = SamplingConfig(max_new_tokens=6, num_samples=2, stop_token_ids=(2,))
+    key = jax.random.key(0)
+    expected_rollout = sample(params, tokens, mask, key, config=config, sampling=sampling)
     for data, fsdp, tensor in [(8, 1, 1), (1, 4, 2), (2, 2, 2)]:
         mesh = make_mesh(data, fsdp, tensor)
         shardings = param_shardings(config, mesh)
@@ -30,6 +34,13 @@ def main(model_dir: str) -> None:
         got = np.asarray(fn(sharded, tokens, mask))
         err = np.abs(got - expected)[mask.astype(bool)].max()
         assert err < 1e-5, (data, fsdp, tensor, err)
+        # Sampling with sharded params and a batch-sharded prompt batch: same samples.
+        put = lambda x: jax.device_put(x, batch_sharding(mesh))  # noqa: E731
+        rollout = sample(sharded, put(tokens), put(mask), key, config=config, sampling=sampling)
+        np.testing.assert_array_equal(np.asarray(rollout.tokens), np.asarray(expected_rollout.tokens))
+        resp = np.asarray(rollout.response_mask, bool)
+        scores = score_tokens(sharded, rollout.tokens, rollout.attention_mask, config=config)
+        assert np.abs(np.asarray(scores - expected_rollout.logprobs))[resp].max() < 1e-4
         print(f"mesh data={data} fsdp={fsdp} tensor={tensor}: max |diff| {err:.2e}")
 
 

@@ -19,7 +19,9 @@ def run_with_8_devices(args, timeout=600):
     return subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3"])
+@pytest.mark.parametrize(
+    "family", ["llama", pytest.param("qwen2", marks=pytest.mark.slow), pytest.param("qwen3", marks=pytest.mark.slow)]
+)
 def test_sharded_forward_matches_unsharded(hf_checkpoint, family):
     proc = run_with_8_devices([os.path.join(ROOT, "tests", "models", "_sharded_forward.py"), hf_checkpoint(family)])
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -1,0 +1,164 @@
+"""Rollout throughput: sharpjax `sample` vs HF transformers `generate` (static cache).
+
+Same random weights in the same shape, same batch, same prompt and response lengths, EOS
+disabled so every row generates exactly `--new-tokens` tokens (throughput does not depend
+on weight values). Prints both new-token rates, their ratio, and the fraction of the HBM
+roofline: (bytes of weights + KV cache read per decode step) / bandwidth vs the measured
+step time.
+
+    python benchmarks/rollout.py --size 3b            # GPU: the DESIGN.md setting
+    python benchmarks/rollout.py --size tiny          # CPU smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sharpjax.models import ModelConfig, RopeConfig
+from sharpjax.models.hf import to_hf_state_dict
+from sharpjax.models.sharding import init_params_sharded, make_mesh
+from sharpjax.rollout import SamplingConfig, sample
+
+LLAMA3_ROPE = RopeConfig(theta=500000.0, kind="llama3", factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                         original_max_position_embeddings=8192)
+SIZES = {
+    # Llama-3.2-3B-Instruct's config.json shape.
+    "3b": dict(vocab_size=128256, hidden_size=3072, intermediate_size=8192, num_layers=28, num_heads=24,
+               num_kv_heads=8, head_dim=128),
+    "1b": dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_layers=16, num_heads=32,
+               num_kv_heads=8, head_dim=64),
+    "tiny": dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
+                 num_kv_heads=2, head_dim=16),
+}
+# Peak HBM bandwidth, bytes/s, by device_kind substring.
+HBM_BANDWIDTH = {"H200": 4.8e12, "H100": 3.35e12, "A100": 2.0e12}
+
+
+def model_config(size: str, dtype: str) -> ModelConfig:
+    return ModelConfig(model_type="llama", rope=LLAMA3_ROPE, tie_word_embeddings=True, rms_norm_eps=1e-5,
+                       max_position_embeddings=131072, dtype=dtype, **SIZES[size])
+
+
+def bytes_per_decode_step(config: ModelConfig, batch: int, prompt: int, new: int) -> float:
+    """Weights once, plus the KV cache at its mean filled length over the decode."""
+    itemsize = jnp.dtype(config.jnp_dtype).itemsize
+    weights = config.num_params * itemsize
+    mean_len = prompt + new / 2
+    kv = 2 * config.num_layers * batch * mean_len * config.num_kv_heads * config.head_dim * itemsize
+    return weights + kv
+
+
+def time_sharpjax(config, params, tokens, mask, sampling, repeats):
+    key = jax.random.key(0)
+    out = sample(params, tokens, mask, key, config=config, sampling=sampling)
+    jax.block_until_ready(out)  # compile
+    times = []
+    for i in range(repeats):
+        start = time.perf_counter()
+        out = sample(params, tokens, mask, jax.random.key(i + 1), config=config, sampling=sampling)
+        jax.block_until_ready(out)
+        times.append(time.perf_counter() - start)
+    assert int(out.lengths.min()) == sampling.max_new_tokens
+    return min(times)
+
+
+def time_hf(config, params, tokens, mask, new_tokens, repeats, device):
+    import torch
+    import transformers
+
+    hf_cfg = transformers.LlamaConfig(**{k: v for k, v in config.to_hf_dict().items() if k != "torch_dtype"})
+    torch_dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}[config.dtype]
+    with torch.device(device):
+        model = transformers.LlamaForCausalLM(hf_cfg).to(torch_dtype).eval()
+    # The same weights as the sharpjax run.
+    state = {k: torch.from_numpy(np.array(v, np.float32)).to(torch_dtype) for k, v in to_hf_state_dict(params, config).items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    assert not unexpected and all("lm_head" in k for k in missing), (missing, unexpected)
+    ids = torch.tensor(np.asarray(tokens), dtype=torch.long, device=device)
+    attn = torch.tensor(np.asarray(mask), dtype=torch.long, device=device)
+    kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=True, temperature=1.0, top_p=1.0,
+                  top_k=0, cache_implementation="static", pad_token_id=0)
+
+    def run():
+        with torch.no_grad():
+            out = model.generate(input_ids=ids, attention_mask=attn, **kwargs)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return out
+
+    run()  # warm-up (allocates the static cache)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = run()
+        times.append(time.perf_counter() - start)
+    assert out.shape[1] == tokens.shape[1] + new_tokens
+    del model
+    return min(times)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
+    parser.add_argument("--batch", type=int, default=None, help="default: 64 (GPU) / 8 (tiny)")
+    parser.add_argument("--prompt", type=int, default=None, help="prompt tokens; default 256 / 32 (tiny)")
+    parser.add_argument("--new-tokens", type=int, default=None, help="default 512 / 32 (tiny)")
+    parser.add_argument("--dtype", default=None, help="default bfloat16 on GPU, float32 on CPU")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--skip-hf", action="store_true")
+    parser.add_argument("--json", default=None, help="also write the results to this file")
+    args = parser.parse_args()
+    on_cpu = jax.default_backend() == "cpu"
+    tiny = args.size == "tiny"
+    batch = args.batch or (8 if tiny else 64)
+    prompt = args.prompt or (32 if tiny else 256)
+    new = args.new_tokens or (32 if tiny else 512)
+    dtype = args.dtype or ("float32" if on_cpu else "bfloat16")
+    config = model_config(args.size, dtype)
+    device_kind = jax.devices()[0].device_kind
+    print(f"device: {device_kind} x{jax.device_count()}  model: {args.size} ({config.num_params / 1e9:.2f}B params, {dtype})")
+    print(f"batch {batch}, prompt {prompt}, new tokens {new} (EOS ignored)")
+
+    mesh = make_mesh(data=-1)
+    params = init_params_sharded(config, jax.random.key(0), mesh)
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(3, config.vocab_size, (batch, prompt)).astype(np.int32)
+    mask = np.ones_like(tokens)
+    sampling = SamplingConfig(max_new_tokens=new, ignore_eos=True, temperature=1.0)
+
+    t_jax = time_sharpjax(config, params, tokens, mask, sampling, args.repeats)
+    jax_tps = batch * new / t_jax
+    results = {"device": device_kind, "size": args.size, "batch": batch, "prompt": prompt, "new_tokens": new,
+               "dtype": dtype, "sharpjax_s": t_jax, "sharpjax_tok_s": jax_tps}
+    print(f"sharpjax: {t_jax:.3f}s  {jax_tps:,.0f} new tok/s")
+    bw = next((v for k, v in HBM_BANDWIDTH.items() if k in device_kind), None)
+    if bw:
+        step_roofline = bytes_per_decode_step(config, batch, prompt, new) / bw
+        frac = step_roofline / (t_jax / new)
+        results |= {"roofline_tok_s": batch / step_roofline, "roofline_fraction": frac}
+        print(f"HBM roofline: {batch / step_roofline:,.0f} tok/s; sharpjax reaches {100 * frac:.1f}% of it "
+              "(prefill time included in the measured time)")
+    else:
+        print("HBM roofline: n/a (unknown device bandwidth)")
+    if not args.skip_hf:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        t_hf = time_hf(config, params, tokens, mask, new, args.repeats, device)
+        hf_tps = batch * new / t_hf
+        results |= {"hf_s": t_hf, "hf_tok_s": hf_tps, "ratio": jax_tps / hf_tps}
+        print(f"HF generate (static cache, {device}): {t_hf:.3f}s  {hf_tps:,.0f} new tok/s")
+        print(f"ratio sharpjax / HF: {jax_tps / hf_tps:.2f}x")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
