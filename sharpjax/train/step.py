@@ -1,0 +1,279 @@
+"""The jitted, sharded RL train step and the reward/advantage computation that feeds it.
+
+    rollout (sampler) --> compute_rewards(ref params, rollout, task rewards)  [jit]
+                      --> train_step(state, batch)                              [jit]
+
+`train_step` scores the rollout under the current policy (teacher forcing, remat per
+layer), forms the paper's REINFORCE loss with truncated importance weights over RLOO
+advantages, accumulates gradients over micro-batches with the *global* token count as the
+normalizer (so micro-batching and sharding leave the gradient unchanged), and applies an
+optax update. A non-finite loss or gradient skips the update and is counted in the metrics.
+
+Params are kept in fp32 (master weights: an lr of 1e-6 is below bf16's resolution) and cast
+to the model's compute dtype inside the step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jaxtyping import Array, Float, Int
+
+from sharpjax.losses import LossConfig, compute_advantages, policy_gradient_loss, reward_metrics
+from sharpjax.models.config import ModelConfig
+from sharpjax.models.sharding import BATCH_AXES
+from sharpjax.models.transformer import Params
+from sharpjax.rewards import RewardConfig, make_reward
+from sharpjax.rollout.sampler import RolloutBatch
+from sharpjax.rollout.scoring import score_tokens
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with warmup; defaults are the paper's (PAPER.md)."""
+
+    learning_rate: float = 1e-6
+    weight_decay: float = 0.01
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    max_grad_norm: float = 1.0  # global-norm clip; 0 disables
+    warmup_steps: int = 50
+    warmup_init_fraction: float = 0.1  # warmup starts at this fraction of learning_rate
+    schedule: str = "constant"  # after warmup: "constant" or "cosine" (to 0 at total_steps)
+    total_steps: int = 500
+
+    def __post_init__(self):
+        if self.schedule not in ("constant", "cosine"):
+            raise ValueError(f"optim.schedule={self.schedule!r}; expected 'constant' or 'cosine'.")
+        if self.learning_rate <= 0:
+            raise ValueError(f"optim.learning_rate={self.learning_rate} must be > 0.")
+        if self.warmup_steps < 0 or not 0 < self.warmup_init_fraction <= 1:
+            raise ValueError("optim.warmup_steps must be >= 0 and optim.warmup_init_fraction in (0, 1].")
+
+
+def make_schedule(config: OptimConfig) -> optax.Schedule:
+    lr = config.learning_rate
+    warmup = optax.linear_schedule(config.warmup_init_fraction * lr, lr, max(config.warmup_steps, 1))
+    if config.schedule == "constant":
+        after = optax.constant_schedule(lr)
+    else:
+        after = optax.cosine_decay_schedule(lr, max(config.total_steps - config.warmup_steps, 1))
+    return optax.join_schedules([warmup, after], [config.warmup_steps])
+
+
+def make_optimizer(config: OptimConfig) -> optax.GradientTransformation:
+    adamw = optax.adamw(
+        make_schedule(config), b1=config.b1, b2=config.b2, eps=config.eps, weight_decay=config.weight_decay
+    )
+    if config.max_grad_norm > 0:
+        return optax.chain(optax.clip_by_global_norm(config.max_grad_norm), adamw)
+    return adamw
+
+
+@flax.struct.dataclass
+class TrainState:
+    """What the step updates. `params` are fp32 master weights."""
+
+    step: Int[Array, ""]
+    params: Params
+    opt_state: Any
+
+
+@flax.struct.dataclass
+class TrainBatch:
+    """One rollout batch, ready for the loss. B = prompts x samples, T = prompt + response.
+
+    Attributes:
+      tokens: [B, T] prompt + response tokens.
+      attention_mask: [B, T] 1 on real tokens.
+      response_mask: [B, T] 1 on response tokens (the loss's tokens).
+      rollout_logprobs: [B, T] sampler log-probs (importance-weight denominator).
+      advantages: [B] one advantage per response.
+      ref_logprobs: [B, T] frozen reference log-probs (zeros unless the loss has a KL term).
+    """
+
+    tokens: Int[Array, "B T"]
+    attention_mask: Int[Array, "B T"]
+    response_mask: Int[Array, "B T"]
+    rollout_logprobs: Float[Array, "B T"]
+    advantages: Float[Array, " B"]
+    ref_logprobs: Float[Array, "B T"]
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+    """Static settings of the train step."""
+
+    model: ModelConfig
+    loss: LossConfig = LossConfig()
+    optim: OptimConfig = OptimConfig()
+    micro_batches: int = 1  # gradient accumulation: the batch is split into this many
+    remat: str = "full"  # per-layer jax.checkpoint policy: "none", "full", "dots"
+    logits_chunk: int = 256  # positions per chunk of the vocabulary projection
+
+
+def cast_params(params: Params, dtype) -> Params:
+    return jax.tree.map(lambda p: p.astype(dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p, params)
+
+
+def init_train_state(params: Params, optimizer: optax.GradientTransformation) -> TrainState:
+    """A fresh state from (possibly sharded) params; copies, so the caller's arrays (e.g. the
+    frozen reference model) never alias the donated, updated policy."""
+    master = jax.tree.map(lambda p: jnp.array(p, dtype=jnp.float32, copy=True), params)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=master, opt_state=optimizer.init(master))
+
+
+def state_shardings(state: TrainState) -> TrainState:
+    """The shardings a state's arrays already have, as a pytree (for in/out_shardings)."""
+    return jax.tree.map(lambda x: x.sharding, state)
+
+
+def batch_shardings(mesh: Mesh) -> TrainBatch:
+    rows2 = NamedSharding(mesh, PartitionSpec(BATCH_AXES, None))
+    rows1 = NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+    return TrainBatch(
+        tokens=rows2, attention_mask=rows2, response_mask=rows2, rollout_logprobs=rows2, advantages=rows1,
+        ref_logprobs=rows2,
+    )
+
+
+def _loss_fn(params, micro: TrainBatch, *, cfg: StepConfig, num_tokens, num_sequences):
+    compute = cast_params(params, cfg.model.jnp_dtype)
+    logp_BT = score_tokens(
+        compute, micro.tokens, micro.attention_mask, config=cfg.model, remat=cfg.remat, chunk_size=cfg.logits_chunk
+    )
+    return policy_gradient_loss(
+        logp_BT,
+        rollout_logp_BT=micro.rollout_logprobs,
+        advantages_B=micro.advantages,
+        mask_BT=micro.response_mask,
+        config=cfg.loss,
+        ref_logp_BT=micro.ref_logprobs if cfg.loss.kl_coef > 0 else None,
+        num_tokens=num_tokens,
+        num_sequences=num_sequences,
+    )
+
+
+def _split_micro(batch: TrainBatch, n: int) -> TrainBatch:
+    return jax.tree.map(lambda x: x.reshape(n, x.shape[0] // n, *x.shape[1:]), batch)
+
+
+def train_step(state: TrainState, batch: TrainBatch, *, cfg: StepConfig) -> tuple[TrainState, dict[str, Array]]:
+    """One optimizer update on one rollout batch (pure; jit it with `make_train_step`).
+
+    Returns:
+      (new state, metrics): the loss metrics averaged over micro-batches, plus grad_norm,
+      learning_rate, update_skipped (1.0 when a non-finite loss/gradient skipped the update).
+    """
+    if batch.tokens.shape[0] % cfg.micro_batches:
+        raise ValueError(f"batch of {batch.tokens.shape[0]} rows is not divisible by micro_batches={cfg.micro_batches}.")
+    num_tokens = jnp.maximum(batch.response_mask.sum(), 1).astype(jnp.float32)
+    num_sequences = jnp.asarray(batch.tokens.shape[0], jnp.float32)
+    grad_fn = jax.value_and_grad(
+        functools.partial(_loss_fn, cfg=cfg, num_tokens=num_tokens, num_sequences=num_sequences), has_aux=True
+    )
+
+    def accumulate(grads, micro):
+        (loss, metrics), g = grad_fn(state.params, micro)
+        return jax.tree.map(jnp.add, grads, g), metrics
+
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    grads, metrics = jax.lax.scan(accumulate, zeros, _split_micro(batch, cfg.micro_batches))
+    # Per-micro-batch metrics: losses are already globally normalized, so they add up.
+    metrics = {k: (v.sum() if k.endswith("loss") else v.mean()) for k, v in metrics.items()}
+    optimizer = make_optimizer(cfg.optim)
+    updates, new_opt_state = optimizer.update(grads, state.opt_state, state.params)
+    new_params = optax.apply_updates(state.params, updates)
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
+    new_state = TrainState(
+        step=state.step + 1,
+        params=keep(new_params, state.params),
+        opt_state=keep(new_opt_state, state.opt_state),
+    )
+    metrics |= {
+        "grad_norm": grad_norm,
+        "learning_rate": make_schedule(cfg.optim)(state.step),
+        "update_skipped": 1.0 - finite.astype(jnp.float32),
+    }
+    return new_state, metrics
+
+
+def make_train_step(cfg: StepConfig, state: TrainState, mesh: Mesh | None) -> Callable:
+    """`jax.jit(train_step)` with explicit in/out shardings and the old state donated."""
+    fn = functools.partial(train_step, cfg=cfg)
+    if mesh is None:
+        return jax.jit(fn, donate_argnums=0)
+    shardings = state_shardings(state)
+    return jax.jit(
+        fn,
+        in_shardings=(shardings, batch_shardings(mesh)),
+        out_shardings=(shardings, NamedSharding(mesh, PartitionSpec())),
+        donate_argnums=0,
+    )
+
+
+@flax.struct.dataclass
+class ScoredRollout:
+    """Rewards and advantages of one rollout batch (outputs of `compute_rewards`)."""
+
+    batch: TrainBatch
+    metrics: dict[str, Array]
+    rewards: Float[Array, " B"]
+
+
+def compute_rewards(
+    ref_params: Params | None,
+    rollout: RolloutBatch,
+    task_reward_B: Float[Array, " B"] | None,
+    *,
+    model: ModelConfig,
+    reward: RewardConfig,
+    loss: LossConfig,
+    group_size: int,
+    logits_chunk: int = 256,
+) -> ScoredRollout:
+    """R = w_task r + w_ref L_ref - w_pol L_pol per response, RLOO advantages, the loss batch.
+
+    L_ref is scored under the frozen reference params (skipped when neither the reward nor
+    a KL term needs it); L_pol is the sampler's own log-probs at temperature 1.
+    """
+    needs_ref = reward.needs_ref_logprobs or loss.kl_coef > 0
+    if needs_ref and ref_params is None:
+        raise ValueError("this reward/loss needs the reference model's log-probs but ref_params is None.")
+    mask = rollout.response_mask
+    ref_logp = None
+    if needs_ref:
+        ref_logp = score_tokens(
+            cast_params(ref_params, model.jnp_dtype), rollout.tokens, rollout.attention_mask, config=model,
+            chunk_size=logits_chunk,
+        )
+    out = make_reward(reward)(
+        mask_BT=mask,
+        task_reward_B=task_reward_B if reward.needs_task_reward else None,
+        ref_logp_BT=ref_logp,
+        pol_logp_BT=rollout.logprobs,
+    )
+    rewards_PG = out.reward_B.reshape(-1, group_size)
+    advantages = compute_advantages(rewards_PG, config=loss).reshape(-1)
+    metrics = reward_metrics(rewards_PG) | out.metrics()
+    batch = TrainBatch(
+        tokens=rollout.tokens,
+        attention_mask=rollout.attention_mask,
+        response_mask=mask,
+        rollout_logprobs=rollout.logprobs,
+        advantages=advantages,
+        ref_logprobs=jnp.zeros_like(rollout.logprobs) if ref_logp is None else ref_logp,
+    )
+    return ScoredRollout(batch=batch, metrics=metrics, rewards=out.reward_B)
+
