@@ -12,12 +12,8 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from sharpjax.losses._dtype import compute_dtype
 from sharpjax.losses.config import LossConfig
-
-
-def _compute_dtype(x: Array) -> jnp.dtype:
-    # At least fp32: bf16 inputs are upcast, fp64 (x64 tests) is kept.
-    return jnp.promote_types(x.dtype, jnp.float32)
 
 
 def _check_group(rewards_PG: Array, name: str) -> None:
@@ -64,7 +60,7 @@ def rloo_advantages(
       ValueError: rewards are not 2-D or the group size is < 2 (leave-one-out needs >= 2).
     """
     _check_group(rewards_PG, "rloo_advantages")
-    rewards_PG = rewards_PG.astype(_compute_dtype(rewards_PG))
+    rewards_PG = jnp.asarray(rewards_PG, compute_dtype(rewards_PG))
     g = rewards_PG.shape[1]
     total_P1 = jnp.sum(rewards_PG, axis=1, keepdims=True)
     baseline_PG = (total_P1 - rewards_PG) / (g - 1)
@@ -88,7 +84,7 @@ def grpo_advantages(
       Advantages, [prompts, samples per prompt], at least fp32.
     """
     _check_group(rewards_PG, "grpo_advantages")
-    rewards_PG = rewards_PG.astype(_compute_dtype(rewards_PG))
+    rewards_PG = jnp.asarray(rewards_PG, compute_dtype(rewards_PG))
     advantages_PG = rewards_PG - jnp.mean(rewards_PG, axis=1, keepdims=True)
     return _normalize(advantages_PG, rewards_PG, normalize_std, eps)
 
@@ -127,7 +123,7 @@ def reward_metrics(
       rewards are all equal, so RLOO gives them zero advantage and no gradient), and
       reward/<name> (the mean of each component); all scalar arrays.
     """
-    rewards_PG = rewards_PG.astype(_compute_dtype(rewards_PG))
+    rewards_PG = jnp.asarray(rewards_PG, compute_dtype(rewards_PG))
     spread_P = jnp.max(rewards_PG, axis=1) - jnp.min(rewards_PG, axis=1)
     metrics = {
         "reward_mean": jnp.mean(rewards_PG),
@@ -137,5 +133,5 @@ def reward_metrics(
         "zero_std_group_frac": jnp.mean((spread_P == 0).astype(rewards_PG.dtype)),
     }
     for name, value_PG in (components or {}).items():
-        metrics[f"reward/{name}"] = jnp.mean(value_PG.astype(rewards_PG.dtype))
+        metrics[f"reward/{name}"] = jnp.mean(jnp.asarray(value_PG, rewards_PG.dtype))
     return metrics

@@ -30,6 +30,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from sharpjax.losses._dtype import compute_dtype
 from sharpjax.losses.config import KLEstimator
 
 
@@ -55,8 +56,9 @@ def kl_estimate(
     Returns:
       The per-token estimate, same shape; padding positions are not masked here.
     """
-    dtype = jnp.promote_types(jnp.promote_types(logp_BT.dtype, ref_logp_BT.dtype), jnp.float32)
-    x_BT = jnp.clip(logp_BT.astype(dtype) - ref_logp_BT.astype(dtype), -clamp, clamp)
+    dtype = compute_dtype(logp_BT, ref_logp_BT)
+    x_BT = jnp.asarray(logp_BT, dtype) - jnp.asarray(ref_logp_BT, dtype)
+    x_BT = jnp.clip(x_BT, -clamp, clamp)
     if estimator == "k1":
         return x_BT
     if estimator == "k2":

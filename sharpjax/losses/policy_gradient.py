@@ -20,18 +20,11 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
+from sharpjax.losses._dtype import compute_dtype
 from sharpjax.losses.config import LossConfig
 from sharpjax.losses.kl import kl_estimate
 
 Scalar = Float[Array, ""] | Int[Array, ""] | float | int
-
-
-def _compute_dtype(*xs: Array) -> jnp.dtype:
-    # At least fp32: bf16 inputs are upcast, fp64 (x64 tests) is kept.
-    dtype = jnp.float32
-    for x in xs:
-        dtype = jnp.promote_types(dtype, x.dtype)
-    return dtype
 
 
 def masked_mean(x_BT: Float[Array, "..."], mask_BT: Float[Array, "..."]) -> Float[Array, ""]:
@@ -74,7 +67,7 @@ def aggregate_loss(
     Returns:
       The scalar loss.
     """
-    valid_BT = mask_BT > 0
+    valid_BT = jnp.asarray(mask_BT) > 0
     loss_BT = jnp.where(valid_BT, loss_BT, 0)
     if config.aggregation == "token_mean":
         count = jnp.sum(mask_BT) if num_tokens is None else num_tokens
@@ -143,18 +136,18 @@ def policy_gradient_loss(
     if config.kl_coef > 0 and ref_logp_BT is None:
         raise ValueError("policy_gradient_loss: config.kl_coef > 0 needs ref_logp_BT.")
     optional = [x for x in (ref_logp_BT, old_logp_BT) if x is not None]
-    dtype = _compute_dtype(logp_BT, rollout_logp_BT, advantages_B, *optional)
-    valid_BT = mask_BT > 0
+    dtype = compute_dtype(logp_BT, rollout_logp_BT, advantages_B, *optional)
+    valid_BT = jnp.asarray(mask_BT) > 0
     mask_BT = valid_BT.astype(dtype)
 
     def prepare(x_BT: Array) -> Array:
         # Padding may hold -inf or garbage; zero it so no NaN reaches values or gradients.
-        return jnp.where(valid_BT, x_BT.astype(dtype), 0)
+        return jnp.where(valid_BT, jnp.asarray(x_BT, dtype), 0)
 
     logp_BT = prepare(logp_BT)
     logp_train_BT = jax.lax.stop_gradient(logp_BT)
     rollout_logp_BT = jax.lax.stop_gradient(prepare(rollout_logp_BT))
-    advantages_B = jax.lax.stop_gradient(advantages_B.astype(dtype))
+    advantages_B = jax.lax.stop_gradient(jnp.asarray(advantages_B, dtype))
     advantages_B1 = advantages_B[:, None]
 
     if config.ppo_clip_eps is None:
