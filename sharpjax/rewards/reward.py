@@ -1,0 +1,275 @@
+"""The reward closure R = w_task * r + w_ref * L_ref - w_pol * L_pol (DESIGN.md, PAPER.md).
+
+Per response y to prompt x:
+
+    r      in {0, 1}: the task reward (math-verify, `sharpjax.rewards.verify_batch`);
+    L_ref  = sum_t log pi_ref(y_t | x, y_<t), optionally normalized by length (below);
+    L_pol  = sum_t log pi_old(y_t | x, y_<t), the sampling policy's own log-likelihood.
+
+The paper's four cases are one family (`RewardConfig` derives the weights):
+
+    optimization, beta_inv = 0:  R = alpha * L_ref
+    optimization, beta_inv > 0:  R = r + (alpha / beta_inv) * L_ref
+    sampling,     beta_inv = 0:  R = alpha * L_ref - L_pol
+    sampling,     beta_inv > 0:  R = r + (alpha / beta_inv) * L_ref - (1 / beta_inv) * L_pol
+
+Normalization applies to L_ref only; L_pol is always the full sum. Reason: in sampling mode
+E_pi[-L_pol] must be the sequence entropy H(pi) for the objective
+E[r] + (1/beta_inv)(alpha E[L_ref] + H(pi)) to have the Gibbs maximizer
+pi* ∝ pi_ref^alpha exp(beta_inv r) (with normalized L_ref: pi* ∝ exp(alpha L~_ref +
+beta_inv r), still a Gibbs distribution). A length-normalized L_pol is not the entropy and
+the maximizer would no longer be of that form.
+
+The whole reward is a constant for REINFORCE: every output is stop-gradiented (L_pol must be,
+since pi_old is the policy being trained; L_ref comes from the frozen base model anyway).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+from jaxtyping import Array, Float, Num
+
+__all__ = ["RewardConfig", "RewardOutput", "make_reward"]
+
+Mode = Literal["optimization", "sampling"]
+Normalization = Literal["sum", "mean", "weighted_mean"]
+_MODES = ("optimization", "sampling")
+_NORMALIZATIONS = ("sum", "mean", "weighted_mean")
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardConfig:
+    """Which member of the reward family a run uses. Defaults: the paper's task-reward run.
+
+    Attributes:
+      mode: "optimization" (maximize E[R]) or "sampling" (add the entropy term -L_pol, so
+        the optimum is the distribution pi_ref^alpha exp(beta_inv r)).
+      alpha: Exponent on pi_ref (>= 0). alpha > 1 sharpens, alpha < 1 flattens.
+      beta_inv: Weight of the task reward relative to the likelihood terms (>= 0); 0 means
+        no task reward at all (pure sharpening, the verifier is never called).
+      normalization: How L_ref is aggregated over response tokens: "sum" (every reported
+        run), "mean" (divide by length), "weighted_mean" (divide by length**length_power).
+      length_power: The w of "weighted_mean"; must be None for the other normalizations.
+    """
+
+    mode: Mode = "optimization"
+    alpha: float = 0.0
+    beta_inv: float = 1.0
+    normalization: Normalization = "sum"
+    length_power: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in _MODES:
+            raise ValueError(f"RewardConfig.mode={self.mode!r} must be one of {_MODES}.")
+        for name in ("alpha", "beta_inv"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ValueError(f"RewardConfig.{name}={v!r} must be a finite number.")
+            if v < 0:
+                raise ValueError(f"RewardConfig.{name}={v!r} must be >= 0.")
+        if self.normalization not in _NORMALIZATIONS:
+            raise ValueError(
+                f"RewardConfig.normalization={self.normalization!r} must be one of "
+                f"{_NORMALIZATIONS}."
+            )
+        if self.normalization == "weighted_mean":
+            w = self.length_power
+            if w is None or isinstance(w, bool) or not math.isfinite(w):
+                raise ValueError(
+                    "RewardConfig.length_power must be a finite number when "
+                    f"normalization='weighted_mean' (L_ref / length**w); got {w!r}."
+                )
+        elif self.length_power is not None:
+            raise ValueError(
+                f"RewardConfig.length_power={self.length_power!r} is only used with "
+                f"normalization='weighted_mean', not {self.normalization!r}; leave it None."
+            )
+        if self.mode == "optimization" and self.alpha == 0 and self.beta_inv == 0:
+            raise ValueError(
+                "RewardConfig(mode='optimization', alpha=0, beta_inv=0) gives R = 0 for every "
+                "response; set alpha > 0 (likelihood) or beta_inv > 0 (task reward)."
+            )
+
+    # ---- the paper's runs ----------------------------------------------------------
+    @classmethod
+    def task_reward(cls) -> RewardConfig:
+        """R = r (optimization, alpha=0, beta_inv=1)."""
+        return cls(mode="optimization", alpha=0.0, beta_inv=1.0)
+
+    @classmethod
+    def likelihood_maximization(cls, alpha: float = 1.0, **kw) -> RewardConfig:
+        """R = alpha * L_ref (optimization, beta_inv=0); the paper uses alpha=1."""
+        return cls(mode="optimization", alpha=alpha, beta_inv=0.0, **kw)
+
+    @classmethod
+    def power_sampling(cls, alpha: float, **kw) -> RewardConfig:
+        """R = alpha * L_ref - L_pol: optimum pi_ref^alpha (sampling, beta_inv=0)."""
+        return cls(mode="sampling", alpha=alpha, beta_inv=0.0, **kw)
+
+    @classmethod
+    def tilted_sampling(cls, alpha: float, beta_inv: float, **kw) -> RewardConfig:
+        """R = r + (alpha L_ref - L_pol) / beta_inv: optimum pi_ref^alpha exp(beta_inv r)."""
+        if not beta_inv > 0:
+            raise ValueError(
+                f"tilted_sampling needs beta_inv > 0, got {beta_inv!r}; "
+                "use power_sampling for beta_inv = 0."
+            )
+        return cls(mode="sampling", alpha=alpha, beta_inv=beta_inv, **kw)
+
+    # ---- derived weights: R = w_task * r + w_ref * L_ref - w_pol * L_pol -------------
+    @property
+    def w_task(self) -> float:
+        return 1.0 if self.beta_inv > 0 else 0.0
+
+    @property
+    def w_ref(self) -> float:
+        return self.alpha / self.beta_inv if self.beta_inv > 0 else float(self.alpha)
+
+    @property
+    def w_pol(self) -> float:
+        if self.mode == "optimization":
+            return 0.0
+        return 1.0 / self.beta_inv if self.beta_inv > 0 else 1.0
+
+    @property
+    def needs_task_reward(self) -> bool:
+        """False for pure sharpening: the loop never calls the verifier (no label is read)."""
+        return self.w_task != 0
+
+    @property
+    def needs_ref_logprobs(self) -> bool:
+        """Whether the frozen base model's forward pass is needed."""
+        return self.w_ref != 0
+
+    @property
+    def needs_policy_logprobs(self) -> bool:
+        """Whether the rollout policy's own log-probs are needed."""
+        return self.w_pol != 0
+
+
+@struct.dataclass
+class RewardOutput:
+    """The reward and its components, per response (all stop-gradiented, float32).
+
+    A component whose input was not given (its weight is 0) is zeros.
+
+    Attributes:
+      reward_B: Total reward R.
+      task_B: Task reward r (zeros when not given).
+      ref_logp_sum_B: L_ref summed over response tokens.
+      ref_term_B: L_ref after normalization (what w_ref multiplies).
+      pol_logp_sum_B: L_pol summed over response tokens (never normalized).
+      length_B: Number of response tokens.
+    """
+
+    reward_B: Float[Array, " B"]
+    task_B: Float[Array, " B"]
+    ref_logp_sum_B: Float[Array, " B"]
+    ref_term_B: Float[Array, " B"]
+    pol_logp_sum_B: Float[Array, " B"]
+    length_B: Float[Array, " B"]
+
+    def metrics(self) -> dict[str, Float[Array, ""]]:
+        """Batch means for logging."""
+        return {
+            f"reward/{f.name[:-2]}": jnp.mean(getattr(self, f.name))
+            for f in dataclasses.fields(self)
+        }
+
+
+def _masked_sum(x_BT: Float[Array, "B T"], mask_BT: Num[Array, "B T"]) -> Float[Array, " B"]:
+    # where, not multiply: -inf or nan at a masked position must not leak (inf * 0 = nan).
+    return jnp.sum(jnp.where(mask_BT > 0, x_BT.astype(jnp.float32), 0.0), axis=-1)
+
+
+def make_reward(config: RewardConfig) -> Callable[..., RewardOutput]:
+    """Build the pure, jittable reward function for `config`.
+
+    Args:
+      config: The reward family member.
+
+    Returns:
+      `reward_fn(*, mask_BT, task_reward_B=None, ref_logp_BT=None, pol_logp_BT=None)`:
+        mask_BT: 1 on response tokens, 0 on prompt and padding.
+        task_reward_B: r per response; required iff `config.needs_task_reward`.
+        ref_logp_BT / pol_logp_BT: teacher-forced per-token log-probs of the response
+          under pi_ref / the sampling policy, aligned with mask_BT; required iff the
+          corresponding weight is nonzero (given anyway, they are logged).
+      It returns a `RewardOutput`.
+    """
+    if not isinstance(config, RewardConfig):
+        raise TypeError(f"make_reward expects a RewardConfig, got {type(config).__name__}.")
+    w_task, w_ref, w_pol = config.w_task, config.w_ref, config.w_pol
+    norm, power = config.normalization, config.length_power
+
+    def reward_fn(
+        *,
+        mask_BT: Num[Array, "B T"],
+        task_reward_B: Float[Array, " B"] | None = None,
+        ref_logp_BT: Float[Array, "B T"] | None = None,
+        pol_logp_BT: Float[Array, "B T"] | None = None,
+    ) -> RewardOutput:
+        if mask_BT.ndim != 2:
+            raise ValueError(f"mask_BT must be [B, T], got shape {mask_BT.shape}.")
+        for name, arr in (("ref_logp_BT", ref_logp_BT), ("pol_logp_BT", pol_logp_BT)):
+            if arr is not None and arr.shape != mask_BT.shape:
+                raise ValueError(
+                    f"{name} has shape {arr.shape} but mask_BT has {mask_BT.shape}; the "
+                    "log-probs must be per token, aligned with the response mask."
+                )
+        if task_reward_B is not None and task_reward_B.shape != mask_BT.shape[:1]:
+            raise ValueError(
+                f"task_reward_B has shape {task_reward_B.shape}, expected {mask_BT.shape[:1]}."
+            )
+        missing = [
+            (need, name)
+            for need, name, arr in (
+                (w_task != 0, "task_reward_B", task_reward_B),
+                (w_ref != 0, "ref_logp_BT", ref_logp_BT),
+                (w_pol != 0, "pol_logp_BT", pol_logp_BT),
+            )
+            if need and arr is None
+        ]
+        if missing:
+            raise ValueError(
+                f"{missing[0][1]} is required by {config} (weights w_task={w_task}, "
+                f"w_ref={w_ref}, w_pol={w_pol}) but was not given."
+            )
+        zeros_B = jnp.zeros(mask_BT.shape[:1], jnp.float32)
+        length_B = jnp.sum((mask_BT > 0).astype(jnp.float32), axis=-1)
+        task_B = zeros_B if task_reward_B is None else task_reward_B.astype(jnp.float32)
+        ref_sum_B = zeros_B if ref_logp_BT is None else _masked_sum(ref_logp_BT, mask_BT)
+        pol_sum_B = zeros_B if pol_logp_BT is None else _masked_sum(pol_logp_BT, mask_BT)
+        if norm == "sum":
+            ref_term_B = ref_sum_B
+        elif norm == "mean":
+            ref_term_B = ref_sum_B / jnp.maximum(length_B, 1.0)
+        else:
+            ref_term_B = ref_sum_B / jnp.maximum(length_B, 1.0) ** power
+        # Python-level branches on static weights: a zero-weight input never enters the sum
+        # (0 * nan would still be nan).
+        reward_B = zeros_B
+        if w_task != 0:
+            reward_B = reward_B + w_task * task_B
+        if w_ref != 0:
+            reward_B = reward_B + w_ref * ref_term_B
+        if w_pol != 0:
+            reward_B = reward_B - w_pol * pol_sum_B
+        out = RewardOutput(
+            reward_B=reward_B,
+            task_B=task_B,
+            ref_logp_sum_B=ref_sum_B,
+            ref_term_B=ref_term_B,
+            pol_logp_sum_B=pol_sum_B,
+            length_B=length_B,
+        )
+        return jax.tree_util.tree_map(jax.lax.stop_gradient, out)
+
+    return reward_fn
