@@ -178,7 +178,7 @@ def _row_to_problem(row: Any, *, where: str, default_id: str, default_source: st
         solution, answer = answer, gsm8k_final_answer(answer)
     elif answer is None and isinstance(solution, str) and "####" in solution:
         answer = gsm8k_final_answer(solution)
-    if answer is None:
+    if answer is None and "answer" not in row and "final_answer" not in row:
         raise ValueError(
             f"{where}: missing required field 'answer'; fields present: {sorted(row)}."
         )
