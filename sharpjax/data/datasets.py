@@ -86,7 +86,9 @@ _LOCAL: dict[str, _LocalSpec] = {
     "gsm8k_train": _LocalSpec("gsm8k_train.jsonl", "GSM8K train, 7473, with solutions"),
     "gsm8k_test": _LocalSpec("gsm8k_test.jsonl", "GSM8K test, 1319, with solutions"),
 }
-_REMOTE = {"deepscaler": f"DeepScaleR-Preview (~40k): path= a local JSON/JSONL, or Hub {DEEPSCALER_HUB_ID}"}
+_REMOTE = {
+    "deepscaler": f"DeepScaleR-Preview (~40k): path= a local JSON/JSONL, or Hub {DEEPSCALER_HUB_ID}"
+}
 
 
 def available_datasets() -> dict[str, str]:
@@ -162,7 +164,8 @@ def _row_to_problem(row: Any, *, where: str, default_id: str, default_source: st
     `solution`, `source`, `level`, `subject` (or `type`).
     """
     if not isinstance(row, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}.")
+        # A data error, not a caller bug: ValueError like every other malformed line.
+        raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}.")  # noqa: TRY004
     pkey, problem = _first_str(row, ("problem", "question"))
     if pkey is None:
         raise ValueError(
@@ -173,7 +176,12 @@ def _row_to_problem(row: Any, *, where: str, default_id: str, default_source: st
         raise ValueError(f"{where}: field {pkey!r} must be a non-empty string, got {row[pkey]!r}.")
     solution = row.get("solution")
     answer = row.get("answer", row.get("final_answer"))
-    if pkey == "question" and "solution" not in row and isinstance(answer, str) and "####" in answer:
+    if (
+        pkey == "question"
+        and "solution" not in row
+        and isinstance(answer, str)
+        and "####" in answer
+    ):
         # Raw GSM8K row: `answer` is the worked solution ending in "#### N".
         solution, answer = answer, gsm8k_final_answer(answer)
     elif answer is None and isinstance(solution, str) and "####" in solution:
@@ -187,7 +195,9 @@ def _row_to_problem(row: Any, *, where: str, default_id: str, default_source: st
     if not isinstance(answer, str) or not answer.strip():
         raise ValueError(f"{where}: field 'answer' must be a non-empty string, got {answer!r}.")
     if solution is not None and not isinstance(solution, str):
-        raise ValueError(f"{where}: field 'solution' must be a string, got {type(solution).__name__}.")
+        raise ValueError(
+            f"{where}: field 'solution' must be a string, got {type(solution).__name__}."
+        )
     pid = row.get("id", row.get("unique_id", default_id))
     subject = row.get("subject", row.get("type"))
     return Problem(
@@ -328,6 +338,8 @@ def load_dataset(
     if path is not None:
         return _read_file(Path(path).expanduser(), name=name, limit=limit)
     if name in _LOCAL:
-        return _read_file(resolve_data_dir(data_dir) / _LOCAL[name].filename, name=name, limit=limit)
+        return _read_file(
+            resolve_data_dir(data_dir) / _LOCAL[name].filename, name=name, limit=limit
+        )
     hub_id = DEEPSCALER_HUB_ID if name == "deepscaler" else name[len(_HUB_PREFIX) :]
     return _read_hub(hub_id, name=name, split=split, limit=limit)

@@ -27,7 +27,9 @@ def _text(problem: str | Problem) -> str:
     if isinstance(problem, Problem):
         return problem.problem
     if not isinstance(problem, str):
-        raise TypeError(f"expected the problem text (str) or a Problem, got {type(problem).__name__}.")
+        raise TypeError(
+            f"expected the problem text (str) or a Problem, got {type(problem).__name__}."
+        )
     return problem
 
 

@@ -140,7 +140,9 @@ def test_gsm8k_answers_are_the_text_after_hashes(loaded, name):
 @pytest.mark.parametrize("name", ["aime24", "aime25"])
 def test_aime_answers_are_integers_0_999(loaded, name):
     problems = loaded[name]
-    assert all(re.fullmatch(r"\d{1,3}", p.answer) and str(int(p.answer)) == p.answer for p in problems)
+    assert all(
+        re.fullmatch(r"\d{1,3}", p.answer) and str(int(p.answer)) == p.answer for p in problems
+    )
     assert sum("_I-" in p.id for p in problems) == sum("_II-" in p.id for p in problems) == 15
 
 
@@ -219,7 +221,10 @@ GOOD = json.dumps({"id": "a", "problem": "1+1?", "answer": "2"})
         (json.dumps({"id": "b", "problem": "  ", "answer": "1"}), r"bad\.jsonl:3: field 'problem'"),
         (json.dumps({"id": "b", "problem": "x", "answer": ""}), r"bad\.jsonl:3: field 'answer'"),
         (json.dumps({"id": "b", "problem": "x", "answer": None}), r"bad\.jsonl:3: field 'answer'"),
-        (json.dumps({"id": "b", "problem": "x", "answer": "1", "solution": 3}), r":3: field 'solution'"),
+        (
+            json.dumps({"id": "b", "problem": "x", "answer": "1", "solution": 3}),
+            r":3: field 'solution'",
+        ),
         (json.dumps(["problem", "answer"]), r"bad\.jsonl:3: expected a JSON object"),
         (json.dumps({"id": "a", "problem": "x", "answer": "1"}), r"id 'a' appears twice"),
     ],

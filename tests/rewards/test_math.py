@@ -92,7 +92,10 @@ def _quality(pool, data_dir, name, *, fallback="none", with_baseline=True):
     t0 = time.perf_counter()
     pos = pool.verify_batch(sols, answers, timeout_s=5.0, fallback=fallback)
     neg = pool.verify_batch(
-        [sols[i] for i, _ in pairs], [answers[j] for _, j in pairs], timeout_s=5.0, fallback=fallback
+        [sols[i] for i, _ in pairs],
+        [answers[j] for _, j in pairs],
+        timeout_s=5.0,
+        fallback=fallback,
     )
     out = {
         "rows": rows,
@@ -119,7 +122,9 @@ def _add_baseline(q: dict, name: str) -> None:
     answers = [r["answer"] for r in q["rows"]]
     t0 = time.perf_counter()
     q["mv_pos"] = _math_verify_alone(sols, answers)
-    q["mv_neg"] = _math_verify_alone([sols[i] for i, _ in q["pairs"]], [answers[j] for _, j in q["pairs"]])
+    q["mv_neg"] = _math_verify_alone(
+        [sols[i] for i, _ in q["pairs"]], [answers[j] for _, j in q["pairs"]]
+    )
     print(
         f"\n[{name}] math-verify alone: {sum(q['mv_pos'])}/{len(sols)} solutions verify, "
         f"{sum(q['mv_neg'])}/{len(q['pairs'])} shuffled pairs accepted, "
@@ -133,7 +138,9 @@ def _assert_not_worse(q):
     ids = [r["id"] for r in q["rows"]]
     lost = [ids[k] for k, (o, m) in enumerate(zip(q["ours_pos"], q["mv_pos"])) if m and not o]
     assert not lost, f"math-verify alone verifies these solutions but ours does not: {lost}"
-    extra = [q["pairs"][k] for k, (o, m) in enumerate(zip(q["ours_neg"], q["mv_neg"])) if o and not m]
+    extra = [
+        q["pairs"][k] for k, (o, m) in enumerate(zip(q["ours_neg"], q["mv_neg"])) if o and not m
+    ]
     assert not extra, f"ours accepts these shuffled pairs that math-verify rejects: {extra}"
 
 
@@ -193,7 +200,11 @@ def test_aime24_solutions(pool, data_dir):
     is `\\textbf{(073)}`, which math-verify alone rejects."""
     q = _quality(pool, data_dir, "aime24")
     ids = [r["id"] for r in q["rows"]]
-    unboxed = [r["id"] for r in q["rows"] if "\\boxed" not in r["solution"] and "\\fbox" not in r["solution"]]
+    unboxed = [
+        r["id"]
+        for r in q["rows"]
+        if "\\boxed" not in r["solution"] and "\\fbox" not in r["solution"]
+    ]
     assert unboxed == ["2024_AIME_I-1"]
     failed = {i: r.reason for i, r in zip(ids, q["pos"]) if r.score != 1.0}
     assert failed == {"2024_AIME_I-1": VerifyReason.NO_ANSWER}
@@ -268,7 +279,9 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("answer, reference, equivalent", CASES, ids=[f"{a}|{r}" for a, r, _ in CASES])
+@pytest.mark.parametrize(
+    "answer, reference, equivalent", CASES, ids=[f"{a}|{r}" for a, r, _ in CASES]
+)
 def test_hand_written_equivalences(answer, reference, equivalent):
     response = f"Some reasoning, $x = 1$. So the answer is $\\boxed{{{answer}}}$."
     res = verify_one(response, reference, timeout_s=10.0)
@@ -288,7 +301,10 @@ def test_hand_written_cases_through_the_pool_agree(pool):
     [
         ("\\boxed{\\frac{a}{\\sqrt{b^{2}+c^{2}}}}", "\\frac{a}{\\sqrt{b^{2}+c^{2}}}"),
         ("x \\boxed{\\{1, 2\\}} y", "\\{1, 2\\}"),
-        ("\\boxed{\\begin{pmatrix} 1 \\\\{2} \\end{pmatrix}}", "\\begin{pmatrix} 1 \\\\{2} \\end{pmatrix}"),
+        (
+            "\\boxed{\\begin{pmatrix} 1 \\\\{2} \\end{pmatrix}}",
+            "\\begin{pmatrix} 1 \\\\{2} \\end{pmatrix}",
+        ),
         ("first \\boxed{3}, then \\boxed{5}.", "5"),  # The last box is the answer.
         ("\\boxed{3} and a truncated \\boxed{\\frac{1}{", "3"),  # Unclosed: previous box.
         ("\\fbox{7}", "7"),
@@ -306,14 +322,21 @@ def test_extract_boxed(text, boxed):
 @pytest.mark.parametrize("response", ["The answer is 5.", "", "\\boxed{5", "\\boxed{}", "5"])
 def test_no_answer_reason(response, pool):
     res = verify_one(response, "5")
-    assert (res.score, res.reason, res.extracted, res.canonical) == (0.0, VerifyReason.NO_ANSWER, None, None)
+    assert (res.score, res.reason, res.extracted, res.canonical) == (
+        0.0,
+        VerifyReason.NO_ANSWER,
+        None,
+        None,
+    )
     assert pool.verify_batch([response], ["5"])[0].reason == VerifyReason.NO_ANSWER
 
 
 def test_fallbacks_find_unboxed_answers():
     assert extract_answer("The answer is 5.", fallback="answer_is") == "5"
     assert extract_answer("We get 3 then 1,024 apples", fallback="last_number") == "1024"
-    assert verify_one("The final answer is $\\frac{1}{2}$.", "0.5", fallback="answer_is").score == 1.0
+    assert (
+        verify_one("The final answer is $\\frac{1}{2}$.", "0.5", fallback="answer_is").score == 1.0
+    )
     assert verify_one("Therefore $x = \\frac{1}{2}$", "0.5", fallback="math_verify").score == 1.0
     with pytest.raises(ValueError, match="fallback"):
         extract_answer("x", fallback="nope")  # type: ignore[arg-type]
