@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     import jax
 
-    from sharpjax.eval.harness import evaluate
+    from sharpjax.eval.harness import check_context, default_render_fn, evaluate
     from sharpjax.models.hf import load_model
     from sharpjax.models.tokenizer import load_tokenizer
     from sharpjax.rollout import SamplingConfig
@@ -142,6 +142,12 @@ def main(argv: list[str] | None = None) -> dict:
         stop_token_ids=stop,
         pad_id=tokenizer.pad_token_id,
     )
+    render = default_render_fn(tokenizer)
+    for name, problems in benchmarks.items():  # Every benchmark fits, before any sampling.
+        try:
+            check_context(config, tokenizer, [render(p.problem) for p in problems], sampling)
+        except ValueError as e:
+            raise SystemExit(f"error: benchmark {name!r}: {e}") from None
     key = jax.random.key(args.seed)
     table, records = {}, {}
     for name, problems in benchmarks.items():
@@ -155,6 +161,7 @@ def main(argv: list[str] | None = None) -> dict:
             # Per-benchmark key from the name: results do not depend on the list's order.
             key=jax.random.fold_in(key, zlib.crc32(name.encode()) & 0x7FFFFFFF),
             batch_size=args.batch_size,
+            render_fn=render,
             ks=ks,
             keep_responses=args.save_responses,
             verify_timeout_s=args.verify_timeout,

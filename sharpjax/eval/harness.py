@@ -23,14 +23,14 @@ import tqdm
 
 from sharpjax.eval.metrics import DEFAULT_KS, ProblemRecord, summarize
 from sharpjax.models.config import ModelConfig
-from sharpjax.models.tokenizer import render_chat
+from sharpjax.models.tokenizer import bucket_length, render_chat
 from sharpjax.models.transformer import Params
 from sharpjax.rewards import verify_batch
 from sharpjax.rewards.math import Fallback
 from sharpjax.rollout.sampler import SamplingConfig
 from sharpjax.rollout.text import DEFAULT_BUCKETS, generate_text
 
-__all__ = ["EvalProblem", "EvalResult", "PROMPT_TEMPLATE", "default_render_fn", "evaluate"]
+__all__ = ["EvalProblem", "EvalResult", "PROMPT_TEMPLATE", "check_context", "default_render_fn", "evaluate"]
 
 # The paper's user turn (PAPER.md, "Prompt"); `sharpjax.data.format_prompt` is preferred
 # when that module provides it, so the two cannot drift apart silently in a run.
@@ -59,6 +59,33 @@ def default_render_fn(tokenizer) -> Callable[[str], str]:
     """Problem text -> model input: the paper's instruction prompt as one user turn, rendered
     with the tokenizer's chat template (generation prompt on, no system prompt)."""
     return lambda text: render_chat(tokenizer, _format_prompt(text))
+
+
+def check_context(
+    model_config: ModelConfig,
+    tokenizer,
+    prompts: Sequence[str],
+    sampling: SamplingConfig,
+    *,
+    buckets: tuple[int, ...] = DEFAULT_BUCKETS,
+) -> None:
+    """Raises ValueError, before any sampling, if a rendered prompt cannot be sampled.
+
+    The longest prompt decides the largest bucket any batch pads to; that bucket plus
+    `sampling.max_new_tokens` must fit the model's context (the sampler's own check would
+    otherwise fire mid-run, after earlier batches or benchmarks were sampled).
+    """
+    lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+    longest = int(np.argmax(lengths))
+    try:
+        bucket = bucket_length(lengths[longest], buckets)
+    except ValueError as e:
+        raise ValueError(f"prompt {longest} ({lengths[longest]} tokens): {e}") from None
+    if bucket + sampling.max_new_tokens > model_config.max_position_embeddings:
+        raise ValueError(
+            f"prompt {longest} has {lengths[longest]} tokens (padded to {bucket}); with max_new_tokens "
+            f"{sampling.max_new_tokens} it exceeds the model's context of {model_config.max_position_embeddings}."
+        )
 
 
 @dataclasses.dataclass
@@ -136,6 +163,7 @@ def evaluate(
     prompts = [render_fn(p.problem) for p in problems]
     references = [str(p.answer) for p in problems]
     ids = [str(getattr(p, "id", i)) for i, p in enumerate(problems)]
+    check_context(model_config, tokenizer, prompts, sampling, buckets=buckets)
     bs = min(batch_size, len(problems))
 
     records: list[ProblemRecord] = []

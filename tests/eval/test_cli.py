@@ -68,6 +68,10 @@ def test_errors(hf_checkpoint, bench_file, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["--model", hf_checkpoint("llama"), "--benchmarks", "toy", "--data_file", f"toy={tmp_path}/nope.jsonl"])
     assert "no such file" in str(e.value.code)
+    with pytest.raises(SystemExit) as e:  # checked for every benchmark before any sampling
+        cli.main(["--model", hf_checkpoint("llama"), "--benchmarks", "toy", "--data_file", f"toy={bench_file}",
+                  "--max_new_tokens", "16384", "--no_progress"])  # fmt: skip
+    assert "'toy'" in str(e.value.code) and "exceeds the model's context of 16384" in str(e.value.code)
     with pytest.raises(SystemExit) as e:
         cli.main(["--model", hf_checkpoint("llama"), "--data_file", "toy"])
     assert e.value.code == 2 and "NAME=PATH" in capsys.readouterr().err

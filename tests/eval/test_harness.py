@@ -1,5 +1,6 @@
 """evaluate(): end to end on a tiny random model, and exact metrics from forced responses."""
 
+import dataclasses
 import types
 from fractions import Fraction
 from math import comb
@@ -142,7 +143,25 @@ def test_forced_responses_give_exact_metrics(tiny, monkeypatch):
     assert two.records[0].correct == [True, False] and two.summary["pass@2"] == 1.0 and "pass@4" not in two.summary
 
 
-def test_rejects_empty(tiny):
+def test_rejects_empty_and_too_long_before_sampling(tiny, monkeypatch):
     params, config, tokenizer, sampling = tiny
     with pytest.raises(ValueError):
         harness.evaluate(params, config, tokenizer, [], sampling=sampling, key=jax.random.key(0))
+
+    def never(*a, **kw):
+        raise AssertionError("sampled before the context check")
+
+    monkeypatch.setattr(harness, "generate_text", never)
+    long_problem = types.SimpleNamespace(problem="x" * 200, answer="1")  # prompt bucket 512
+    small = dataclasses.replace(config, max_position_embeddings=512 + sampling.max_new_tokens - 1)
+    with pytest.raises(ValueError, match="exceeds the model's context"):
+        harness.evaluate(params, small, tokenizer, PROBLEMS + [long_problem], sampling=sampling, key=jax.random.key(0))
+    with pytest.raises(ValueError, match="longer than the largest bucket"):
+        harness.evaluate(params, config, tokenizer, PROBLEMS, sampling=sampling, key=jax.random.key(0), buckets=(64,))
+    # The same problems fit a context one token larger.
+    harness.check_context(
+        dataclasses.replace(small, max_position_embeddings=512 + sampling.max_new_tokens),
+        tokenizer,
+        [harness.default_render_fn(tokenizer)(p.problem) for p in PROBLEMS + [long_problem]],
+        sampling,
+    )
