@@ -35,19 +35,22 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--top_p", type=float, default=1.0, help="nucleus mass, 1.0 = off (paper: 1.0)")
     p.add_argument("--top_k", type=int, default=0, help="top-k, 0 = off (paper: off)")
     p.add_argument(
-        "--max_new_tokens", type=int, default=2048, help="response budget in tokens (paper: 2048 total for the 3B models, 8192 for AIME)"
+        "--max_new_tokens",
+        type=int,
+        default=2048,
+        help="response budget in tokens (paper: 2048 total for the 3B models, 8192 for AIME)",
     )
-    p.add_argument("--ignore_eos", action="store_true", help="fixed-length evaluation: every response has max_new_tokens")
-    p.add_argument("--ks", default=",".join(map(str, DEFAULT_KS)), help="k of pass@k / maj@k (those above --n are dropped)")
+    p.add_argument("--ignore_eos", action="store_true", help="fixed-length evaluation: every response is full length")
+    p.add_argument("--ks", default=",".join(map(str, DEFAULT_KS)), help="k of pass@k / maj@k (k above --n is dropped)")
     p.add_argument(
-        "--maj_draws", type=int, default=None, help="maj@k by Monte Carlo over this many draws (paper: 1000); default exact"
+        "--maj_draws", type=int, default=None, help="maj@k by Monte Carlo over N draws (paper: 1000); default: exact"
     )
     p.add_argument("--limit", type=int, default=None, help="only the first N problems of each benchmark")
     p.add_argument("--batch_size", type=int, default=8, help="prompts per sampler call (rows = batch_size * n)")
     p.add_argument("--seed", type=int, default=42, help="PRNG seed (paper: 42)")
     p.add_argument("--dtype", default=None, help="param dtype (default: the checkpoint's torch_dtype)")
     p.add_argument("--out", default=None, help="write the results JSON here")
-    p.add_argument("--save_responses", action="store_true", help="also write every record (responses included) to the JSON")
+    p.add_argument("--save_responses", action="store_true", help="also write every record (with responses) to the JSON")
     p.add_argument("--data_dir", default=None, help="benchmark JSONL directory (default: $SHARPJAX_DATA_DIR)")
     p.add_argument(
         "--data_file", action="append", default=[], metavar="NAME=PATH", help="read benchmark NAME from a JSONL file"
@@ -67,7 +70,8 @@ def _read_jsonl(path: str, limit: int | None) -> list[types.SimpleNamespace]:
             row = json.loads(line)
             if "problem" not in row or "answer" not in row:
                 raise ValueError(f"{path}:{i + 1}: a line needs 'problem' and 'answer' fields.")
-            problems.append(types.SimpleNamespace(id=str(row.get("id", i)), problem=row["problem"], answer=str(row["answer"])))
+            problem = types.SimpleNamespace(id=str(row.get("id", i)), problem=row["problem"], answer=str(row["answer"]))
+            problems.append(problem)
             if limit is not None and len(problems) >= limit:
                 break
     return problems
@@ -131,7 +135,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     params, config = load_model(args.model, dtype=args.dtype)
     tokenizer = load_tokenizer(args.model)
-    stop = tuple(dict.fromkeys([*config.eos_token_ids, *([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])]))
+    # The checkpoint's EOS ids (Llama 3: end-of-text and end-of-turn) and the tokenizer's.
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    stop = tuple(dict.fromkeys([*config.eos_token_ids, *eos]))
     sampling = SamplingConfig(
         max_new_tokens=args.max_new_tokens,
         num_samples=args.n,

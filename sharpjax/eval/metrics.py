@@ -231,7 +231,7 @@ class ProblemRecord:
 
     def __post_init__(self):
         n = len(self.correct)
-        fields = ("answers", "extracted", "lengths", "finished") + (("responses",) if self.responses is not None else ())
+        fields = ["answers", "extracted", "lengths", "finished"] + (["responses"] if self.responses is not None else [])
         for name in fields:
             if len(getattr(self, name)) != n:
                 raise ValueError(f"record {self.id!r}: {name} has {len(getattr(self, name))} entries, correct has {n}.")
