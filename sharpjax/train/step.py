@@ -125,11 +125,25 @@ def cast_params(params: Params, dtype) -> Params:
     return jax.tree.map(lambda p: p.astype(dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p, params)
 
 
-def init_train_state(params: Params, optimizer: optax.GradientTransformation) -> TrainState:
+def init_train_state(
+    params: Params, optimizer: optax.GradientTransformation, mesh: Mesh | None = None
+) -> TrainState:
     """A fresh state from (possibly sharded) params; copies, so the caller's arrays (e.g. the
-    frozen reference model) never alias the donated, updated policy."""
+    frozen reference model) never alias the donated, updated policy.
+
+    With a mesh, the optimizer moments take the params' shardings and the scalars (step,
+    Adam's count) are replicated over the mesh, so every leaf lives on the same devices.
+    """
     master = jax.tree.map(lambda p: jnp.array(p, dtype=jnp.float32, copy=True), params)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=master, opt_state=optimizer.init(master))
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=master, opt_state=optimizer.init(master))
+    if mesh is None:
+        return state
+    replicated = NamedSharding(mesh, PartitionSpec())
+    param_sh = jax.tree.map(lambda p: p.sharding, master)
+    opt_sh = optax.tree_map_params(
+        optimizer, lambda _, sh: sh, state.opt_state, param_sh, transform_non_params=lambda _: replicated
+    )
+    return jax.device_put(state, TrainState(step=replicated, params=param_sh, opt_state=opt_sh))
 
 
 def state_shardings(state: TrainState) -> TrainState:
