@@ -256,13 +256,15 @@ def compute_rewards(
     loss: LossConfig,
     group_size: int,
     logits_chunk: int = 256,
+    score_reference: bool = False,
 ) -> ScoredRollout:
     """R = w_task r + w_ref L_ref - w_pol L_pol per response, RLOO advantages, the loss batch.
 
     L_ref is scored under the frozen reference params (skipped when neither the reward nor
-    a KL term needs it); L_pol is the sampler's own log-probs at temperature 1.
+    a KL term needs it, unless `score_reference`: then it is only logged, e.g. for the
+    KL(pi || base) curve); L_pol is the sampler's own log-probs at temperature 1.
     """
-    needs_ref = reward.needs_ref_logprobs or loss.kl_coef > 0
+    needs_ref = reward.needs_ref_logprobs or loss.kl_coef > 0 or score_reference
     if needs_ref and ref_params is None:
         raise ValueError("this reward/loss needs the reference model's log-probs but ref_params is None.")
     mask = rollout.response_mask
