@@ -147,11 +147,11 @@ class Trainer:
         self.config = config
         self.workdir = workdir
         self.progress = progress
-        os.makedirs(workdir, exist_ok=True)
         self.tokenizer = load_tokenizer(config.model_dir)
         params, self.model = load_model(config.model_dir, dtype=config.dtype)
         config.check_against(context_length=self.model.max_position_embeddings, num_devices=jax.device_count())
         self.task: Task = build_task(config, self.tokenizer)
+        os.makedirs(workdir, exist_ok=True)
 
         data, fsdp, tensor = config.mesh_shape(jax.device_count())
         self.mesh = make_mesh(data, fsdp, tensor) if jax.device_count() > 1 else None
@@ -222,7 +222,7 @@ class Trainer:
     def rollout_and_update(self, step: int) -> dict[str, Any]:
         t0 = time.perf_counter()
         problems = self.iterator.next()
-        prompts = [self.task.render(p) for p in problems]
+        prompts = [self.task.render(p.problem) for p in problems]
         tokens, mask = encode_prompts(self.tokenizer, prompts, buckets=self.config.rollout.prompt_buckets)
         sampling = _sampling(self.config, self.model, self.tokenizer, tokens.shape[1])
         policy = cast_params(self.state.params, self.model.jnp_dtype)
@@ -278,7 +278,7 @@ class Trainer:
         params = cast_params(self.state.params, self.model.jnp_dtype)
         out: dict[str, float] = {}
         for i, (name, problems) in enumerate(self.task.validation.items()):
-            prompt_len = max(len(self.tokenizer(self.task.render(p), add_special_tokens=False)["input_ids"]) for p in problems)
+            prompt_len = max(len(self.tokenizer(self.task.render(p.problem), add_special_tokens=False)["input_ids"]) for p in problems)
             sampling = dataclasses.replace(
                 _sampling(self.config, self.model, self.tokenizer, _bucket(prompt_len, self.config), eval=True),
                 num_samples=self.config.eval.num_samples,
@@ -287,7 +287,7 @@ class Trainer:
                 params, self.model, self.tokenizer, problems,
                 num_samples=self.config.eval.num_samples, sampling=sampling,
                 key=_step_key(self.base_key, step, 1 + i), batch_size=self.config.eval.batch_size,
-                render_fn=self.task.render, score_fn=self.task.score, progress=False,
+                render_fn=self.task.render, progress=False, desc=name,
                 buckets=self.config.rollout.prompt_buckets,
             )
             out |= {f"val/{name}/{k}": float(v) for k, v in result.summary.items() if _is_number(v)}

@@ -23,13 +23,13 @@ class Task:
     Attributes:
       train: training problems, iterated by a seeded, epoch-aware `PromptIterator`.
       validation: benchmark name -> held-out problems.
-      render: problem -> prompt text (chat template applied, generation prompt on).
+      render: problem text -> prompt text (chat template applied, generation prompt on).
       score: (responses, reference answers) -> task reward per response, [N] floats in {0, 1}.
     """
 
     train: Sequence[Any]
     validation: dict[str, Sequence[Any]]
-    render: Callable[[Any], str]
+    render: Callable[[str], str]
     score: Callable[[list[str], list[str]], np.ndarray]
 
     def train_iterator(self, batch_size: int, seed: int):
@@ -54,17 +54,15 @@ def build_task(config: RunConfig, tokenizer) -> Task:
         validation = {
             name: load_dataset(name, data_dir=data.data_dir, limit=data.validation_limit) for name in data.validation
         }
-        return Task(train, validation, lambda p: render_prompt(tokenizer, p.problem), _math_score)
+        return Task(train, validation, lambda text: render_prompt(tokenizer, text), _math_score)
     if data.task == "arithmetic":
         from sharpjax.models.tokenizer import render_chat
         from sharpjax.tasks import arithmetic
 
-        try:
-            difficulty = arithmetic.DIFFICULTIES[data.difficulty]
-        except KeyError:
-            raise ConfigError(
-                f"config.data.difficulty={data.difficulty!r}; known: {', '.join(arithmetic.DIFFICULTIES)}."
-            ) from None
+        presets = getattr(arithmetic, "DIFFICULTIES", None) or {"default": arithmetic.Difficulty()}
+        if data.difficulty not in presets:
+            raise ConfigError(f"config.data.difficulty={data.difficulty!r}; known: {', '.join(presets)}.")
+        difficulty = presets[data.difficulty]
         train = arithmetic.generate_problems(data.num_train_problems, seed=config.train.seed, difficulty=difficulty)
         # A disjoint seed stream for held-out problems.
         held_out = arithmetic.generate_problems(
