@@ -59,10 +59,7 @@ def build_task(config: RunConfig, tokenizer) -> Task:
         from sharpjax.models.tokenizer import render_chat
         from sharpjax.tasks import arithmetic
 
-        presets = getattr(arithmetic, "DIFFICULTIES", None) or {"default": arithmetic.Difficulty()}
-        if data.difficulty not in presets:
-            raise ConfigError(f"config.data.difficulty={data.difficulty!r}; known: {', '.join(presets)}.")
-        difficulty = presets[data.difficulty]
+        difficulty = _difficulty(data.difficulty, config.model_dir)
         train = arithmetic.generate_problems(data.num_train_problems, seed=config.train.seed, difficulty=difficulty)
         # A disjoint seed stream for held-out problems.
         held_out = arithmetic.generate_problems(
@@ -75,3 +72,22 @@ def build_task(config: RunConfig, tokenizer) -> Task:
 
         return Task(train, validation, lambda p: render_chat(tokenizer, arithmetic.format_prompt(p)), score)
     raise ConfigError(f"config.data.task={data.task!r} must be 'math' or 'arithmetic'.")
+
+
+def _difficulty(name: str, model_dir: str):
+    """"auto": the difficulty the base model was trained on (its sft_info.json), else the default."""
+    import json
+    import os
+
+    from sharpjax.tasks.arithmetic import Difficulty
+
+    if name == "default":
+        return Difficulty()
+    if name == "auto":
+        info_path = os.path.join(model_dir, "sft_info.json")
+        if os.path.exists(info_path):
+            with open(info_path) as f:
+                fields = json.load(f)["config"]["difficulty"]
+            return Difficulty(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+        return Difficulty()
+    raise ConfigError(f"config.data.difficulty={name!r} must be 'auto' (from the base model's sft_info.json) or 'default'.")
