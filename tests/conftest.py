@@ -96,3 +96,19 @@ def left_padded_batch():
 
 def pytest_configure(config):
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def data_dir():
+    """The benchmark data directory (math500.jsonl, ...): $SHARPJAX_DATA_DIR, else the
+    checkout's sibling ../shared/data. Tests that need the real files skip without it."""
+    from pathlib import Path
+
+    env = os.environ.get("SHARPJAX_DATA_DIR")
+    path = Path(env) if env else Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+    if not (path / "math500.jsonl").is_file():
+        pytest.skip(
+            f"benchmark data not found at {path} (no math500.jsonl): set SHARPJAX_DATA_DIR to "
+            "the directory holding the benchmark JSONL files to run these tests."
+        )
+    return path.resolve()

@@ -85,14 +85,15 @@ def _match_braces(text: str, start: int) -> int | None:
     """Index just past the brace group opening at text[start] == '{', or None if unclosed.
 
     Escaped braces (`\\{`, `\\}`, as in set notation) are skipped, so `\\boxed{\\{1, 2\\}}`
-    extracts `\\{1, 2\\}`.
+    extracts `\\{1, 2\\}`. A backslash always consumes the next character, so a line
+    break followed by a group (`\\\\{2}` in a matrix) still opens a group.
     """
     depth = 0
     i = start
     n = len(text)
     while i < n:
         ch = text[i]
-        if ch == "\\" and i + 1 < n and text[i + 1] in "{}":
+        if ch == "\\":
             i += 2
             continue
         if ch == "{":
@@ -201,7 +202,9 @@ def _clean_answer(ans: str) -> str:
     return ans
 
 
-_SPACING_RE = re.compile(r"\\[,;:! ]|\\left|\\right|\s+|\$")
+# `\\left(` / `\\right)` but not `\\leftarrow` / `\\rightarrow` (which would both become
+# "arrow" and compare equal).
+_SPACING_RE = re.compile(r"\\[,;:! ]|\\(?:left|right)(?![A-Za-z])|\s+|\$")
 
 
 def normalize_string(ans: str) -> str:
