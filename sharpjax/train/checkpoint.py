@@ -408,12 +408,12 @@ class Checkpointer:
             raise StateMismatchError(f"state structure differs from {where}: same leaves in a different tree layout.")
         for path, x in wanted.items():
             entry = saved[path]
-            if tuple(entry["shape"]) != tuple(x.shape):
-                raise StateMismatchError(
-                    f"shape differs at {path}: {tuple(entry['shape'])} in {where}, {tuple(x.shape)} in abstract_state."
-                )
             if (entry["key_impl"] is not None) != _is_key(x):
                 raise StateMismatchError(
                     f"dtype differs at {path}: {entry['dtype']} in {where}, {x.dtype} in abstract_state "
                     "(typed PRNG keys restore only into typed-key leaves)."
+                )
+            if tuple(entry["shape"]) != tuple(x.shape):
+                raise StateMismatchError(
+                    f"shape differs at {path}: {tuple(entry['shape'])} in {where}, {tuple(x.shape)} in abstract_state."
                 )
