@@ -51,7 +51,7 @@ def _make_state(seed):
 
     Jitted: op-by-op dispatch of the init and update takes ~20 s on a loaded CI machine.
     """
-    params = init_params(TINY, jax.random.key(seed))
+    params = init_params(TINY, jax.random.key(seed, impl="rbg"))  # rbg: threefry compiles slowly on CPU
     optimizer = make_optimizer(OptimConfig(learning_rate=1e-2, warmup_steps=0))
     state = init_train_state(params, optimizer)
     grads = jax.tree.map(lambda p: jnp.cos(p + seed), state.params)
