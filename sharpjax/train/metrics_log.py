@@ -148,7 +148,14 @@ class MetricsLogger:
             from tensorboardX import SummaryWriter
 
             purge = None if resume_step is None else int(resume_step) + 1
-            self._writer = SummaryWriter(os.path.join(self.workdir, TENSORBOARD_DIR), purge_step=purge, flush_secs=30)
+            # Event file names hold only the second and host: a unique suffix keeps a restart
+            # within the same second from overwriting the previous run's file.
+            self._writer = SummaryWriter(
+                os.path.join(self.workdir, TENSORBOARD_DIR),
+                purge_step=purge,
+                flush_secs=30,
+                filename_suffix=f".{time.time_ns()}.{os.getpid()}",
+            )
 
     def _truncate_after(self, resume_step: int) -> None:
         kept = [r for r in read_metrics(self.path) if r.get("step", -1) <= resume_step]
