@@ -125,11 +125,25 @@ def cast_params(params: Params, dtype) -> Params:
     return jax.tree.map(lambda p: p.astype(dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p, params)
 
 
-def init_train_state(params: Params, optimizer: optax.GradientTransformation) -> TrainState:
+def init_train_state(
+    params: Params, optimizer: optax.GradientTransformation, mesh: Mesh | None = None
+) -> TrainState:
     """A fresh state from (possibly sharded) params; copies, so the caller's arrays (e.g. the
-    frozen reference model) never alias the donated, updated policy."""
+    frozen reference model) never alias the donated, updated policy.
+
+    With a mesh, the optimizer moments take the params' shardings and the scalars (step,
+    Adam's count) are replicated over the mesh, so every leaf lives on the same devices.
+    """
     master = jax.tree.map(lambda p: jnp.array(p, dtype=jnp.float32, copy=True), params)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=master, opt_state=optimizer.init(master))
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=master, opt_state=optimizer.init(master))
+    if mesh is None:
+        return state
+    replicated = NamedSharding(mesh, PartitionSpec())
+    param_sh = jax.tree.map(lambda p: p.sharding, master)
+    opt_sh = optax.tree_map_params(
+        optimizer, lambda _, sh: sh, state.opt_state, param_sh, transform_non_params=lambda _: replicated
+    )
+    return jax.device_put(state, TrainState(step=replicated, params=param_sh, opt_state=opt_sh))
 
 
 def state_shardings(state: TrainState) -> TrainState:
@@ -193,7 +207,7 @@ def train_step(state: TrainState, batch: TrainBatch, *, cfg: StepConfig) -> tupl
     optimizer = make_optimizer(cfg.optim)
     updates, new_opt_state = optimizer.update(grads, state.opt_state, state.params)
     new_params = optax.apply_updates(state.params, updates)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
     new_state = TrainState(
@@ -242,13 +256,15 @@ def compute_rewards(
     loss: LossConfig,
     group_size: int,
     logits_chunk: int = 256,
+    score_reference: bool = False,
 ) -> ScoredRollout:
     """R = w_task r + w_ref L_ref - w_pol L_pol per response, RLOO advantages, the loss batch.
 
     L_ref is scored under the frozen reference params (skipped when neither the reward nor
-    a KL term needs it); L_pol is the sampler's own log-probs at temperature 1.
+    a KL term needs it, unless `score_reference`: then it is only logged, e.g. for the
+    KL(pi || base) curve); L_pol is the sampler's own log-probs at temperature 1.
     """
-    needs_ref = reward.needs_ref_logprobs or loss.kl_coef > 0
+    needs_ref = reward.needs_ref_logprobs or loss.kl_coef > 0 or score_reference
     if needs_ref and ref_params is None:
         raise ValueError("this reward/loss needs the reference model's log-probs but ref_params is None.")
     mask = rollout.response_mask

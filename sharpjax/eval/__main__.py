@@ -1,0 +1,192 @@
+"""Evaluate a Hugging Face model directory on math benchmarks: pass@k and maj@k.
+
+    python -m sharpjax.eval --model DIR --benchmarks math500,aime24 --n 16 --out results.json
+
+Defaults are the paper's evaluation protocol (PAPER.md): 16 samples per problem at
+temperature 1.0, top-p 1.0, no top-k, pass@k and maj@k for k in 1, 2, 4, 8, 16. Benchmarks
+are read with `sharpjax.data.load_dataset(name, data_dir=..., limit=...)` (data directory:
+--data_dir or $SHARPJAX_DATA_DIR), or from a JSONL file given with --data_file NAME=PATH
+(one {"problem", "answer"[, "id"]} object per line). Writes the summaries (and optionally
+every response) as JSON and prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+import types
+import zlib
+
+from sharpjax.eval.metrics import DEFAULT_KS, results_to_json, results_to_markdown
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m sharpjax.eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--model", required=True, help="Hugging Face model directory (config, safetensors, tokenizer)")
+    p.add_argument("--benchmarks", default="math500", help="comma-separated benchmark names")
+    p.add_argument("--n", type=int, default=16, help="samples per problem (paper: 16)")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (paper: 1.0)")
+    p.add_argument("--top_p", type=float, default=1.0, help="nucleus mass, 1.0 = off (paper: 1.0)")
+    p.add_argument("--top_k", type=int, default=0, help="top-k, 0 = off (paper: off)")
+    p.add_argument(
+        "--max_new_tokens",
+        type=int,
+        default=2048,
+        help="response budget in tokens (paper: 2048 total for the 3B models, 8192 for AIME)",
+    )
+    p.add_argument("--ignore_eos", action="store_true", help="fixed-length evaluation: every response is full length")
+    p.add_argument("--ks", default=",".join(map(str, DEFAULT_KS)), help="k of pass@k / maj@k (k above --n is dropped)")
+    p.add_argument(
+        "--maj_draws", type=int, default=None, help="maj@k by Monte Carlo over N draws (paper: 1000); default: exact"
+    )
+    p.add_argument("--limit", type=int, default=None, help="only the first N problems of each benchmark")
+    p.add_argument("--batch_size", type=int, default=8, help="prompts per sampler call (rows = batch_size * n)")
+    p.add_argument("--seed", type=int, default=42, help="PRNG seed (paper: 42)")
+    p.add_argument("--dtype", default=None, help="param dtype (default: the checkpoint's torch_dtype)")
+    p.add_argument("--out", default=None, help="write the results JSON here")
+    p.add_argument("--save_responses", action="store_true", help="also write every record (with responses) to the JSON")
+    p.add_argument("--data_dir", default=None, help="benchmark JSONL directory (default: $SHARPJAX_DATA_DIR)")
+    p.add_argument(
+        "--data_file", action="append", default=[], metavar="NAME=PATH", help="read benchmark NAME from a JSONL file"
+    )
+    p.add_argument("--verify_timeout", type=float, default=5.0, help="seconds per answer check")
+    p.add_argument("--num_workers", type=int, default=None, help="verifier processes (default: CPUs, at most 8)")
+    p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    return p
+
+
+def _read_jsonl(path: str, limit: int | None) -> list[types.SimpleNamespace]:
+    problems = []
+    with open(path) as f:
+        for i, line in enumerate(f):
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            if "problem" not in row or "answer" not in row:
+                raise ValueError(f"{path}:{i + 1}: a line needs 'problem' and 'answer' fields.")
+            problem = types.SimpleNamespace(id=str(row.get("id", i)), problem=row["problem"], answer=str(row["answer"]))
+            problems.append(problem)
+            if limit is not None and len(problems) >= limit:
+                break
+    return problems
+
+
+def load_benchmarks(names: list[str], *, data_files: dict[str, str], data_dir: str | None, limit: int | None):
+    """{name: problems}, from --data_file entries or `sharpjax.data.load_dataset`.
+
+    Raises SystemExit with a readable message for an unknown or unreadable benchmark.
+    """
+    out = {}
+    for name in names:
+        if name in data_files:
+            path = data_files[name]
+            if not os.path.isfile(path):
+                raise SystemExit(f"error: --data_file {name}={path}: no such file.")
+            out[name] = _read_jsonl(path, limit)
+            continue
+        try:  # Lazy: the data package is optional for --data_file use.
+            from sharpjax.data import load_dataset
+        except ImportError:
+            raise SystemExit(
+                f"error: unknown benchmark {name!r}: sharpjax.data.load_dataset is unavailable; "
+                f"pass --data_file {name}=PATH.jsonl"
+            ) from None
+        try:
+            out[name] = list(load_dataset(name, data_dir=data_dir, limit=limit))
+        except (KeyError, ValueError, FileNotFoundError) as e:
+            raise SystemExit(f"error: benchmark {name!r}: {e}") from None
+        if not out[name]:
+            raise SystemExit(f"error: benchmark {name!r} has no problems.")
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Runs the CLI; returns the JSON-ready results dict."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not os.path.isdir(args.model):
+        parser.error(f"--model {args.model}: no such directory (expected a Hugging Face model directory).")
+    names = [b.strip() for b in args.benchmarks.split(",") if b.strip()]
+    if not names:
+        parser.error("--benchmarks is empty.")
+    data_files = {}
+    for item in args.data_file:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            parser.error(f"--data_file {item!r}: expected NAME=PATH.")
+        data_files[name] = path
+    ks = tuple(int(k) for k in args.ks.split(","))
+    data_dir = args.data_dir or os.environ.get("SHARPJAX_DATA_DIR")
+    # Data first: a bad benchmark name fails in a second, not after loading the model.
+    benchmarks = load_benchmarks(names, data_files=data_files, data_dir=data_dir, limit=args.limit)
+
+    import jax
+
+    from sharpjax.eval.harness import check_context, default_render_fn, evaluate
+    from sharpjax.models.hf import load_model
+    from sharpjax.models.tokenizer import load_tokenizer
+    from sharpjax.rollout import SamplingConfig
+
+    params, config = load_model(args.model, dtype=args.dtype)
+    tokenizer = load_tokenizer(args.model)
+    # The checkpoint's EOS ids (Llama 3: end-of-text and end-of-turn) and the tokenizer's.
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    stop = tuple(dict.fromkeys([*config.eos_token_ids, *eos]))
+    sampling = SamplingConfig(
+        max_new_tokens=args.max_new_tokens,
+        num_samples=args.n,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        ignore_eos=args.ignore_eos,
+        stop_token_ids=stop,
+        pad_id=tokenizer.pad_token_id,
+    )
+    render = default_render_fn(tokenizer)
+    for name, problems in benchmarks.items():  # Every benchmark fits, before any sampling.
+        try:
+            check_context(config, tokenizer, [render(p.problem) for p in problems], sampling)
+        except ValueError as e:
+            raise SystemExit(f"error: benchmark {name!r}: {e}") from None
+    key = jax.random.key(args.seed)
+    table, records = {}, {}
+    for name, problems in benchmarks.items():
+        start = time.perf_counter()
+        result = evaluate(
+            params,
+            config,
+            tokenizer,
+            problems,
+            sampling=sampling,
+            # Per-benchmark key from the name: results do not depend on the list's order.
+            key=jax.random.fold_in(key, zlib.crc32(name.encode()) & 0x7FFFFFFF),
+            batch_size=args.batch_size,
+            render_fn=render,
+            ks=ks,
+            keep_responses=args.save_responses,
+            verify_timeout_s=args.verify_timeout,
+            num_workers=args.num_workers,
+            maj_num_draws=args.maj_draws,
+            progress=not args.no_progress,
+            desc=name,
+        )
+        table[name] = {**result.summary, "seconds": round(time.perf_counter() - start, 2)}
+        if args.save_responses:
+            records[name] = [r.to_dict() for r in result.records]
+    meta = {"model": os.path.abspath(args.model), "sampling": dataclasses.asdict(sampling), "seed": args.seed}
+    extra = {**meta, **({"records": records} if args.save_responses else {})}
+    text = results_to_json(table, args.out, **extra)
+    print(results_to_markdown(table))
+    if args.out:
+        print(f"wrote {args.out}", file=sys.stderr)
+    return json.loads(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,164 @@
+"""The paper's question at small scale: does RL help by sharpening the base model, or by the task reward?
+
+`python -m sharpjax` runs it on a 2-core CPU in minutes, with the same code paths as the 3B runs:
+  1. the arithmetic base model (SFT, cached; `sharpjax.train.sft`),
+  2. its evaluation on held-out problems (16 samples each at T=1: pass@k, maj@k, length),
+  3. RL from it with each reward of the family (task; likelihood maximization; power
+     sampling alpha=2, 4; tilted sampling), each evaluated the same way (last and best),
+  4. a results table (results.md / results.json) and the logs the notebooks plot.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+
+from sharpjax.eval.harness import evaluate
+from sharpjax.models.hf import load_model
+from sharpjax.models.tokenizer import load_tokenizer, render_chat
+from sharpjax.rollout.sampler import SamplingConfig
+from sharpjax.tasks import arithmetic
+from sharpjax.train.config import RunConfig
+from sharpjax.train.loop import train
+from sharpjax.train.metrics_log import read_metrics
+from sharpjax.train.presets import arithmetic_rl_config
+from sharpjax.train.resolve import resolve_model_dir
+from sharpjax.train.tasks import _difficulty
+
+DEFAULT_MODES = ("task", "likelihood", "power-a2", "power-a4", "tilted-a4-b10")
+TEST_SEED = 777_777  # held-out problems: disjoint from SFT (seed 0..), RL train and validation seeds
+KS = (1, 2, 4, 8, 16)
+TABLE_KEYS = ("pass@1", "pass@4", "pass@16", "maj@16", "mean_length", "no_answer_rate")
+
+
+@dataclasses.dataclass(frozen=True)
+class ReproduceSettings:
+    size: str = "default"
+    modes: tuple[str, ...] = DEFAULT_MODES
+    seeds: tuple[int, ...] = (0,)
+    test_problems: int = 100
+    eval_samples: int = 16
+    max_new_tokens: int = 64
+
+
+def _evaluate_dir(model_dir: str, problems, settings: ReproduceSettings, key) -> dict[str, float]:
+    params, model = load_model(model_dir)
+    tokenizer = load_tokenizer(model_dir)
+    sampling = SamplingConfig(
+        max_new_tokens=settings.max_new_tokens, num_samples=settings.eval_samples,
+        stop_token_ids=model.eos_token_ids or (tokenizer.eos_token_id,), pad_id=tokenizer.pad_token_id or 0,
+    )
+    result = evaluate(
+        params, model, tokenizer, problems, sampling=sampling, key=key, batch_size=64,
+        render_fn=lambda text: render_chat(tokenizer, arithmetic.format_prompt(text)), ks=KS,
+        keep_responses=False, progress=False,
+    )
+    return {k: float(v) for k, v in result.summary.items() if isinstance(v, (int, float))}
+
+
+def _training_trends(workdir: str) -> dict[str, float]:
+    """First vs last few steps of the quantities the paper's argument is about."""
+    records = [r for r in read_metrics(workdir) if "reward/reward" in r]
+    out = {}
+    for key, name in (("kl_to_base", "kl_to_base"), ("reward/ref_logp_sum", "base_loglik"),
+                      ("response_length", "train_length"), ("reward/task", "train_task_reward")):
+        values = [r[key] for r in records if key in r]
+        if values:
+            w = max(1, len(values) // 5)
+            out[f"{name}_first"] = float(np.mean(values[:w]))
+            out[f"{name}_last"] = float(np.mean(values[-w:]))
+    return out
+
+
+def run(workdir: str, settings: ReproduceSettings = ReproduceSettings(), *, progress: bool = True) -> dict:
+    """Runs the whole pipeline; returns (and writes to workdir/results.json) the results."""
+    os.makedirs(workdir, exist_ok=True)
+    t0 = time.perf_counter()
+    say = print if progress else (lambda *a, **k: None)
+    say(f"[1/4] base model: sft:{settings.size} (trained once, then cached)")
+    base_dir = resolve_model_dir(f"sft:{settings.size}")
+    difficulty = _difficulty("auto", base_dir)
+    problems = arithmetic.generate_problems(settings.test_problems, seed=TEST_SEED, difficulty=difficulty)
+    key = jax.random.key(TEST_SEED)
+
+    say(f"[2/4] evaluating the base model on {len(problems)} held-out problems x {settings.eval_samples} samples")
+    results = {"settings": dataclasses.asdict(settings), "base_model": base_dir,
+               "base": _evaluate_dir(base_dir, problems, settings, key), "runs": {}}
+    say(f"      base: pass@1 {results['base']['pass@1']:.3f}, mean length {results['base']['mean_length']:.1f}")
+
+    say(f"[3/4] RL: {len(settings.modes)} reward modes x {len(settings.seeds)} seeds")
+    for mode in settings.modes:
+        for seed in settings.seeds:
+            name = f"{mode}_seed{seed}"
+            config = arithmetic_rl_config(settings.size, mode)
+            config.model_dir = base_dir
+            config.train.seed = seed
+            run_dir = os.path.join(workdir, "runs", name)
+            say(f"  -- {name}: reward {dict(config.reward)}")
+            out = train(RunConfig.from_config_dict(config), run_dir, progress=progress)
+            row = {"workdir": run_dir, "best_step": out.best_step, **_training_trends(run_dir)}
+            for which in ("last", "best"):
+                if which in out.export_dirs:
+                    row[which] = _evaluate_dir(out.export_dirs[which], problems, settings, key)
+            results["runs"][name] = row
+            say(f"     last: pass@1 {row['last']['pass@1']:.3f}, length {row['last']['mean_length']:.1f}, "
+                f"KL to base {row.get('kl_to_base_last', float('nan')):.2f}")
+
+    results["summary"] = summarize_runs(results, settings)
+    results["elapsed_s"] = time.perf_counter() - t0
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    table = results_markdown(results)
+    with open(os.path.join(workdir, "results.md"), "w") as f:
+        f.write(table + "\n")
+    say("[4/4] results (held-out arithmetic, T=1; mean +- std over seeds)\n")
+    say(table)
+    say(f"\nresults: {workdir}/results.md, results.json; TensorBoard: tensorboard --logdir {workdir}/runs; "
+        f"figures: notebooks/training_curves.ipynb (SHARPJAX_RUNS_DIR={workdir})")
+    say(f"total time {results['elapsed_s']:.0f} s")
+    return results
+
+
+def summarize_runs(results: dict, settings: ReproduceSettings) -> dict[str, dict[str, tuple[float, float]]]:
+    """mode -> metric -> (mean, std) over seeds of the last checkpoint's evaluation and trends."""
+    summary = {}
+    for mode in settings.modes:
+        rows = [results["runs"][f"{mode}_seed{s}"] for s in settings.seeds]
+        metrics = {}
+        for k in TABLE_KEYS:
+            vals = [r["last"][k] for r in rows if k in r["last"]]
+            if vals:
+                metrics[k] = (float(np.mean(vals)), float(np.std(vals)))
+        for k in ("kl_to_base_last", "base_loglik_first", "base_loglik_last"):
+            vals = [r[k] for r in rows if k in r]
+            if vals:
+                metrics[k] = (float(np.mean(vals)), float(np.std(vals)))
+        summary[mode] = metrics
+    return summary
+
+
+def results_markdown(results: dict) -> str:
+    cols = list(TABLE_KEYS) + ["kl_to_base_last", "base_loglik_last"]
+    lines = ["| model | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    base = results["base"]
+    lines.append("| base | " + " | ".join(f"{base[c]:.3f}" if c in base else "" for c in cols) + " |")
+    for mode, metrics in results["summary"].items():
+        cells = []
+        for c in cols:
+            if c in metrics:
+                mean, std = metrics[c]
+                cells.append(f"{mean:.3f} ± {std:.3f}" if len(results["settings"]["seeds"]) > 1 else f"{mean:.3f}")
+            else:
+                cells.append("")
+        lines.append(f"| {mode} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def parse_seeds(value: str) -> Sequence[int]:
+    return tuple(range(int(value))) if value.isdigit() else tuple(int(s) for s in value.split(","))

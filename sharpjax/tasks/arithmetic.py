@@ -1,0 +1,223 @@
+"""A synthetic reasoning task with verifiable answers: multi-step integer arithmetic.
+
+A problem is a chain of 2-4 small integers joined by `+`, `-` and `*` (usual precedence),
+e.g. `47+8*3-15`. Its reference solution reduces the expression one binary operation per
+line, products first and then left to right, and ends with the boxed value:
+
+    8*3=24
+    47+24=71
+    71-15=56
+    \\boxed{56}
+
+Every character is in the char tokenizer's default alphabet
+(`sharpjax.models.tokenizer.DEFAULT_ALPHABET`), and a prompt plus solution is a few dozen
+characters, so a tiny model trained on CPU (`sharpjax.train.sft`) learns the format and
+some of the arithmetic, and RL rollouts stay cheap. `check` is an exact integer comparison;
+the generic math verifier (`sharpjax.rewards.verify`) agrees with it on these answers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import re
+from typing import Literal
+
+from sharpjax.rewards.math import extract_boxed
+
+__all__ = [
+    "SOURCE",
+    "ArithmeticProblem",
+    "Difficulty",
+    "Op",
+    "check",
+    "evaluate_steps",
+    "format_prompt",
+    "generate_problems",
+    "parse_int",
+    "task_alphabet",
+]
+
+Op = Literal["+", "-", "*"]
+_OPS: tuple[str, ...] = ("+", "-", "*")
+SOURCE = "arithmetic"
+PROMPT_PREFIX = "Compute "
+_INT_RE = re.compile(r"[+-]?\d+")
+
+
+@dataclasses.dataclass(frozen=True)
+class Difficulty:
+    """The distribution problems are drawn from.
+
+    Attributes:
+      min_operands, max_operands: the number of integers in the expression (>= 2), drawn
+        uniformly from this range; the solution has (operands - 1) steps.
+      min_digits, max_digits: each operand's digit count is drawn uniformly from this range,
+        then the operand uniformly among numbers with that many digits (0-9 for 1 digit).
+      ops: the operators drawn (uniformly) between consecutive operands.
+      mul_max_digits: an operand next to a `*` has at most this many digits, which keeps
+        products (and the sequence length) small.
+    """
+
+    min_operands: int = 2
+    max_operands: int = 3
+    min_digits: int = 1
+    max_digits: int = 2
+    ops: tuple[Op, ...] = ("+", "-")
+    mul_max_digits: int = 1
+
+    def __post_init__(self):
+        if not 2 <= self.min_operands <= self.max_operands:
+            raise ValueError(
+                f"need 2 <= min_operands <= max_operands, got {self.min_operands} and {self.max_operands}."
+            )
+        if not 1 <= self.min_digits <= self.max_digits:
+            raise ValueError(f"need 1 <= min_digits <= max_digits, got {self.min_digits} and {self.max_digits}.")
+        if not self.ops or any(op not in _OPS for op in self.ops):
+            raise ValueError(f"ops={self.ops!r}: need a non-empty tuple drawn from {_OPS}.")
+        if len(set(self.ops)) != len(self.ops):
+            raise ValueError(f"ops={self.ops!r} repeats an operator.")
+        if self.mul_max_digits < 1:
+            raise ValueError(f"mul_max_digits={self.mul_max_digits} must be >= 1.")
+
+    @classmethod
+    def from_dict(cls, d) -> Difficulty:
+        """From a mapping (e.g. an ml-collections ConfigDict); lists become tuples."""
+        d = dict(d)
+        if "ops" in d:
+            d["ops"] = tuple(d["ops"])
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown Difficulty fields {sorted(unknown)}.")
+        return cls(**d)
+
+
+@dataclasses.dataclass(frozen=True)
+class ArithmeticProblem:
+    """One problem, shaped like `sharpjax.data.Problem`.
+
+    Attributes:
+      id: unique and stable for a (seed, index): "arithmetic/<seed>/<index>".
+      problem: the expression, e.g. "47+8*3-15".
+      answer: the bare reference answer (its integer value as a string), e.g. "56".
+      solution: the step-by-step reference solution ending with `\\boxed{answer}`.
+      source: "arithmetic".
+    """
+
+    id: str
+    problem: str
+    answer: str
+    solution: str
+    source: str = SOURCE
+
+
+def _apply(a: int, op: str, b: int) -> int:
+    if op == "+":
+        return a + b
+    if op == "-":
+        return a - b
+    if op == "*":
+        return a * b
+    raise ValueError(f"unknown operator {op!r}.")
+
+
+def evaluate_steps(operands: list[int], ops: list[str]) -> list[tuple[int, str, int, int]]:
+    """The reduction order of the solution: products first (left to right), then the
+    remaining `+`/`-` left to right, one binary operation per step.
+
+    Returns:
+      [(left, op, right, result)] per step; the last result is the expression's value.
+    """
+    if len(operands) != len(ops) + 1:
+        raise ValueError(f"{len(operands)} operands need {len(operands) - 1} operators, got {len(ops)}.")
+    vals, ops = list(operands), list(ops)
+    steps = []
+    while "*" in ops:
+        i = ops.index("*")
+        res = vals[i] * vals[i + 1]
+        steps.append((vals[i], "*", vals[i + 1], res))
+        vals[i : i + 2] = [res]
+        del ops[i]
+    acc = vals[0]
+    for op, v in zip(ops, vals[1:]):
+        res = _apply(acc, op, v)
+        steps.append((acc, op, v, res))
+        acc = res
+    return steps
+
+
+def _draw_operand(rng: random.Random, lo_digits: int, hi_digits: int) -> int:
+    d = rng.randint(lo_digits, hi_digits)
+    lo = 0 if d == 1 else 10 ** (d - 1)
+    return rng.randint(lo, 10**d - 1)
+
+
+def _make_problem(rng: random.Random, difficulty: Difficulty, pid: str) -> ArithmeticProblem:
+    n = rng.randint(difficulty.min_operands, difficulty.max_operands)
+    ops = [rng.choice(difficulty.ops) for _ in range(n - 1)]
+    operands = []
+    for i in range(n):
+        next_to_mul = (i > 0 and ops[i - 1] == "*") or (i < n - 1 and ops[i] == "*")
+        hi = min(difficulty.max_digits, difficulty.mul_max_digits) if next_to_mul else difficulty.max_digits
+        lo = min(difficulty.min_digits, hi)
+        operands.append(_draw_operand(rng, lo, hi))
+    expr = str(operands[0]) + "".join(op + str(v) for op, v in zip(ops, operands[1:]))
+    steps = evaluate_steps(operands, ops)
+    answer = steps[-1][3]
+    lines = [f"{a}{op}{b}={r}" for a, op, b, r in steps]
+    solution = "\n".join(lines + [f"\\boxed{{{answer}}}"])
+    return ArithmeticProblem(id=pid, problem=expr, answer=str(answer), solution=solution)
+
+
+def generate_problems(n: int, *, seed: int, difficulty: Difficulty = Difficulty()) -> list[ArithmeticProblem]:
+    """`n` problems drawn i.i.d. from `difficulty`; the same seed gives the same list.
+
+    Problem i of a seed does not depend on n (a longer list extends a shorter one).
+
+    Args:
+      n: how many problems (>= 0).
+      seed: the random seed.
+      difficulty: the distribution.
+
+    Returns:
+      A list of `ArithmeticProblem`s with ids "arithmetic/<seed>/<i>".
+    """
+    if n < 0:
+        raise ValueError(f"n={n} must be >= 0.")
+    rng = random.Random(f"{SOURCE}/{seed}")
+    return [_make_problem(rng, difficulty, f"{SOURCE}/{seed}/{i}") for i in range(n)]
+
+
+def format_prompt(problem: ArithmeticProblem | str) -> str:
+    """The user message for a problem (render it with the chat template:
+    `sharpjax.models.tokenizer.render_chat`). Short on purpose: every character is a token."""
+    text = problem if isinstance(problem, str) else problem.problem
+    return f"{PROMPT_PREFIX}{text}"
+
+
+def parse_int(text: str | None) -> int | None:
+    """An integer written plainly ("56", "-3", "+7", " 12 "), else None."""
+    if text is None:
+        return None
+    text = text.strip().replace(" ", "")
+    return int(text) if _INT_RE.fullmatch(text) else None
+
+
+def check(response: str, answer: str | int) -> float:
+    """The task reward: 1.0 if the last complete `\\boxed{...}` of `response` holds exactly
+    the integer `answer`, else 0.0 (no box, a non-integer, or a different value).
+
+    Args:
+      response: the model's response text.
+      answer: the reference answer (an `ArithmeticProblem.answer` or an int).
+    """
+    ref = answer if isinstance(answer, int) else parse_int(str(answer))
+    if ref is None:
+        raise ValueError(f"reference answer {answer!r} is not an integer.")
+    got = parse_int(extract_boxed(response))
+    return 1.0 if got is not None and got == ref else 0.0
+
+
+def task_alphabet() -> str:
+    """Every character a prompt or solution of this task can contain."""
+    return "".join(sorted(set(PROMPT_PREFIX + "0123456789" + "".join(_OPS) + "=\n\\boxed{}")))

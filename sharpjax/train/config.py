@@ -1,0 +1,319 @@
+"""Run configuration: ml-collections dicts (what users edit and override) -> typed, validated objects.
+
+`experiments/*.py` files return an `ml_collections.ConfigDict` from `get_config()`; the
+launcher overrides fields from the command line (`--config.reward.alpha=2.0`), then
+`RunConfig.from_config_dict` turns it into frozen dataclasses and checks it, before any
+model is loaded or anything compiles. Every error names the offending field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from sharpjax.losses import LossConfig
+from sharpjax.rewards.reward import RewardConfig
+from sharpjax.train.step import OptimConfig
+
+
+class ConfigError(ValueError):
+    """A run config that cannot work; the message names the field and what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutSettings:
+    """Sampling during training (paper: 32 prompts x 8 samples, total length 2048, T=1, top-p 1).
+
+    Attributes:
+      prompts_per_step: P, prompts per optimizer step.
+      samples_per_prompt: K, the RLOO group size (>= 2: the leave-one-out baseline needs it).
+      max_total_length: prompt + response budget in tokens; the response budget is this
+        minus the prompt's (bucketed) length unless `max_new_tokens` is set.
+      max_new_tokens: fixed response budget (None: derived from `max_total_length`).
+      ignore_eos: the paper's "fixed-length" variant: every response has the maximum length.
+      prompt_buckets: prompt lengths are padded up to one of these (one compile per bucket).
+    """
+
+    prompts_per_step: int = 32
+    samples_per_prompt: int = 8
+    max_total_length: int = 2048
+    max_new_tokens: int | None = None
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    ignore_eos: bool = False
+    prompt_buckets: tuple[int, ...] = (64, 128, 256, 512, 1024)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSettings:
+    """Where prompts come from.
+
+    Attributes:
+      task: "math" (datasets in SHARPJAX_DATA_DIR, verified with math-verify) or
+        "arithmetic" (the synthetic task of the small-scale reproduction).
+      train: training dataset name (`sharpjax.data.available_datasets()`), e.g. "math_train".
+      train_path: a local file for datasets that are not in the data dir (DeepScaleR).
+      data_dir: overrides SHARPJAX_DATA_DIR.
+      validation: the held-out benchmarks evaluated every `eval.every` steps.
+      num_train_problems / num_validation_problems: arithmetic task sizes (generated).
+      difficulty: arithmetic task difficulty preset name.
+    """
+
+    task: str = "math"
+    train: str = "math_train"
+    train_path: str | None = None
+    data_dir: str | None = None
+    validation: tuple[str, ...] = ("math500",)
+    validation_limit: int | None = None
+    num_train_problems: int = 2000
+    num_validation_problems: int = 64
+    difficulty: str = "default"
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSettings:
+    """Periodic validation (paper: every 20 steps, best checkpoint kept by accuracy).
+
+    Attributes:
+      every: steps between validations (0: only at the start and the end).
+      num_samples: samples per problem; the tracked metric is `metric` of the first
+        benchmark in `data.validation`.
+      max_new_tokens: response budget at evaluation (None: the training budget).
+      batch_size: prompts per sampler call.
+    """
+
+    every: int = 20
+    num_samples: int = 1
+    metric: str = "pass@1"
+    max_new_tokens: int | None = None
+    batch_size: int = 64
+    at_start: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSettings:
+    """The loop.
+
+    Attributes:
+      steps: optimizer steps (paper: 500 for the 3B models, 1000 for Qwen3-4B).
+      seed: one seed for sampling and data order (paper: 42).
+      micro_batches: gradient accumulation inside the step.
+      remat: per-layer activation checkpointing, "none" | "full" | "dots".
+      logits_chunk: positions per chunk of the vocabulary projection.
+      checkpoint_every: steps between checkpoints (validation steps also checkpoint).
+      keep_last: checkpoints kept besides the best one.
+      score_reference_always: also score the frozen base model when the reward does not need
+        it, to log KL(pi || base) (one more forward per step).
+      export_final: write the last and the best policy as Hugging Face directories.
+    """
+
+    steps: int = 500
+    seed: int = 42
+    micro_batches: int = 1
+    remat: str = "full"
+    logits_chunk: int = 256
+    checkpoint_every: int = 20
+    keep_last: int = 2
+    score_reference_always: bool = True
+    export_final: bool = True
+    log_every: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshSettings:
+    """Device mesh shape; -1 on `data` takes every remaining device."""
+
+    data: int = -1
+    fsdp: int = 1
+    tensor: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Everything a training run needs, validated. Build with `from_config_dict`."""
+
+    model_dir: str
+    ref_model_dir: str | None = None  # the frozen base model (default: model_dir)
+    dtype: str = "bfloat16"  # compute dtype; master params and the optimizer are fp32
+    reward: RewardConfig = RewardConfig()
+    loss: LossConfig = LossConfig()
+    optim: OptimConfig = OptimConfig()
+    rollout: RolloutSettings = RolloutSettings()
+    data: DataSettings = DataSettings()
+    eval: EvalSettings = EvalSettings()
+    train: TrainSettings = TrainSettings()
+    mesh: MeshSettings = MeshSettings()
+
+    @classmethod
+    def from_config_dict(cls, config: Mapping[str, Any]) -> RunConfig:
+        """Converts an (ml-collections) mapping, checking names, types and ranges."""
+        run = _build(cls, _to_plain(config), "config")
+        run.validate()
+        return run
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> None:
+        """Checks that need no model: ranges and consistency between sections."""
+        r, t, e = self.rollout, self.train, self.eval
+        _positive(r.prompts_per_step, "config.rollout.prompts_per_step")
+        if r.samples_per_prompt < 2 and self.loss.advantage_estimator == "rloo":
+            raise ConfigError(
+                f"config.rollout.samples_per_prompt={r.samples_per_prompt}: RLOO's leave-one-out baseline "
+                "needs at least 2 samples per prompt (paper: 8)."
+            )
+        _positive(r.max_total_length, "config.rollout.max_total_length")
+        if r.max_new_tokens is not None:
+            _positive(r.max_new_tokens, "config.rollout.max_new_tokens")
+        if not r.temperature > 0:
+            raise ConfigError(f"config.rollout.temperature={r.temperature} must be > 0.")
+        if not 0 < r.top_p <= 1:
+            raise ConfigError(f"config.rollout.top_p={r.top_p} must be in (0, 1].")
+        _positive(t.steps, "config.train.steps")
+        _positive(t.micro_batches, "config.train.micro_batches")
+        _positive(t.checkpoint_every, "config.train.checkpoint_every")
+        _positive(t.keep_last, "config.train.keep_last")
+        _positive(t.log_every, "config.train.log_every")
+        _positive(t.logits_chunk, "config.train.logits_chunk")
+        if t.remat not in ("none", "full", "dots"):
+            raise ConfigError(f"config.train.remat={t.remat!r} must be one of 'none', 'full', 'dots'.")
+        if e.every < 0:
+            raise ConfigError(f"config.eval.every={e.every} must be >= 0 (0: validate only at start and end).")
+        _positive(e.num_samples, "config.eval.num_samples")
+        _positive(e.batch_size, "config.eval.batch_size")
+        if not (e.metric.startswith(("pass@", "maj@")) or e.metric in ("mean_length", "no_answer")):
+            raise ConfigError(f"config.eval.metric={e.metric!r} must be 'pass@k' or 'maj@k' (e.g. 'pass@1').")
+        if self.data.task not in ("math", "arithmetic"):
+            raise ConfigError(f"config.data.task={self.data.task!r} must be 'math' or 'arithmetic'.")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ConfigError(f"config.dtype={self.dtype!r} must be 'float32', 'bfloat16' or 'float16'.")
+        batch = r.prompts_per_step * r.samples_per_prompt
+        if batch % t.micro_batches:
+            raise ConfigError(
+                f"config.train.micro_batches={t.micro_batches} does not divide the batch of "
+                f"{r.prompts_per_step} x {r.samples_per_prompt} = {batch} responses."
+            )
+
+    def check_against(self, *, context_length: int, prompt_length: int | None = None, num_devices: int) -> None:
+        """Checks that need the model and the devices (still before anything compiles)."""
+        r = self.rollout
+        if r.max_total_length > context_length:
+            raise ConfigError(
+                f"config.rollout.max_total_length={r.max_total_length} is over the model's context of "
+                f"{context_length} tokens (max_position_embeddings in {self.model_dir}/config.json)."
+            )
+        if prompt_length is not None and r.max_new_tokens is not None:
+            if prompt_length + r.max_new_tokens > context_length:
+                raise ConfigError(
+                    f"config.rollout.max_new_tokens={r.max_new_tokens} plus the prompt bucket of {prompt_length} "
+                    f"tokens is over the model's context of {context_length}."
+                )
+        m = self.mesh
+        sizes = (m.data, m.fsdp, m.tensor)
+        if any(s == 0 or s < -1 for s in sizes) or sizes.count(-1) > 1:
+            raise ConfigError(f"config.mesh={m}: sizes must be >= 1, with at most one -1.")
+        shape = self.mesh_shape(num_devices)
+        if math.prod(shape) != num_devices:
+            raise ConfigError(f"config.mesh={m} needs {math.prod(shape)} devices but there are {num_devices}.")
+        data, fsdp, _ = shape
+        batch = r.prompts_per_step * r.samples_per_prompt
+        shards = data * fsdp * self.train.micro_batches
+        if batch % shards:
+            raise ConfigError(
+                f"the batch of {r.prompts_per_step} x {r.samples_per_prompt} = {batch} responses is not divisible by "
+                f"mesh data x fsdp x micro_batches = {data} x {fsdp} x {self.train.micro_batches}; change "
+                "config.rollout.prompts_per_step or config.mesh."
+            )
+        if r.prompts_per_step % (data * fsdp):
+            raise ConfigError(
+                f"config.rollout.prompts_per_step={r.prompts_per_step} is not divisible by the mesh's "
+                f"data x fsdp = {data * fsdp} (the sampler shards prompts over them)."
+            )
+
+    def mesh_shape(self, num_devices: int) -> tuple[int, int, int]:
+        m = self.mesh
+        known = math.prod(s for s in (m.data, m.fsdp, m.tensor) if s != -1)
+        return tuple(s if s != -1 else max(num_devices // known, 1) for s in (m.data, m.fsdp, m.tensor))
+
+
+def _positive(value, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name}={value!r} must be a positive integer.")
+
+
+def _to_plain(config: Any) -> Any:
+    if hasattr(config, "to_dict"):
+        config = config.to_dict()
+    if isinstance(config, Mapping):
+        return {k: _to_plain(v) for k, v in config.items()}
+    return config
+
+
+def _build(cls, values: Any, where: str):
+    if isinstance(values, cls):
+        return values
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{where} must be a mapping of fields of {cls.__name__}, got {values!r}.")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"{where}.{unknown[0]}: unknown field of {cls.__name__}; known fields: {', '.join(sorted(fields))}."
+        )
+    kwargs = {}
+    for name, value in values.items():
+        field_type = fields[name].type
+        nested = _NESTED.get((cls.__name__, name))
+        if nested is not None:
+            kwargs[name] = _build(nested, value, f"{where}.{name}")
+        elif isinstance(value, list):
+            kwargs[name] = tuple(value)
+        elif isinstance(value, str) and "tuple" in str(field_type):
+            kwargs[name] = tuple(v for v in value.split(",") if v)  # "--config.data.validation=math500,aime24"
+        else:
+            kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{where}: {e}") from e
+
+
+_NESTED = {
+    ("RunConfig", "reward"): RewardConfig,
+    ("RunConfig", "loss"): LossConfig,
+    ("RunConfig", "optim"): OptimConfig,
+    ("RunConfig", "rollout"): RolloutSettings,
+    ("RunConfig", "data"): DataSettings,
+    ("RunConfig", "eval"): EvalSettings,
+    ("RunConfig", "train"): TrainSettings,
+    ("RunConfig", "mesh"): MeshSettings,
+}
+
+
+def reward_preset(name: str) -> dict[str, Any]:
+    """The paper's named reward settings: task | likelihood | power-a<alpha> | tilted-a<alpha>-b<beta_inv>.
+
+    e.g. "power-a2" = sampling, alpha=2, beta_inv=0; "tilted-a4-b100" = sampling, alpha=4, beta_inv=100.
+    """
+    if name == "task":
+        return dict(mode="optimization", alpha=0.0, beta_inv=1.0)
+    if name == "likelihood":
+        return dict(mode="optimization", alpha=1.0, beta_inv=0.0)
+    parts = name.split("-")
+    try:
+        if parts[0] == "power" and len(parts) == 2 and parts[1].startswith("a"):
+            return dict(mode="sampling", alpha=float(parts[1][1:]), beta_inv=0.0)
+        if parts[0] == "tilted" and len(parts) == 3 and parts[1].startswith("a") and parts[2].startswith("b"):
+            return dict(mode="sampling", alpha=float(parts[1][1:]), beta_inv=float(parts[2][1:]))
+    except ValueError:
+        pass
+    raise ConfigError(
+        f"unknown reward preset {name!r}; use task, likelihood, power-a<alpha> (e.g. power-a2) or "
+        "tilted-a<alpha>-b<beta_inv> (e.g. tilted-a4-b100)."
+    )

@@ -1,0 +1,59 @@
+"""Named configurations of the small-scale reproduction, shared by `experiments/*.py` and the main job.
+
+Sizes: "quick" (CI plumbing: seconds, the numbers mean little) and "default" (the main job:
+minutes on a 2-core CPU, large enough for the effects the paper is about to show up).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from sharpjax.train.config import reward_preset
+
+RL_SIZES = {
+    "quick": dict(steps=4, prompts_per_step=4, samples_per_prompt=4, eval_every=2, num_validation_problems=8,
+                  eval_samples=2, lr=3e-4),
+    "default": dict(steps=40, prompts_per_step=16, samples_per_prompt=8, eval_every=10, num_validation_problems=64,
+                    eval_samples=4, lr=1e-4),
+}
+
+
+def _none(field_type):
+    return ml_collections.FieldReference(None, field_type=field_type)
+
+
+def arithmetic_rl_config(size: str = "quick", reward: str = "task") -> ml_collections.ConfigDict:
+    """RL on the arithmetic task from the project's own SFT base model (`model_dir = "sft:<size>"`)."""
+    if size not in RL_SIZES:
+        raise ValueError(f"unknown size {size!r}; expected one of {sorted(RL_SIZES)}.")
+    s = RL_SIZES[size]
+    c = ml_collections.ConfigDict()
+    c.model_dir = f"sft:{size}"
+    c.ref_model_dir = _none(str)
+    c.dtype = "float32"
+    c.reward = dict(mode="optimization", alpha=0.0, beta_inv=1.0, normalization="sum", length_power=_none(float))
+    c.reward.update(reward_preset(reward))
+    c.loss = dict(advantage_estimator="rloo", aggregation="token_mean", importance_weight_cap=20.0, kl_coef=0.0)
+    c.optim = dict(learning_rate=s["lr"], weight_decay=0.01, max_grad_norm=1.0, warmup_steps=0, schedule="constant",
+                   total_steps=s["steps"])
+    c.rollout = dict(prompts_per_step=s["prompts_per_step"], samples_per_prompt=s["samples_per_prompt"],
+                     max_total_length=128, max_new_tokens=_none(int), temperature=1.0, top_p=1.0, top_k=0,
+                     ignore_eos=False, prompt_buckets=(32, 48, 64))
+    c.data = dict(task="arithmetic", num_train_problems=2000, num_validation_problems=s["num_validation_problems"],
+                  difficulty="auto", validation=("arithmetic",))
+    c.eval = dict(every=s["eval_every"], num_samples=s["eval_samples"], metric="pass@1", batch_size=64, at_start=True)
+    c.train = dict(steps=s["steps"], seed=0, micro_batches=1, remat="none", logits_chunk=128,
+                   checkpoint_every=s["eval_every"], keep_last=1, score_reference_always=True, export_final=True)
+    c.mesh = dict(data=-1, fsdp=1, tensor=1)
+    return c
+
+
+def sft_config(size: str = "default"):
+    """The SFT run that makes the arithmetic base model of `size`."""
+    from sharpjax.train.sft import SFTConfig
+
+    if size == "default":
+        return SFTConfig()
+    if size == "quick":
+        return SFTConfig(steps=150, eval_problems=16, eval_samples=2, log_every=50)
+    raise ValueError(f"unknown size {size!r}; expected 'quick' or 'default'.")

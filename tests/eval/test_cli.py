@@ -1,0 +1,77 @@
+"""python -m sharpjax.eval: a real subprocess run on a tiny saved model, forced-response
+metrics through the CLI's JSON, and its error messages."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from sharpjax.eval import __main__ as cli
+from sharpjax.eval import harness
+from tests.eval.test_harness import expected_pass, fake_generate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ANSWERS = {"What is 1+1?": "2", "What is 2+3?": "5", "Half of 1?": "\\frac{1}{2}"}
+
+
+@pytest.fixture
+def bench_file(tmp_path):
+    path = tmp_path / "toy.jsonl"
+    rows = [{"id": f"t{i}", "problem": q, "answer": a} for i, (q, a) in enumerate(ANSWERS.items())]
+    rows.append({"id": "t3", "problem": "Unused?", "answer": "0"})  # cut by --limit 3
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return str(path)
+
+
+def test_subprocess_run(hf_checkpoint, bench_file, tmp_path):
+    out = tmp_path / "results.json"
+    args = ["-m", "sharpjax.eval", "--model", hf_checkpoint("llama"), "--benchmarks", "toy", "--data_file",
+            f"toy={bench_file}", "--n", "2", "--max_new_tokens", "4", "--batch_size", "2", "--limit", "3",
+            "--ks", "1,2,4", "--num_workers", "0", "--no_progress", "--save_responses", "--out", str(out)]  # fmt: skip
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    results = json.loads(out.read_text())
+    s = results["results"]["toy"]
+    assert s["num_problems"] == 3 and s["num_samples"] == 2
+    assert "pass@2" in s and "pass@4" not in s
+    assert results["sampling"]["num_samples"] == 2 and results["sampling"]["temperature"] == 1.0
+    assert [r["id"] for r in results["records"]["toy"]] == ["t0", "t1", "t2"]
+    assert all(len(r["responses"]) == 2 and all(1 <= n <= 4 for n in r["lengths"]) for r in results["records"]["toy"])
+    assert proc.stdout.splitlines()[0].startswith("| benchmark | problems | n | pass@1 | pass@2 | maj@1")
+    assert proc.stdout.splitlines()[2].startswith("| toy | 3 | 2 |")
+
+
+def test_forced_responses_through_cli(hf_checkpoint, bench_file, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(harness, "generate_text", fake_generate)
+    out = tmp_path / "r.json"
+    results = cli.main(["--model", hf_checkpoint("llama"), "--benchmarks", "toy", "--data_file", f"toy={bench_file}",
+                        "--n", "4", "--limit", "3", "--num_workers", "0", "--no_progress", "--out", str(out)])  # fmt: skip
+    assert json.loads(out.read_text()) == results
+    s = results["results"]["toy"]
+    for k in (1, 2, 4):
+        assert s[f"pass@{k}"] == pytest.approx(expected_pass([2, 1, 3], k))
+    assert s["maj@4"] == pytest.approx(2 / 3) and "pass@8" not in s
+    assert "records" not in results
+    assert "| toy | 3 | 4 | 50.0 |" in capsys.readouterr().out
+
+
+def test_errors(hf_checkpoint, bench_file, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--model", str(tmp_path / "missing"), "--benchmarks", "toy"])
+    assert e.value.code == 2 and "no such directory" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--model", hf_checkpoint("llama"), "--benchmarks", "no_such_bench", "--data_dir", str(tmp_path)])
+    assert "no_such_bench" in str(e.value.code)
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--model", hf_checkpoint("llama"), "--benchmarks", "toy", "--data_file", f"toy={tmp_path}/nope.jsonl"])
+    assert "no such file" in str(e.value.code)
+    with pytest.raises(SystemExit) as e:  # checked for every benchmark before any sampling
+        cli.main(["--model", hf_checkpoint("llama"), "--benchmarks", "toy", "--data_file", f"toy={bench_file}",
+                  "--max_new_tokens", "16384", "--no_progress"])  # fmt: skip
+    assert "'toy'" in str(e.value.code) and "exceeds the model's context of 16384" in str(e.value.code)
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--model", hf_checkpoint("llama"), "--data_file", "toy"])
+    assert e.value.code == 2 and "NAME=PATH" in capsys.readouterr().err

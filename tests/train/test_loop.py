@@ -1,0 +1,140 @@
+"""The training loop: exact resume, SIGTERM checkpointing, config validation, exports."""
+
+import importlib.util
+import os
+import signal
+
+import jax
+import numpy as np
+import pytest
+
+from sharpjax.models import ModelConfig, init_params, load_model, save_model
+from sharpjax.models.tokenizer import build_char_tokenizer
+from sharpjax.train.config import ConfigError, RunConfig
+from sharpjax.train.loop import Trainer, train
+from sharpjax.train.metrics_log import read_metrics
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TIMING = ("_s", "tokens_per_s", "time")
+
+
+def load_experiment(name: str):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "experiments", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("tiny_base"))
+    tok = build_char_tokenizer()
+    cfg = ModelConfig(model_type="llama", vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_layers=2,
+                      num_heads=4, num_kv_heads=2, head_dim=8, tie_word_embeddings=True,
+                      bos_token_id=tok.bos_token_id, eos_token_ids=(tok.eos_token_id,), pad_token_id=tok.pad_token_id,
+                      max_position_embeddings=160)
+    save_model(path, init_params(cfg, jax.random.key(0), init_std=0.2), cfg)
+    tok.save_pretrained(path)
+    return path
+
+
+def tiny_config(model_dir, reward="tilted-a2-b1", **overrides):
+    c = load_experiment("rl_arithmetic").get_config(f"quick:{reward}")
+    c.model_dir = model_dir
+    c.rollout.max_total_length = 96
+    c.rollout.max_new_tokens = 24
+    c.data.num_validation_problems = 4
+    c.train.steps = 4
+    c.eval.every = 2
+    for dotted, value in overrides.items():
+        node = c
+        *path, leaf = dotted.split("__")
+        for p in path:
+            node = node[p]
+        node[leaf] = value
+    return c
+
+
+def _comparable(records):
+    return [{k: v for k, v in r.items() if not k.endswith(TIMING)} for r in records]
+
+
+def test_resume_is_bit_identical(tiny_model_dir, tmp_path):
+    config_dict = tiny_config(tiny_model_dir)
+    config = RunConfig.from_config_dict(config_dict)
+    full = train(config, str(tmp_path / "full"), progress=False)
+    assert full.last_step == 4 and set(full.validation) == {0, 2, 4}
+
+    first = train(config, str(tmp_path / "resumed"), stop_after=3, progress=False)
+    assert first.interrupted and first.last_step == 3
+    second = train(config, str(tmp_path / "resumed"), progress=False)
+    assert second.last_step == 4 and not second.interrupted
+
+    a, b = read_metrics(str(tmp_path / "full")), read_metrics(str(tmp_path / "resumed"))
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    assert _comparable(a) == _comparable(b)
+    assert any("kl_to_base" in r for r in a) and any("val/arithmetic/pass@1" in r for r in a)
+    pa, _ = load_model(full.export_dirs["last"])
+    pb, _ = load_model(second.export_dirs["last"])
+    for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    # Training moved the policy away from the base model.
+    base, _ = load_model(tiny_model_dir)
+    assert max(float(np.abs(np.asarray(x) - np.asarray(y)).max())
+               for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(base))) > 0
+    assert "best" in full.export_dirs and full.best_step in (2, 4)
+
+
+def test_sigterm_checkpoints_and_stops(tiny_model_dir, tmp_path, monkeypatch):
+    config = RunConfig.from_config_dict(tiny_config(tiny_model_dir, reward="power-a2", eval__at_start=False))
+    trainer = Trainer(config, str(tmp_path), progress=False)
+    original = trainer.rollout_and_update
+
+    def step_then_signal(step):
+        out = original(step)
+        if step == 0:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    monkeypatch.setattr(trainer, "rollout_and_update", step_then_signal)
+    result = trainer.run()
+    assert result.interrupted and result.last_step == 1
+    assert trainer.checkpointer.latest_step() == 1
+    assert signal.getsignal(signal.SIGTERM) is not None  # the previous handler is back
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"reward__alpah": 2.0}, "config.reward.alpah: unknown field"),
+        ({"reward__mode": "optimization", "reward__alpha": 0.0, "reward__beta_inv": 0.0}, "R = 0 for every response"),
+        ({"rollout__samples_per_prompt": 1}, "config.rollout.samples_per_prompt"),
+        ({"train__micro_batches": 3}, "config.train.micro_batches=3"),
+        ({"rollout__temperature": 0.0}, "config.rollout.temperature"),
+        ({"data__task": "poetry"}, "config.data.task"),
+    ],
+)
+def test_bad_configs_name_the_field(tiny_model_dir, overrides, message):
+    c = tiny_config(tiny_model_dir)
+    for dotted, value in overrides.items():
+        section, leaf = dotted.split("__")
+        c[section].unlock() if hasattr(c[section], "unlock") else None
+        c[section][leaf] = value
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        RunConfig.from_config_dict(c)
+
+
+def test_checks_against_model_and_mesh(tiny_model_dir):
+    config = RunConfig.from_config_dict(tiny_config(tiny_model_dir, rollout__max_total_length=4096))
+    with pytest.raises(ConfigError, match="over the model's context of 160"):
+        config.check_against(context_length=160, num_devices=1)
+    config = RunConfig.from_config_dict(tiny_config(tiny_model_dir, rollout__prompts_per_step=3))
+    with pytest.raises(ConfigError, match="not divisible by mesh data x fsdp"):
+        config.check_against(context_length=4096, num_devices=8)
+    config = RunConfig.from_config_dict(tiny_config(tiny_model_dir, mesh__fsdp=3))
+    with pytest.raises(ConfigError, match="needs"):
+        config.check_against(context_length=4096, num_devices=8)
+    # Loading the model runs the same check before anything compiles.
+    config = RunConfig.from_config_dict(tiny_config(tiny_model_dir, rollout__max_total_length=4096))
+    with pytest.raises(ConfigError, match="max_total_length=4096"):
+        Trainer(config, "/tmp/unused-workdir-never-written", progress=False)
