@@ -23,6 +23,7 @@ import tqdm
 
 from sharpjax.eval.metrics import DEFAULT_KS, ProblemRecord, summarize
 from sharpjax.models.config import ModelConfig
+from sharpjax.models.sharding import to_host
 from sharpjax.models.tokenizer import bucket_length, render_chat
 from sharpjax.models.transformer import Params
 from sharpjax.rewards import verify_batch
@@ -176,8 +177,8 @@ def evaluate(
                 params, model_config, tokenizer, batch, jax.random.fold_in(key, batch_index), sampling, buckets=buckets
             )
             texts = texts[: real * g]
-            lengths = np.asarray(jax.device_get(rollout.lengths))[: real * g]
-            finished = np.asarray(jax.device_get(rollout.finished))[: real * g]
+            lengths = to_host(rollout.lengths)[: real * g]
+            finished = to_host(rollout.finished)[: real * g]
             refs = [references[start + i // g] for i in range(real * g)]
             results = verify_batch(texts, refs, timeout_s=verify_timeout_s, num_workers=num_workers, fallback=fallback)
             for i in range(real):

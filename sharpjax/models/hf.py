@@ -20,6 +20,7 @@ import safetensors
 import safetensors.numpy
 
 from sharpjax.models.config import ConfigError, ModelConfig
+from sharpjax.models.sharding import put_global
 from sharpjax.models.transformer import Params, param_logical_axes
 
 SINGLE_FILE = "model.safetensors"
@@ -153,7 +154,7 @@ def load_params(
         sharding = shardings
         for key in where:
             sharding = sharding[key]
-        return jax.device_put(value, sharding)
+        return put_global(value, sharding)
 
     params: Params = {"layers": {}}
     for name in axes["layers"]:

@@ -92,12 +92,39 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
+def put_global(x, sharding: jax.sharding.Sharding) -> jax.Array:
+    """A host value that is identical on every process -> a global array with `sharding`.
+
+    One process: `jax.device_put`. Several: each process fills its own shards from its copy
+    (`device_put` refuses shardings that span other hosts' devices).
+    """
+    if jax.process_count() == 1:
+        return jax.device_put(x, sharding)
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
 def shard_params(params: Params, shardings: Params) -> Params:
-    """Places an existing param pytree onto the mesh."""
-    return jax.device_put(params, shardings)
+    """Places an existing param pytree (on one device or on the host) onto the mesh."""
+    if jax.process_count() == 1:
+        return jax.device_put(params, shardings)
+    return jax.tree.map(lambda x, s: put_global(np.asarray(x), s), params, shardings)
 
 
 def init_params_sharded(config: ModelConfig, key: jax.Array, mesh: Mesh, rules: Mapping = DEFAULT_RULES) -> Params:
     """Random params created directly in their shards (no full copy on one device)."""
     shardings = param_shardings(config, mesh, rules)
     return jax.jit(lambda k: init_params(config, k), out_shardings=shardings)(key)
+
+
+def to_host(x) -> np.ndarray:
+    """The full value of a (possibly multi-process, sharded) array as numpy, on every process.
+
+    `jax.device_get` only sees this process's shards; with several processes the rows of a
+    data-parallel batch live on other hosts, so they are all-gathered first.
+    """
+    if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(jax.device_get(x))

@@ -6,6 +6,7 @@ import jax
 import numpy as np
 
 from sharpjax.models.config import ModelConfig
+from sharpjax.models.sharding import to_host
 from sharpjax.models.tokenizer import bucket_length, left_pad
 from sharpjax.models.transformer import Params
 from sharpjax.rollout.sampler import RolloutBatch, SamplingConfig, sample
@@ -28,8 +29,8 @@ def encode_prompts(
 
 def decode_responses(tokenizer, rollout: RolloutBatch) -> list[str]:
     """The response text of every row (prompt, padding and stop token stripped)."""
-    tokens = np.asarray(jax.device_get(rollout.tokens))
-    mask = np.asarray(jax.device_get(rollout.response_mask)).astype(bool)
+    tokens = to_host(rollout.tokens)
+    mask = to_host(rollout.response_mask).astype(bool)
     return [tokenizer.decode(row[m], skip_special_tokens=True) for row, m in zip(tokens, mask)]
 
 

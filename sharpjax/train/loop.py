@@ -26,7 +26,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from sharpjax.models.hf import load_model, save_model
-from sharpjax.models.sharding import BATCH_AXES, make_mesh, param_shardings, shard_params
+from sharpjax.models.sharding import BATCH_AXES, make_mesh, param_shardings, put_global, shard_params, to_host
 from sharpjax.models.tokenizer import load_tokenizer
 from sharpjax.rollout.sampler import SamplingConfig, sample
 from sharpjax.rollout.text import decode_responses, encode_prompts
@@ -165,6 +165,9 @@ class Trainer:
             ref, _ = load_model(ref_dir, dtype=config.dtype, shardings=shardings)
         # The reference is frozen in the compute dtype; the policy gets its own fp32 copy.
         self.ref_params = cast_params(ref, self.model.jnp_dtype)
+        self.score_ref = (
+            config.reward.needs_ref_logprobs or config.loss.kl_coef > 0 or config.train.score_reference_always
+        )
         self.step_config = StepConfig(
             model=self.model,
             loss=config.loss,
@@ -172,11 +175,15 @@ class Trainer:
             micro_batches=config.train.micro_batches,
             remat=config.train.remat,
             logits_chunk=config.train.logits_chunk,
+            has_reference=self.score_ref,
         )
         self.optimizer = make_optimizer(config.optim)
         self.state = init_train_state(params, self.optimizer, self.mesh)
         del params, ref
         self.base_key = jax.random.key(config.train.seed)
+        if self.mesh is not None:  # a global array, so every process checkpoints the same key
+            data = put_global(np.asarray(jax.random.key_data(self.base_key)), NamedSharding(self.mesh, PartitionSpec()))
+            self.base_key = jax.random.wrap_key_data(data)
         self.iterator = self.task.train_iterator(config.rollout.prompts_per_step, config.train.seed)
         self.config_dict = config_dict if config_dict is not None else config.to_dict()
 
@@ -190,8 +197,6 @@ class Trainer:
             self._restore(latest)
         self.logger = MetricsLogger(workdir, resume_step=self.start_step if latest is not None else None)
         self._train_step = make_train_step(self.step_config, self.state, self.mesh)
-        needs_ref = config.reward.needs_ref_logprobs or config.loss.kl_coef > 0 or config.train.score_reference_always
-        self.score_ref = needs_ref
         self._rewards = jax.jit(
             compute_rewards,
             static_argnames=("model", "reward", "loss", "group_size", "logits_chunk", "score_reference"),
@@ -217,7 +222,7 @@ class Trainer:
         if self.mesh is None:
             return jnp.asarray(x)
         spec = PartitionSpec(BATCH_AXES, *([None] * (x.ndim - 1)))
-        return jax.device_put(x, NamedSharding(self.mesh, spec))
+        return put_global(x, NamedSharding(self.mesh, spec))
 
     def rollout_and_update(self, step: int) -> dict[str, Any]:
         t0 = time.perf_counter()
@@ -249,13 +254,13 @@ class Trainer:
         jax.block_until_ready(self.state.params)
         t_end = time.perf_counter()
 
-        lengths = np.asarray(rollout.lengths)
-        rewards = np.asarray(scored.rewards)
+        lengths = to_host(rollout.lengths)
+        rewards = to_host(scored.rewards)
         metrics = {k_: float(v) for k_, v in {**scored.metrics, **step_metrics}.items()}
         num_response_tokens = float(lengths.sum())
         metrics |= {
             "response_length": float(lengths.mean()),
-            "finished_fraction": float(np.asarray(rollout.finished).mean()),
+            "finished_fraction": float(to_host(rollout.finished).mean()),
             "prompt_length": float(np.asarray(mask).sum(-1).mean()),
             "rollout_s": t_rollout - t0,
             "verify_s": t_verify - t_rollout,
@@ -346,7 +351,7 @@ class Trainer:
 
     def _export_params(self, params, path: str) -> None:
         if jax.process_index() == 0:
-            save_model(path, jax.device_get(cast_params(params, self.model.jnp_dtype)), self.model)
+            save_model(path, jax.tree.map(to_host, cast_params(params, self.model.jnp_dtype)), self.model)
             self.tokenizer.save_pretrained(path)
 
     def _print(self, step: int, metrics: dict, keys: Sequence[str] = PROGRESS_KEYS) -> None:

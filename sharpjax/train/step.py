@@ -119,6 +119,7 @@ class StepConfig:
     micro_batches: int = 1  # gradient accumulation: the batch is split into this many
     remat: str = "full"  # per-layer jax.checkpoint policy: "none", "full", "dots"
     logits_chunk: int = 256  # positions per chunk of the vocabulary projection
+    has_reference: bool = False  # batch.ref_logprobs are real: log the KL to the reference
 
 
 def cast_params(params: Params, dtype) -> Params:
@@ -134,16 +135,21 @@ def init_train_state(
     With a mesh, the optimizer moments take the params' shardings and the scalars (step,
     Adam's count) are replicated over the mesh, so every leaf lives on the same devices.
     """
-    master = jax.tree.map(lambda p: jnp.array(p, dtype=jnp.float32, copy=True), params)
-    state = TrainState(step=jnp.zeros((), jnp.int32), params=master, opt_state=optimizer.init(master))
+
+    def fresh(params):
+        master = jax.tree.map(lambda p: jnp.array(p, dtype=jnp.float32, copy=True), params)
+        return TrainState(step=jnp.zeros((), jnp.int32), params=master, opt_state=optimizer.init(master))
+
     if mesh is None:
-        return state
+        return fresh(params)
     replicated = NamedSharding(mesh, PartitionSpec())
-    param_sh = jax.tree.map(lambda p: p.sharding, master)
+    param_sh = jax.tree.map(lambda p: p.sharding, params)
+    abstract = jax.eval_shape(fresh, params)
     opt_sh = optax.tree_map_params(
-        optimizer, lambda _, sh: sh, state.opt_state, param_sh, transform_non_params=lambda _: replicated
+        optimizer, lambda _, sh: sh, abstract.opt_state, param_sh, transform_non_params=lambda _: replicated
     )
-    return jax.device_put(state, TrainState(step=replicated, params=param_sh, opt_state=opt_sh))
+    # Built inside jit with explicit out_shardings: works when the mesh spans several processes.
+    return jax.jit(fresh, out_shardings=TrainState(step=replicated, params=param_sh, opt_state=opt_sh))(params)
 
 
 def state_shardings(state: TrainState) -> TrainState:
@@ -171,7 +177,7 @@ def _loss_fn(params, micro: TrainBatch, *, cfg: StepConfig, num_tokens, num_sequ
         advantages_B=micro.advantages,
         mask_BT=micro.response_mask,
         config=cfg.loss,
-        ref_logp_BT=micro.ref_logprobs if cfg.loss.kl_coef > 0 else None,
+        ref_logp_BT=micro.ref_logprobs if cfg.loss.kl_coef > 0 or cfg.has_reference else None,
         num_tokens=num_tokens,
         num_sequences=num_sequences,
     )

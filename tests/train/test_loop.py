@@ -1,6 +1,5 @@
 """The training loop: exact resume, SIGTERM checkpointing, config validation, exports."""
 
-import importlib.util
 import os
 import signal
 
@@ -8,51 +7,20 @@ import jax
 import numpy as np
 import pytest
 
-from sharpjax.models import ModelConfig, init_params, load_model, save_model
-from sharpjax.models.tokenizer import build_char_tokenizer
+from sharpjax.models import load_model
 from sharpjax.train.config import ConfigError, RunConfig
 from sharpjax.train.loop import Trainer, train
 from sharpjax.train.metrics_log import read_metrics
+
+from tests.train._tiny_run import make_tiny_model, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TIMING = ("_s", "tokens_per_s", "time")
 
 
-def load_experiment(name: str):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "experiments", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("tiny_base"))
-    tok = build_char_tokenizer()
-    cfg = ModelConfig(model_type="llama", vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_layers=2,
-                      num_heads=4, num_kv_heads=2, head_dim=8, tie_word_embeddings=True,
-                      bos_token_id=tok.bos_token_id, eos_token_ids=(tok.eos_token_id,), pad_token_id=tok.pad_token_id,
-                      max_position_embeddings=160)
-    save_model(path, init_params(cfg, jax.random.key(0), init_std=0.2), cfg)
-    tok.save_pretrained(path)
-    return path
-
-
-def tiny_config(model_dir, reward="tilted-a2-b1", **overrides):
-    c = load_experiment("rl_arithmetic").get_config(f"quick:{reward}")
-    c.model_dir = model_dir
-    c.rollout.max_total_length = 96
-    c.rollout.max_new_tokens = 24
-    c.data.num_validation_problems = 4
-    c.train.steps = 4
-    c.eval.every = 2
-    for dotted, value in overrides.items():
-        node = c
-        *path, leaf = dotted.split("__")
-        for p in path:
-            node = node[p]
-        node[leaf] = value
-    return c
+    return make_tiny_model(str(tmp_path_factory.mktemp("tiny_base")))
 
 
 def _comparable(records):
