@@ -199,7 +199,27 @@ def _clean_answer(ans: str) -> str:
             ans = m.group(1)
         if ans == prev:
             break
-    return ans
+    return _code_literal_to_latex(ans)
+
+
+# Code-style numbers, as in Minerva-Math's references (58 of 272 are like `3.83e35`, and
+# `-1./3`, `np.arcsin(10/13)`): LaTeX parsing would read `e` as Euler's number and `np.` as
+# variables, so `3.83 \\times 10^{35}` would never match `3.83e35`. Only a whole answer that
+# is one such literal is rewritten.
+_SCI_RE = re.compile(r"^([-+]?(?:\d+\.?\d*|\.\d+))[eE]([-+]?\d+)$")
+_CODE_FRACTION_RE = re.compile(r"^([-+]?\d+)\.?\s*/\s*(\d+)\.?$")
+_NUMPY_FN_RE = re.compile(r"\bnp\.(arcsin|arccos|arctan|sin|cos|tan|exp|log|pi)\b")
+
+
+def _code_literal_to_latex(ans: str) -> str:
+    """`3.83e35` -> `3.83 \\times 10^{35}`, `-1./3` -> `-1/3`, `np.arcsin(x)` -> `\\arcsin(x)`."""
+    m = _SCI_RE.match(ans)
+    if m:
+        return f"{m.group(1)} \\times 10^{{{int(m.group(2))}}}"
+    m = _CODE_FRACTION_RE.match(ans)
+    if m:
+        return f"{m.group(1)}/{m.group(2)}"
+    return _NUMPY_FN_RE.sub(r"\\\1", ans)
 
 
 # `\\left(` / `\\right)` but not `\\leftarrow` / `\\rightarrow` (which would both become
@@ -270,7 +290,48 @@ def _parse(text: str) -> list:
 
 def _verify(gold: list, pred: list) -> bool:
     mv = _mv()
-    return bool(mv.verify(gold, pred, timeout_seconds=None))
+    return bool(mv.verify(gold, pred, timeout_seconds=None)) and not _small_numbers_differ(
+        gold, pred
+    )
+
+
+# math-verify compares numbers to a fixed number of *decimal places* (it rounds floats to 6
+# decimals and chops `(a - b).evalf()` near 0), so below 1 in magnitude it keeps ever fewer
+# significant digits: it accepts 2.88e-18 for 2.88e-19, and 0 for any tiny reference, which
+# physics answers (Minerva-Math) are full of. Where both sides are real numbers below 1 in
+# magnitude we also require them to agree in relative terms, to about the 6 significant
+# digits math-verify keeps at unit scale (so 1/3000 still matches 0.000333333).
+_SMALL_MAGNITUDE = 1
+_SMALL_REL_TOL = 1e-5
+
+
+def _real_number(parsed: list):
+    """The first parsed sympy value as a 30-digit real Float, or None if it is not one number
+    (`x = 3` counts as 3)."""
+    import sympy
+
+    for e in parsed:
+        if isinstance(e, str):
+            continue
+        if isinstance(e, sympy.Eq) and isinstance(e.lhs, sympy.Symbol):
+            e = e.rhs
+        if not isinstance(e, sympy.Expr) or not e.is_number:
+            return None
+        v = sympy.N(e, 30)
+        return v if v.is_real and v.is_finite else None
+    return None
+
+
+def _small_numbers_differ(gold: list, pred: list) -> bool:
+    """True when both answers are real numbers below 1 in magnitude that differ by more than
+    `_SMALL_REL_TOL` relative (see above); False otherwise (math-verify's verdict stands)."""
+    a, b = _real_number(gold), _real_number(pred)
+    if a is None or b is None:
+        return False
+    scale = max(abs(a), abs(b))
+    if scale >= _SMALL_MAGNITUDE or scale == 0:
+        return False
+    return bool(abs(a - b) > _SMALL_REL_TOL * scale)
 
 
 def _canonical(parsed: list, fallback: str) -> str:
@@ -285,7 +346,7 @@ def wrap_reference(reference: str) -> str:
     ref = reference.strip()
     if extract_boxed(ref) is not None:
         return ref
-    return "\\boxed{" + ref + "}"
+    return "\\boxed{" + _code_literal_to_latex(ref) + "}"
 
 
 def verify_one(

@@ -192,6 +192,27 @@ def test_minerva_math_solutions_verify_and_shuffles_are_rejected(pool, data_dir)
     _assert_not_worse(q)
 
 
+def test_minerva_scientific_notation_references(pool, data_dir):
+    """58 Minerva-Math references are code-style floats (`3.83e35`). A model writes them in
+    LaTeX: `m \\times 10^{x}` must verify, and the same with the exponent off by one must
+    not. (Checked on the references alone: the solutions box the code-style string itself,
+    so the solution test above cannot see this.)"""
+    sci = [
+        m
+        for r in _load(data_dir, "minerva_math")
+        if (m := re.fullmatch(r"(-?[\d.]+)e([-+]?\d+)", r["answer"]))
+    ]
+    assert len(sci) == 58
+    right = [f"\\boxed{{{m[1]} \\times 10^{{{int(m[2])}}}}}" for m in sci]
+    wrong = [f"\\boxed{{{m[1]} \\times 10^{{{int(m[2]) + 1}}}}}" for m in sci]
+    refs = [m[0] for m in sci]
+    res = pool.verify_batch(right + wrong, refs + refs, timeout_s=5.0)
+    missed = [refs[k] for k, r in enumerate(res[: len(sci)]) if r.score != 1.0]
+    accepted = [refs[k] for k, r in enumerate(res[len(sci) :]) if r.score != 0.0]
+    assert not missed, f"LaTeX forms of these references are rejected: {missed}"
+    assert not accepted, f"exponent-off-by-one answers accepted for: {accepted}"
+
+
 def test_aime24_solutions(pool, data_dir):
     """AIME 2024 (AoPS solutions, several per problem). One solution text, 2024_AIME_I-1's,
     never boxes its answer: boxed-only extraction (the paper's prompt asks for a box) finds
@@ -274,6 +295,30 @@ CASES = [
     ("1,000", "1000", True),
     ("\\textbf{(073)}", "73", True),
     ("\\text{(C)}", "\\text{(C)}", True),
+    # Code-style references (Minerva-Math): e-notation is a power of ten, not Euler's e.
+    ("3.83 \\times 10^{35}", "3.83e35", True),
+    ("3.83\\cdot10^{35}", "3.83e35", True),
+    ("3.83e35", "3.83 \\times 10^{35}", True),
+    ("3.8 \\times 10^{35}", "3.83e35", False),
+    ("0.004", "4e-3", True),
+    ("0.005", "4e-3", False),
+    ("-\\frac{1}{3}", "-1./3", True),
+    ("-\\frac{1}{2}", "-1./3", False),
+    ("\\arcsin(10/13)", "np.arcsin(10/13)", True),
+    ("\\arccos(10/13)", "np.arcsin(10/13)", False),
+    # Small magnitudes: relative, not absolute, agreement. math-verify alone accepts
+    # 2.88e-18 for 2.88e-19 (it chops differences near 0) and 0.0000013 for 0.0000012 (it
+    # rounds floats to 6 decimal places).
+    ("2.88 \\times 10^{-19}", "2.88e-19", True),
+    ("2.88 \\times 10^{-18}", "2.88e-19", False),
+    ("-2.88 \\times 10^{-19}", "2.88e-19", False),
+    ("0.0000013", "0.0000012", False),
+    ("10^{-30}", "0", False),
+    ("\\frac{1}{3000}", "0.000333333", True),
+    ("1.23\\times10^{-4}", "0.000123", True),
+    ("0.333333", "\\frac13", True),
+    ("0.5", "50\\%", True),
+    ("10\\%", "10", True),
     # Regression: \leftarrow and \rightarrow once both normalized to "arrow".
     ("A \\rightarrow B", "A \\leftarrow B", False),
 ]
