@@ -4,9 +4,10 @@
 
 Defaults are the paper's evaluation protocol (PAPER.md): 16 samples per problem at
 temperature 1.0, top-p 1.0, no top-k, pass@k and maj@k for k in 1, 2, 4, 8, 16. Benchmarks
-are read with `sharpjax.data.load_dataset(name, data_dir=..., limit=...)` (data directory:
---data_dir or $SHARPJAX_DATA_DIR), or from a JSONL file given with --data_file NAME=PATH
-(one {"problem", "answer"[, "id"]} object per line). Writes the summaries (and optionally
+are read with `sharpjax.data.load_dataset(name, data_dir=..., limit=...)` (names:
+math500, minerva_math, aime24, aime25, hmmt_feb25, gsm8k_test, ...; data directory:
+--data_dir or $SHARPJAX_DATA_DIR), or, under any name, from a JSONL file given with
+--data_file NAME=PATH (one {"problem", "answer"[, "id"]} object per line). Writes the summaries (and optionally
 every response) as JSON and prints a Markdown table.
 """
 
@@ -21,6 +22,7 @@ import time
 import types
 import zlib
 
+from sharpjax.data import load_dataset
 from sharpjax.eval.metrics import DEFAULT_KS, results_to_json, results_to_markdown
 
 
@@ -90,16 +92,9 @@ def load_benchmarks(names: list[str], *, data_files: dict[str, str], data_dir: s
                 raise SystemExit(f"error: --data_file {name}={path}: no such file.")
             out[name] = _read_jsonl(path, limit)
             continue
-        try:  # Lazy: the data package is optional for --data_file use.
-            from sharpjax.data import load_dataset
-        except ImportError:
-            raise SystemExit(
-                f"error: unknown benchmark {name!r}: sharpjax.data.load_dataset is unavailable; "
-                f"pass --data_file {name}=PATH.jsonl"
-            ) from None
         try:
             out[name] = list(load_dataset(name, data_dir=data_dir, limit=limit))
-        except (KeyError, ValueError, FileNotFoundError) as e:
+        except (ValueError, FileNotFoundError) as e:
             raise SystemExit(f"error: benchmark {name!r}: {e}") from None
         if not out[name]:
             raise SystemExit(f"error: benchmark {name!r} has no problems.")

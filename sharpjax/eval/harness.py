@@ -21,24 +21,18 @@ import jax
 import numpy as np
 import tqdm
 
+from sharpjax.data.prompts import render_prompt
 from sharpjax.eval.metrics import DEFAULT_KS, ProblemRecord, summarize
 from sharpjax.models.config import ModelConfig
 from sharpjax.models.sharding import to_host
-from sharpjax.models.tokenizer import bucket_length, render_chat
+from sharpjax.models.tokenizer import bucket_length
 from sharpjax.models.transformer import Params
 from sharpjax.rewards import verify_batch
 from sharpjax.rewards.math import Fallback
 from sharpjax.rollout.sampler import SamplingConfig
 from sharpjax.rollout.text import DEFAULT_BUCKETS, generate_text
 
-__all__ = ["EvalProblem", "EvalResult", "PROMPT_TEMPLATE", "check_context", "default_render_fn", "evaluate"]
-
-# The paper's user turn (PAPER.md, "Prompt"); `sharpjax.data.format_prompt` is preferred
-# when that module provides it, so the two cannot drift apart silently in a run.
-PROMPT_TEMPLATE = (
-    "Think step-by-step to solve the following problem. Output your answer inside of \\boxed{{}} tags.:\n"
-    "{problem}\n\nLet's think step-by-step"
-)
+__all__ = ["EvalProblem", "EvalResult", "check_context", "default_render_fn", "evaluate"]
 
 
 class EvalProblem(Protocol):
@@ -48,18 +42,10 @@ class EvalProblem(Protocol):
     answer: str
 
 
-def _format_prompt(problem_text: str) -> str:
-    try:
-        from sharpjax.data import format_prompt
-    except ImportError:
-        return PROMPT_TEMPLATE.format(problem=problem_text)
-    return format_prompt(problem_text)
-
-
 def default_render_fn(tokenizer) -> Callable[[str], str]:
-    """Problem text -> model input: the paper's instruction prompt as one user turn, rendered
-    with the tokenizer's chat template (generation prompt on, no system prompt)."""
-    return lambda text: render_chat(tokenizer, _format_prompt(text))
+    """Problem text -> model input: the paper's instruction prompt (`sharpjax.data.format_prompt`)
+    as one user turn in the tokenizer's chat template (generation prompt on, no system prompt)."""
+    return lambda text: render_prompt(tokenizer, text)
 
 
 def check_context(

@@ -75,3 +75,13 @@ def test_errors(hf_checkpoint, bench_file, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["--model", hf_checkpoint("llama"), "--data_file", "toy"])
     assert e.value.code == 2 and "NAME=PATH" in capsys.readouterr().err
+
+
+DATA_DIR = os.environ.get("SHARPJAX_DATA_DIR") or os.path.join(os.path.dirname(ROOT), "shared", "data")
+
+
+@pytest.mark.skipif(not os.path.isfile(os.path.join(DATA_DIR, "aime24.jsonl")), reason=f"no benchmark data in {DATA_DIR}")
+def test_loads_named_benchmarks_from_data_dir():
+    got = cli.load_benchmarks(["aime24", "math500"], data_files={}, data_dir=DATA_DIR, limit=2)
+    assert list(got) == ["aime24", "math500"] and [len(v) for v in got.values()] == [2, 2]
+    assert got["aime24"][0].id == "2024_AIME_I-1" and got["aime24"][0].answer == "204"

@@ -15,6 +15,11 @@ from sharpjax.models.tokenizer import load_tokenizer, render_chat
 from sharpjax.rollout import SamplingConfig
 from sharpjax.rollout.text import generate_text
 
+# PAPER.md "Prompt", written out by hand.
+PAPER_PROMPT = (
+    "Think step-by-step to solve the following problem. Output your answer inside of \\boxed{} tags.:\n"
+    "{problem}\n\nLet's think step-by-step"
+)
 PROBLEMS = [
     types.SimpleNamespace(id="p0", problem="What is 1+1?", answer="2"),
     types.SimpleNamespace(id="p1", problem="What is 2+3?", answer="5"),
@@ -65,7 +70,7 @@ def test_end_to_end_tiny_model(tiny, monkeypatch):
     # Two batches of 2 prompts (the last padded with a copy), the paper's prompt in the chat
     # template, and batch i sampled with fold_in(key, i).
     assert len(calls) == 2
-    want = [render_chat(tokenizer, harness.PROMPT_TEMPLATE.format(problem=p.problem)) for p in PROBLEMS]
+    want = [render_chat(tokenizer, PAPER_PROMPT.replace("{problem}", p.problem)) for p in PROBLEMS]
     assert calls[0][0] == want[:2] and calls[1][0] == [want[2], want[2]]
     assert "Output your answer inside of \\boxed{} tags.:\nWhat is 1+1?\n\nLet's think step-by-step" in want[0]
     texts, rollout = generate_text(params, config, tokenizer, want[:2], jax.random.fold_in(key, 0), sampling)
