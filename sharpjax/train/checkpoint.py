@@ -104,7 +104,9 @@ def _manifest(tree: Any) -> list[dict]:
     for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
         dtype = x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype
         key_impl = str(jax.random.key_impl(x)) if _is_key(x) else None
-        out.append({"path": jax.tree_util.keystr(path), "shape": list(np.shape(x)), "dtype": str(dtype), "key_impl": key_impl})
+        out.append(
+            {"path": jax.tree_util.keystr(path), "shape": list(np.shape(x)), "dtype": str(dtype), "key_impl": key_impl}
+        )
     return out
 
 
@@ -244,8 +246,7 @@ class Checkpointer:
         if step in self.all_steps():
             if not force:
                 raise CheckpointExistsError(
-                    f"a checkpoint for step {step} already exists in {self.directory}; "
-                    "pass force=True to overwrite it."
+                    f"a checkpoint for step {step} already exists in {self.directory}; pass force=True to overwrite it."
                 )
             self._manager.delete(step)
             self._info.pop(step, None)
@@ -256,7 +257,11 @@ class Checkpointer:
         self._manager.save(
             step,
             args=ocp.args.Composite(
-                **{_STATE: ocp.args.StandardSave(to_save), _META: ocp.args.JsonSave(meta), _INFO: ocp.args.JsonSave(info)}
+                **{
+                    _STATE: ocp.args.StandardSave(to_save),
+                    _META: ocp.args.JsonSave(meta),
+                    _INFO: ocp.args.JsonSave(info),
+                }
             ),
             force=True,
         )
