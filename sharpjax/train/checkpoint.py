@@ -325,6 +325,10 @@ class Checkpointer:
             step,
             args=ocp.args.Composite(**{_STATE: ocp.args.StandardRestore(target), _META: ocp.args.JsonRestore()}),
         )
+        if jax.tree.structure(restored[_STATE]) != treedef:  # orbax rebuilds the target's tree; guard the zip
+            raise CheckpointError(
+                f"orbax returned a tree of structure {jax.tree.structure(restored[_STATE])}, expected {treedef}."
+            )
         out = []
         for (_, x), entry, value in zip(leaves, manifest, jax.tree.leaves(restored[_STATE])):
             out.append(jax.random.wrap_key_data(value, impl=entry["key_impl"]) if _is_key(x) else value)
