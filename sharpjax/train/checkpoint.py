@@ -110,11 +110,11 @@ def _manifest(tree: Any) -> list[dict]:
     return out
 
 
-def _to_float(v) -> float:
-    try:
-        return float(np.asarray(v))
-    except (TypeError, ValueError):
-        raise TypeError(f"metric value {v!r} is not a scalar number.") from None
+def _to_float(name: str, v) -> float:
+    arr = np.asarray(v)
+    if arr.size != 1 or not np.issubdtype(arr.dtype, np.number) and arr.dtype != bool:
+        raise TypeError(f"metric {name!r} is not a scalar number: {v!r}.")
+    return float(arr.reshape(()))
 
 
 class Checkpointer:
@@ -239,7 +239,7 @@ class Checkpointer:
             json.dumps(meta)
         except (TypeError, ValueError) as e:
             raise TypeError(f"meta must be JSON-serializable (dicts, lists, str, numbers, bool, None): {e}") from None
-        metrics = {str(k): _to_float(v) for k, v in (metrics or {}).items()}
+        metrics = {str(k): _to_float(k, v) for k, v in (metrics or {}).items()}
 
         # Finish (and garbage-collect after) any save still in flight before starting this one.
         self.wait()

@@ -266,8 +266,10 @@ def test_bad_arguments(tmp_path):
     with Checkpointer(tmp_path) as ckpt:
         with pytest.raises(TypeError, match="meta must be JSON-serializable"):
             ckpt.save(1, {"w": jnp.zeros(1)}, meta={"x": object()})
-        with pytest.raises(TypeError, match="not a scalar"):
+        with pytest.raises(TypeError, match="metric 'acc' is not a scalar"):
             ckpt.save(1, {"w": jnp.zeros(1)}, metrics={"acc": [1.0, 2.0]})
+        with pytest.raises(TypeError, match="metric 'name' is not a scalar"):
+            ckpt.save(1, {"w": jnp.zeros(1)}, metrics={"name": "best"})
         assert ckpt.all_steps() == []
 
 
