@@ -104,15 +104,17 @@ def _manifest(tree: Any) -> list[dict]:
     for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
         dtype = x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype
         key_impl = str(jax.random.key_impl(x)) if _is_key(x) else None
-        out.append({"path": jax.tree_util.keystr(path), "shape": list(np.shape(x)), "dtype": str(dtype), "key_impl": key_impl})
+        out.append(
+            {"path": jax.tree_util.keystr(path), "shape": list(np.shape(x)), "dtype": str(dtype), "key_impl": key_impl}
+        )
     return out
 
 
-def _to_float(v) -> float:
-    try:
-        return float(np.asarray(v))
-    except (TypeError, ValueError):
-        raise TypeError(f"metric value {v!r} is not a scalar number.") from None
+def _to_float(name: str, v) -> float:
+    arr = np.asarray(v)
+    if arr.size != 1 or not np.issubdtype(arr.dtype, np.number) and arr.dtype != bool:
+        raise TypeError(f"metric {name!r} is not a scalar number: {v!r}.")
+    return float(arr.reshape(()))
 
 
 class Checkpointer:
@@ -237,15 +239,14 @@ class Checkpointer:
             json.dumps(meta)
         except (TypeError, ValueError) as e:
             raise TypeError(f"meta must be JSON-serializable (dicts, lists, str, numbers, bool, None): {e}") from None
-        metrics = {str(k): _to_float(v) for k, v in (metrics or {}).items()}
+        metrics = {str(k): _to_float(k, v) for k, v in (metrics or {}).items()}
 
         # Finish (and garbage-collect after) any save still in flight before starting this one.
         self.wait()
         if step in self.all_steps():
             if not force:
                 raise CheckpointExistsError(
-                    f"a checkpoint for step {step} already exists in {self.directory}; "
-                    "pass force=True to overwrite it."
+                    f"a checkpoint for step {step} already exists in {self.directory}; pass force=True to overwrite it."
                 )
             self._manager.delete(step)
             self._info.pop(step, None)
@@ -256,7 +257,11 @@ class Checkpointer:
         self._manager.save(
             step,
             args=ocp.args.Composite(
-                **{_STATE: ocp.args.StandardSave(to_save), _META: ocp.args.JsonSave(meta), _INFO: ocp.args.JsonSave(info)}
+                **{
+                    _STATE: ocp.args.StandardSave(to_save),
+                    _META: ocp.args.JsonSave(meta),
+                    _INFO: ocp.args.JsonSave(info),
+                }
             ),
             force=True,
         )
@@ -320,6 +325,10 @@ class Checkpointer:
             step,
             args=ocp.args.Composite(**{_STATE: ocp.args.StandardRestore(target), _META: ocp.args.JsonRestore()}),
         )
+        if jax.tree.structure(restored[_STATE]) != treedef:  # orbax rebuilds the target's tree; guard the zip
+            raise CheckpointError(
+                f"orbax returned a tree of structure {jax.tree.structure(restored[_STATE])}, expected {treedef}."
+            )
         out = []
         for (_, x), entry, value in zip(leaves, manifest, jax.tree.leaves(restored[_STATE])):
             out.append(jax.random.wrap_key_data(value, impl=entry["key_impl"]) if _is_key(x) else value)

@@ -26,6 +26,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import jax
 import numpy as np
 
 __all__ = ["METRICS_FILE", "TENSORBOARD_DIR", "MetricsLogger", "format_metrics", "read_metrics"]
@@ -54,15 +55,6 @@ def _encode(x: float) -> float | str:
 
 def _decode(record: dict) -> dict:
     return {k: _NONFINITE[v] if isinstance(v, str) and v in _NONFINITE else v for k, v in record.items()}
-
-
-def _process_index() -> int:
-    try:
-        import jax
-
-        return jax.process_index()
-    except Exception:  # no backend: a single-process run
-        return 0
 
 
 def _metrics_path(path_or_workdir: str | os.PathLike) -> str:
@@ -134,7 +126,7 @@ class MetricsLogger:
     def __init__(self, workdir: str | os.PathLike, *, tensorboard: bool = True, resume_step: int | None = None):
         self.workdir = os.fspath(workdir)
         self.path = os.path.join(self.workdir, METRICS_FILE)
-        self._active = _process_index() == 0
+        self._active = jax.process_index() == 0
         self._file = None
         self._writer = None
         self._closed = False

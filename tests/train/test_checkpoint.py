@@ -15,8 +15,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from sharpjax.models.config import ModelConfig
 from sharpjax.models.transformer import init_params
 from sharpjax.train.checkpoint import (
-    CheckpointExistsError,
     Checkpointer,
+    CheckpointExistsError,
     CheckpointNotFoundError,
     StateMismatchError,
     abstract_like,
@@ -266,8 +266,10 @@ def test_bad_arguments(tmp_path):
     with Checkpointer(tmp_path) as ckpt:
         with pytest.raises(TypeError, match="meta must be JSON-serializable"):
             ckpt.save(1, {"w": jnp.zeros(1)}, meta={"x": object()})
-        with pytest.raises(TypeError, match="not a scalar"):
+        with pytest.raises(TypeError, match="metric 'acc' is not a scalar"):
             ckpt.save(1, {"w": jnp.zeros(1)}, metrics={"acc": [1.0, 2.0]})
+        with pytest.raises(TypeError, match="metric 'name' is not a scalar"):
+            ckpt.save(1, {"w": jnp.zeros(1)}, metrics={"name": "best"})
         assert ckpt.all_steps() == []
 
 
@@ -275,7 +277,9 @@ def test_meta_is_plain_json_on_disk(tmp_path):
     """The meta item is readable without sharpjax (e.g. by a launcher deciding where to resume)."""
     with Checkpointer(tmp_path) as ckpt:
         ckpt.save(4, {"w": jnp.zeros(1)}, meta={"data": {"offset": 9}})
-    [meta_file] = [os.path.join(r, f) for r, _, fs in os.walk(tmp_path / "4" / "meta") for f in fs if f != "commit_success.txt"]
+    [meta_file] = [
+        os.path.join(r, f) for r, _, fs in os.walk(tmp_path / "4" / "meta") for f in fs if f != "commit_success.txt"
+    ]
     with open(meta_file) as f:
         assert json.load(f) == {"data": {"offset": 9}}
 

@@ -35,7 +35,9 @@ def _read_events(workdir):
             pos += 12 + length + 4
             event = event_pb2.Event.FromString(record)
             if event.HasField("session_log"):
-                out.append(("session_log", event.step, event_pb2.SessionLog.SessionStatus.Name(event.session_log.status), 0))
+                out.append(
+                    ("session_log", event.step, event_pb2.SessionLog.SessionStatus.Name(event.session_log.status), 0)
+                )
             for value in event.summary.value:
                 kind = "histo" if value.HasField("histo") else "scalar"
                 out.append((value.tag, event.step, kind, value.simple_value if kind == "scalar" else value.histo.num))
@@ -85,8 +87,9 @@ def test_resume_truncates_later_steps(tmp_path):
     assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6, 7]
     assert [r["loss"] for r in records] == [1.0, 2.0, 3.0, 4.0, 50.0, 60.0, 70.0]
     assert math.isnan(records[2]["odd"])  # kept records keep their encoding
-    for line in open(tmp_path / "metrics.jsonl"):
-        json.loads(line, parse_constant=lambda c: pytest.fail(c))
+    with open(tmp_path / "metrics.jsonl") as f:
+        for line in f:
+            json.loads(line, parse_constant=lambda c: pytest.fail(c))
     # TensorBoard: the second writer carries a purge marker at resume_step + 1.
     files, events = _read_events(tmp_path)
     assert len(files) == 2
@@ -143,5 +146,7 @@ def test_each_log_is_flushed_immediately(tmp_path):
 def test_format_metrics():
     metrics = {"loss": jnp.asarray(0.0123456), "reward/mean": 0.5, "grad_norm": np.float32(1234567.0), "n": 3}
     assert format_metrics(7, metrics) == "step 7 | loss 0.01235 | reward/mean 0.5 | grad_norm 1.235e+06 | n 3"
-    assert format_metrics(7, metrics, keys=("reward/mean", "missing", "loss")) == "step 7 | reward/mean 0.5 | loss 0.01235"
+    assert (
+        format_metrics(7, metrics, keys=("reward/mean", "missing", "loss")) == "step 7 | reward/mean 0.5 | loss 0.01235"
+    )
     assert format_metrics(8, {"x": float("nan")}) == "step 8 | x nan"
