@@ -16,7 +16,7 @@ Every token of the batch goes through the forward and backward pass, so tokens/s
 batch x seq_len. Model-FLOPs utilisation is 6 * params * tokens / (step time * peak FLOP/s)
 (the usual dense estimate: attention score FLOPs and the remat recompute are not counted),
 with the peak bf16 dense FLOP/s looked up from the device kind or given by --peak-tflops.
-Compile / warm-up steps are excluded; each timed step is synchronized
+Both sides run on one device. Compile / warm-up steps are excluded; each timed step is synchronized
 (`jax.block_until_ready`, `torch.cuda.synchronize`) and the median is reported.
 
 The PyTorch step runs first and frees its GPU memory before JAX allocates (JAX's allocator
@@ -253,16 +253,17 @@ def main():
     tokens_per_step = args.batch * seq_len
     flops_per_step = 6 * config.num_params * tokens_per_step
     peak = peak_flops(device_kind, args.peak_tflops)
-    print(f"device: {device_kind} x{jax.device_count()}  model: {args.size} ({_count(config.num_params)} params, "
+    print(f"device: {device_kind} (1 of {jax.device_count()})  model: {args.size} ({_count(config.num_params)} params, "
           f"{dtype} compute, fp32 master)")
     print(f"batch {args.batch} x {seq_len} tokens ({prompt_len} prompt, {seq_len - prompt_len} response), "
           f"micro-batches {args.micro_batches}, remat {args.remat}; {warmup} warm-up + {args.iters} timed steps")
     data = synthetic_batch(config, args.batch, seq_len, prompt_len)
-    results = {"device": device_kind, "device_count": jax.device_count(), "size": args.size, "batch": args.batch,
+    results = {"device": device_kind, "size": args.size, "batch": args.batch,
                "seq_len": seq_len, "prompt_len": prompt_len, "dtype": dtype, "num_params": config.num_params,
                "tokens_per_step": tokens_per_step, "peak_flops": peak}
 
-    mesh = make_mesh(data=-1)
+    # One device on both sides: the PyTorch step is single-device, and MFU uses one device's peak.
+    mesh = make_mesh(data=1, devices=jax.devices()[:1])
 
     def init_params():  # fp32: they become the master weights
         return init_params_sharded(config.replace(dtype="float32"), jax.random.key(0), mesh)
