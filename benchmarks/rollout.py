@@ -72,6 +72,33 @@ def time_sharpjax(config, params, tokens, mask, sampling, repeats):
     return min(times)
 
 
+def profile_sharpjax(config, params, tokens, mask, sampling, out_dir, top=15):
+    """Traces one `sample` call and prints the GPU kernels that take the most time."""
+    import glob
+    import gzip
+    from collections import Counter
+
+    jax.block_until_ready(sample(params, tokens, mask, jax.random.key(0), config=config, sampling=sampling))
+    with jax.profiler.trace(out_dir, create_perfetto_trace=True):
+        jax.block_until_ready(sample(params, tokens, mask, jax.random.key(1), config=config, sampling=sampling))
+    paths = glob.glob(os.path.join(out_dir, "**", "*.trace.json.gz"), recursive=True)
+    if not paths:
+        print(f"profile: no perfetto trace under {out_dir}")
+        return
+    with gzip.open(paths[0]) as f:
+        events = json.load(f)["traceEvents"]
+    gpu_pids = {e["pid"] for e in events if e.get("ph") == "M" and e.get("name") == "process_name"
+                and "GPU" in str(e.get("args", {}).get("name", ""))}
+    total = Counter()
+    for e in events:
+        if e.get("pid") in gpu_pids and "dur" in e:
+            total[e["name"]] += e["dur"]
+    all_us = sum(total.values())
+    print(f"profile ({paths[0]}): {all_us / 1e3:.1f} ms of GPU kernel time; top kernels:")
+    for name, us in total.most_common(top):
+        print(f"  {us / 1e3:9.1f} ms  {100 * us / max(all_us, 1):5.1f}%  {name[:110]}")
+
+
 def time_hf(config, params, tokens, mask, new_tokens, repeats, device):
     import torch
     import transformers
@@ -117,6 +144,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--skip-hf", action="store_true")
     parser.add_argument("--json", default=None, help="also write the results to this file")
+    parser.add_argument("--profile", default=None, help="trace one sharpjax call into this dir; print top kernels")
     args = parser.parse_args()
     on_cpu = jax.default_backend() == "cpu"
     tiny = args.size == "tiny"
@@ -136,6 +164,8 @@ def main():
     mask = np.ones_like(tokens)
     sampling = SamplingConfig(max_new_tokens=new, ignore_eos=True, temperature=1.0)
 
+    if args.profile:
+        profile_sharpjax(config, params, tokens, mask, sampling, args.profile)
     t_jax = time_sharpjax(config, params, tokens, mask, sampling, args.repeats)
     jax_tps = batch * new / t_jax
     results = {"device": device_kind, "size": args.size, "batch": batch, "prompt": prompt, "new_tokens": new,

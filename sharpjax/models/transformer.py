@@ -38,18 +38,20 @@ class KVCache:
     """Keys and values of every layer, preallocated for S slots.
 
     Attributes:
-      k: [L, B, S, K, H] keys, already rotated.
-      v: [L, B, S, K, H] values.
+      k: [L, B, K, S, H] keys, already rotated. Heads before slots: the decode step's
+        attention contracts over H and batches over (B, K), so this layout is read as is
+        (with [.., S, K, H] XLA transposes the whole layer cache on every step).
+      v: [L, B, K, S, H] values.
       index: int32 scalar, the number of filled slots (the next write position).
     """
 
-    k: Float[Array, "L B S K H"]
-    v: Float[Array, "L B S K H"]
+    k: Float[Array, "L B K S H"]
+    v: Float[Array, "L B K S H"]
     index: Int[Array, ""]
 
     @classmethod
     def init(cls, config: ModelConfig, batch_size: int, num_slots: int, dtype=None) -> KVCache:
-        shape = (config.num_layers, batch_size, num_slots, config.num_kv_heads, config.head_dim)
+        shape = (config.num_layers, batch_size, config.num_kv_heads, num_slots, config.head_dim)
         dtype = dtype or config.jnp_dtype
         return cls(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype), index=jnp.zeros((), jnp.int32))
 
@@ -161,16 +163,16 @@ def apply_rope(
 
 
 def _attention(
-    q_BTNH, k_BSKH, v_BSKH, visible_BTS: Bool[Array, "B T S"], num_kv_heads: int
+    q_BTNH, k_BKSH, v_BKSH, visible_BTS: Bool[Array, "B T S"], num_kv_heads: int
 ) -> Float[Array, "B T N H"]:
     b, t, n, h = q_BTNH.shape
-    q_BTKGH = q_BTNH.reshape(b, t, num_kv_heads, n // num_kv_heads, h)
-    scores_BKGTS = jnp.einsum("btkgh,bskh->bkgts", q_BTKGH, k_BSKH, preferred_element_type=jnp.float32)
+    q_BKGTH = q_BTNH.reshape(b, t, num_kv_heads, n // num_kv_heads, h).transpose(0, 2, 3, 1, 4)
+    scores_BKGTS = jnp.einsum("bkgth,bksh->bkgts", q_BKGTH, k_BKSH, preferred_element_type=jnp.float32)
     scores_BKGTS = scores_BKGTS / math.sqrt(h)
     scores_BKGTS = jnp.where(visible_BTS[:, None, None], scores_BKGTS, _MASK_VALUE)
-    probs_BKGTS = jax.nn.softmax(scores_BKGTS, axis=-1).astype(v_BSKH.dtype)
-    out_BTKGH = jnp.einsum("bkgts,bskh->btkgh", probs_BKGTS, v_BSKH)
-    return out_BTKGH.reshape(b, t, n, h)
+    probs_BKGTS = jax.nn.softmax(scores_BKGTS, axis=-1).astype(v_BKSH.dtype)
+    out_BKGTH = jnp.einsum("bkgts,bksh->bkgth", probs_BKGTS, v_BKSH)
+    return out_BKGTH.transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
 
 
 def _layer(config: ModelConfig, inv_freq, x_BTD, p, positions_BT, visible_BTS, kv):
@@ -186,15 +188,16 @@ def _layer(config: ModelConfig, inv_freq, x_BTD, p, positions_BT, visible_BTS, k
         k_BTKH = rms_norm(k_BTKH, p["k_norm"], config.rms_norm_eps)
     q_BTNH = apply_rope(q_BTNH, positions_BT, inv_freq)
     k_BTKH = apply_rope(k_BTKH, positions_BT, inv_freq)
+    k_BKTH, v_BKTH = k_BTKH.transpose(0, 2, 1, 3), v_BTKH.transpose(0, 2, 1, 3)
     if kv is None:
-        keys_BSKH, values_BSKH, new_kv = k_BTKH, v_BTKH, None
+        keys_BKSH, values_BKSH, new_kv = k_BKTH, v_BKTH, None
     else:
         k_cache, v_cache, layer, index = kv
-        k_cache = jax.lax.dynamic_update_slice(k_cache, k_BTKH[None].astype(k_cache.dtype), (layer, 0, index, 0, 0))
-        v_cache = jax.lax.dynamic_update_slice(v_cache, v_BTKH[None].astype(v_cache.dtype), (layer, 0, index, 0, 0))
-        keys_BSKH, values_BSKH = k_cache[layer], v_cache[layer]
+        k_cache = jax.lax.dynamic_update_slice(k_cache, k_BKTH[None].astype(k_cache.dtype), (layer, 0, 0, index, 0))
+        v_cache = jax.lax.dynamic_update_slice(v_cache, v_BKTH[None].astype(v_cache.dtype), (layer, 0, 0, index, 0))
+        keys_BKSH, values_BKSH = k_cache[layer], v_cache[layer]
         new_kv = (k_cache, v_cache)
-    attn_BTNH = _attention(q_BTNH, keys_BSKH, values_BSKH, visible_BTS, config.num_kv_heads)
+    attn_BTNH = _attention(q_BTNH, keys_BKSH, values_BKSH, visible_BTS, config.num_kv_heads)
     attn_BTD = jnp.einsum("btnh,nhd->btd", attn_BTNH, p["o"])
     if config.o_bias:
         attn_BTD = attn_BTD + p["o_bias"]

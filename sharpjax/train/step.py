@@ -206,10 +206,14 @@ def train_step(state: TrainState, batch: TrainBatch, *, cfg: StepConfig) -> tupl
         (loss, metrics), g = grad_fn(state.params, micro)
         return jax.tree.map(jnp.add, grads, g), metrics
 
-    zeros = jax.tree.map(jnp.zeros_like, state.params)
-    grads, metrics = jax.lax.scan(accumulate, zeros, _split_micro(batch, cfg.micro_batches))
-    # Per-micro-batch metrics: losses are already globally normalized, so they add up.
-    metrics = {k: (v.sum() if k.endswith("loss") else v.mean()) for k, v in metrics.items()}
+    if cfg.micro_batches == 1:
+        # No accumulator: a second full-size fp32 gradient buffer costs 4 bytes/param of HBM.
+        (_, metrics), grads = grad_fn(state.params, batch)
+    else:
+        zeros = jax.tree.map(jnp.zeros_like, state.params)
+        grads, metrics = jax.lax.scan(accumulate, zeros, _split_micro(batch, cfg.micro_batches))
+        # Per-micro-batch metrics: losses are already globally normalized, so they add up.
+        metrics = {k: (v.sum() if k.endswith("loss") else v.mean()) for k, v in metrics.items()}
     optimizer = make_optimizer(cfg.optim)
     updates, new_opt_state = optimizer.update(grads, state.opt_state, state.params)
     new_params = optax.apply_updates(state.params, updates)
