@@ -175,8 +175,42 @@ def _attention(
     return out_BKGTH.transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
 
 
+def _attention_with_cache(
+    q_BTNH, k_cache_BKSH, v_cache_BKSH, k_new_BKTH, v_new_BKTH, old_visible_BS, new_visible_BTT, num_kv_heads: int
+) -> Float[Array, "B T N H"]:
+    """Attention over the cached keys and the T new ones as two blocks with one softmax.
+
+    The cache is only read (never concatenated with the new keys, never written here), so
+    XLA reads each layer's slice of it in place: no per-step copy of the whole cache.
+    """
+    b, t, n, h = q_BTNH.shape
+    q_BKGTH = q_BTNH.reshape(b, t, num_kv_heads, n // num_kv_heads, h).transpose(0, 2, 3, 1, 4)
+    scale = 1.0 / math.sqrt(h)
+    old_BKGTS = jnp.einsum("bkgth,bksh->bkgts", q_BKGTH, k_cache_BKSH, preferred_element_type=jnp.float32) * scale
+    new_BKGTT = jnp.einsum("bkgth,bksh->bkgts", q_BKGTH, k_new_BKTH, preferred_element_type=jnp.float32) * scale
+    old_BKGTS = jnp.where(old_visible_BS[:, None, None, None, :], old_BKGTS, _MASK_VALUE)
+    new_BKGTT = jnp.where(new_visible_BTT[:, None, None], new_BKGTT, _MASK_VALUE)
+    max_BKGT1 = jnp.maximum(old_BKGTS.max(-1, keepdims=True), new_BKGTT.max(-1, keepdims=True))
+    old_BKGTS, new_BKGTT = jnp.exp(old_BKGTS - max_BKGT1), jnp.exp(new_BKGTT - max_BKGT1)
+    denom_BKGT1 = old_BKGTS.sum(-1, keepdims=True) + new_BKGTT.sum(-1, keepdims=True)
+    out_BKGTH = jnp.einsum(
+        "bkgts,bksh->bkgth", (old_BKGTS / denom_BKGT1).astype(v_cache_BKSH.dtype), v_cache_BKSH,
+        preferred_element_type=jnp.float32,
+    ) + jnp.einsum(
+        "bkgts,bksh->bkgth", (new_BKGTT / denom_BKGT1).astype(v_new_BKTH.dtype), v_new_BKTH,
+        preferred_element_type=jnp.float32,
+    )
+    return out_BKGTH.astype(q_BTNH.dtype).transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
+
+
 def _layer(config: ModelConfig, inv_freq, x_BTD, p, positions_BT, visible_BTS, kv):
-    """One pre-norm block. `kv` is (k_cache_BSKH_all_layers, v_..., layer index, write index) or None."""
+    """One pre-norm block.
+
+    Without a cache `kv` is None and `visible_BTS` is the [B, T, T] causal + padding mask.
+    With one, `kv` is (this layer's k cache [B, K, S, H], v cache, [B, S] which cached slots
+    are visible) and `visible_BTS` is [B, T, T] among the new tokens; it returns the new
+    tokens' (k, v) [B, K, T, H] for the caller to write into the cache.
+    """
     h_BTD = rms_norm(x_BTD, p["attn_norm"], config.rms_norm_eps)
     q_BTNH = jnp.einsum("btd,dnh->btnh", h_BTD, p["q"])
     k_BTKH = jnp.einsum("btd,dkh->btkh", h_BTD, p["k"])
@@ -190,14 +224,15 @@ def _layer(config: ModelConfig, inv_freq, x_BTD, p, positions_BT, visible_BTS, k
     k_BTKH = apply_rope(k_BTKH, positions_BT, inv_freq)
     k_BKTH, v_BKTH = k_BTKH.transpose(0, 2, 1, 3), v_BTKH.transpose(0, 2, 1, 3)
     if kv is None:
-        keys_BKSH, values_BKSH, new_kv = k_BKTH, v_BKTH, None
+        attn_BTNH = _attention(q_BTNH, k_BKTH, v_BKTH, visible_BTS, config.num_kv_heads)
+        new_kv = None
     else:
-        k_cache, v_cache, layer, index = kv
-        k_cache = jax.lax.dynamic_update_slice(k_cache, k_BKTH[None].astype(k_cache.dtype), (layer, 0, 0, index, 0))
-        v_cache = jax.lax.dynamic_update_slice(v_cache, v_BKTH[None].astype(v_cache.dtype), (layer, 0, 0, index, 0))
-        keys_BKSH, values_BKSH = k_cache[layer], v_cache[layer]
-        new_kv = (k_cache, v_cache)
-    attn_BTNH = _attention(q_BTNH, keys_BKSH, values_BKSH, visible_BTS, config.num_kv_heads)
+        k_cache_BKSH, v_cache_BKSH, old_visible_BS = kv
+        k_BKTH, v_BKTH = k_BKTH.astype(k_cache_BKSH.dtype), v_BKTH.astype(v_cache_BKSH.dtype)
+        attn_BTNH = _attention_with_cache(
+            q_BTNH, k_cache_BKSH, v_cache_BKSH, k_BKTH, v_BKTH, old_visible_BS, visible_BTS, config.num_kv_heads
+        )
+        new_kv = (k_BKTH, v_BKTH)
     attn_BTD = jnp.einsum("btnh,nhd->btd", attn_BTNH, p["o"])
     if config.o_bias:
         attn_BTD = attn_BTD + p["o_bias"]
@@ -244,27 +279,42 @@ def forward(
     if remat not in REMAT_POLICIES:
         raise ValueError(f"remat={remat!r}; expected one of {sorted(REMAT_POLICIES)}.")
     b, t = tokens_BT.shape
-    start = jnp.zeros((), jnp.int32) if cache is None else cache.index
-    query_slot_T = start + jnp.arange(t, dtype=jnp.int32)
-    slot_S = jnp.arange(key_mask_BS.shape[1], dtype=jnp.int32)
-    visible_BTS = (slot_S[None, :] <= query_slot_T[:, None])[None] & key_mask_BS[:, None, :]
     inv_freq = rope_inverse_frequencies(config)
     x_BTD = jnp.take(params["embed"], tokens_BT, axis=0)
+    causal_TT = jnp.arange(t)[None, :] <= jnp.arange(t)[:, None]
+    layer_ids = jnp.arange(config.num_layers, dtype=jnp.int32)
+    if cache is None:
+        visible_BTS = causal_TT[None] & key_mask_BS[:, None, :]
+    else:
+        start = cache.index
+        new_key_mask_BT = jax.lax.dynamic_slice_in_dim(key_mask_BS, start, t, axis=1)
+        visible_BTS = causal_TT[None] & new_key_mask_BT[:, None, :]
+        old_visible_BS = (jnp.arange(key_mask_BS.shape[1]) < start)[None, :] & key_mask_BS
 
-    def body(carry, layer_inputs):
-        x, kv = carry
-        p, layer = layer_inputs
-        kv_in = None if kv is None else (*kv, layer, start)
-        x, kv = _layer(config, inv_freq, x, p, positions_BT, visible_BTS, kv_in)
-        return (x, kv), None
+    def body(x, layer_inputs):
+        if cache is None:
+            p, _ = layer_inputs
+            kv = None
+        else:
+            p, _, k_cache, v_cache = layer_inputs
+            kv = (k_cache, v_cache, old_visible_BS)
+        return _layer(config, inv_freq, x, p, positions_BT, visible_BTS, kv)
 
     if remat != "none":
         body = jax.checkpoint(body, policy=REMAT_POLICIES[remat])
-    kv0 = None if cache is None else (cache.k, cache.v)
-    layer_ids = jnp.arange(config.num_layers, dtype=jnp.int32)
-    (x_BTD, kv), _ = jax.lax.scan(body, (x_BTD, kv0), (params["layers"], layer_ids))
+    if cache is None:
+        x_BTD, _ = jax.lax.scan(body, x_BTD, (params["layers"], layer_ids))
+        new_cache = None
+    else:
+        # The cache is scanned over read-only; the new keys/values come out stacked [L, B, K, T, H]
+        # and are written with one in-place update.
+        x_BTD, (k_new, v_new) = jax.lax.scan(body, x_BTD, (params["layers"], layer_ids, cache.k, cache.v))
+        new_cache = KVCache(
+            k=jax.lax.dynamic_update_slice(cache.k, k_new, (0, 0, 0, start, 0)),
+            v=jax.lax.dynamic_update_slice(cache.v, v_new, (0, 0, 0, start, 0)),
+            index=start + t,
+        )
     hidden_BTD = rms_norm(x_BTD, params["final_norm"], config.rms_norm_eps)
-    new_cache = None if cache is None else KVCache(k=kv[0], v=kv[1], index=cache.index + t)
     return hidden_BTD, new_cache
 
 
