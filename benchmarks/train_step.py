@@ -238,6 +238,7 @@ def main():
     parser.add_argument("--parity", action=argparse.BooleanOptionalAction, default=None,
                         help="same initial weights on both sides, compare step-0 losses (default: on for tiny)")
     parser.add_argument("--skip-torch", action="store_true")
+    parser.add_argument("--torch-only", action="store_true", help=argparse.SUPPRESS)  # the subprocess below
     parser.add_argument("--json", default=None, help="also write the results to this file")
     args = parser.parse_args()
 
@@ -285,6 +286,28 @@ def main():
         return tps
 
     torch_tps = None
+    if not args.skip_torch and not parity and not args.torch_only and not on_cpu:
+        # The PyTorch step in its own process: its CUDA memory is returned when it exits, and
+        # JAX (whose allocator keeps what it takes) then has the whole GPU, as in training.
+        import subprocess
+        import sys
+        import tempfile
+
+        with tempfile.NamedTemporaryFile(suffix=".json") as f:
+            argv, skip = [], False
+            for a in sys.argv[1:]:  # everything but --json
+                if skip or a.startswith("--json="):
+                    skip = False
+                    continue
+                skip = a == "--json"
+                if not skip:
+                    argv.append(a)
+            subprocess.run([sys.executable, __file__, *argv, "--torch-only", "--json", f.name], check=True)
+            sub = json.load(open(f.name))
+        name = f"torch ({sub['torch_device']})"
+        results[name], results["torch_device"] = sub[name], sub["torch_device"]
+        torch_tps = results[name]["tok_s"]
+        args.skip_torch = True
     if not args.skip_torch:
         import torch
 
@@ -296,6 +319,10 @@ def main():
         torch_tps = report(f"torch ({device})", r)
         results["torch_device"] = device
     del hf_state
+    if args.torch_only:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+        return
 
     r = time_sharpjax(cfg, shared.pop if shared else init_params, data, mesh, warmup, args.iters)
     jax_tps = report("sharpjax", r)

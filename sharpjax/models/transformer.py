@@ -38,22 +38,29 @@ class KVCache:
     """Keys and values of every layer, preallocated for S slots.
 
     Attributes:
-      k: [L, B, K, S, H] keys, already rotated. Heads before slots: the decode step's
-        attention contracts over H and batches over (B, K), so this layout is read as is
-        (with [.., S, K, H] XLA transposes the whole layer cache on every step).
-      v: [L, B, K, S, H] values.
+      k: L arrays [B, K, S, H], keys already rotated. One buffer per layer, so a decode step
+        writes its new key in place and attention reads the layer's buffer as is (a stacked
+        [L, ...] cache threaded through a layer scan made XLA copy the whole cache every
+        step). Heads before slots: attention batches over (B, K) and contracts over H.
+      v: L arrays [B, K, S, H], values.
       index: int32 scalar, the number of filled slots (the next write position).
     """
 
-    k: Float[Array, "L B K S H"]
-    v: Float[Array, "L B K S H"]
+    k: tuple[Float[Array, "B K S H"], ...]
+    v: tuple[Float[Array, "B K S H"], ...]
     index: Int[Array, ""]
 
     @classmethod
     def init(cls, config: ModelConfig, batch_size: int, num_slots: int, dtype=None) -> KVCache:
-        shape = (config.num_layers, batch_size, config.num_kv_heads, num_slots, config.head_dim)
+        shape = (batch_size, config.num_kv_heads, num_slots, config.head_dim)
         dtype = dtype or config.jnp_dtype
-        return cls(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype), index=jnp.zeros((), jnp.int32))
+        zeros = lambda: tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers))  # noqa: E731
+        return cls(k=zeros(), v=zeros(), index=jnp.zeros((), jnp.int32))
+
+    def repeat_rows(self, n: int) -> KVCache:
+        """Each batch row repeated n times (the samples of a prompt share its prefill)."""
+        rep = lambda xs: tuple(jnp.repeat(x, n, axis=0) for x in xs)  # noqa: E731
+        return KVCache(k=rep(self.k), v=rep(self.v), index=self.index)
 
 
 def param_logical_axes(config: ModelConfig) -> Params:
@@ -306,14 +313,15 @@ def forward(
         x_BTD, _ = jax.lax.scan(body, x_BTD, (params["layers"], layer_ids))
         new_cache = None
     else:
-        # The cache is scanned over read-only; the new keys/values come out stacked [L, B, K, T, H]
-        # and are written with one in-place update.
-        x_BTD, (k_new, v_new) = jax.lax.scan(body, x_BTD, (params["layers"], layer_ids, cache.k, cache.v))
-        new_cache = KVCache(
-            k=jax.lax.dynamic_update_slice(cache.k, k_new, (0, 0, 0, start, 0)),
-            v=jax.lax.dynamic_update_slice(cache.v, v_new, (0, 0, 0, start, 0)),
-            index=start + t,
-        )
+        # Unrolled over layers: each layer's cache buffer is read by attention and updated in
+        # place with the new keys/values (a scan would thread, and copy, the whole cache).
+        new_k, new_v = [], []
+        for i in range(config.num_layers):
+            p_i = jax.tree.map(lambda w: w[i], params["layers"])
+            x_BTD, (k_BKTH, v_BKTH) = body(x_BTD, (p_i, i, cache.k[i], cache.v[i]))
+            new_k.append(jax.lax.dynamic_update_slice(cache.k[i], k_BKTH, (0, 0, start, 0)))
+            new_v.append(jax.lax.dynamic_update_slice(cache.v[i], v_BKTH, (0, 0, start, 0)))
+        new_cache = KVCache(k=tuple(new_k), v=tuple(new_v), index=start + t)
     hidden_BTD = rms_norm(x_BTD, params["final_norm"], config.rms_norm_eps)
     return hidden_BTD, new_cache
 

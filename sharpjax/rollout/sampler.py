@@ -171,7 +171,7 @@ def sample(
 
     # The G samples of a prompt share its prefill: repeat rows, not computation.
     repeat = lambda x, axis=0: jnp.repeat(x, g, axis=axis)  # noqa: E731
-    cache = KVCache(k=repeat(cache.k, 1), v=repeat(cache.v, 1), index=cache.index)  # axis 1 = B
+    cache = cache.repeat_rows(g)
     key_mask_BS = repeat(key_mask_BpS)
     prompt_len_B = repeat(prompt_len_Bp)
     stop_ids = jnp.asarray(sampling.stop_token_ids or (-1,), jnp.int32)
