@@ -182,41 +182,12 @@ def _attention(
     return out_BKGTH.transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
 
 
-def _attention_with_cache(
-    q_BTNH, k_cache_BKSH, v_cache_BKSH, k_new_BKTH, v_new_BKTH, old_visible_BS, new_visible_BTT, num_kv_heads: int
-) -> Float[Array, "B T N H"]:
-    """Attention over the cached keys and the T new ones as two blocks with one softmax.
-
-    The cache is only read (never concatenated with the new keys, never written here), so
-    XLA reads each layer's slice of it in place: no per-step copy of the whole cache.
-    """
-    b, t, n, h = q_BTNH.shape
-    q_BKGTH = q_BTNH.reshape(b, t, num_kv_heads, n // num_kv_heads, h).transpose(0, 2, 3, 1, 4)
-    scale = 1.0 / math.sqrt(h)
-    old_BKGTS = jnp.einsum("bkgth,bksh->bkgts", q_BKGTH, k_cache_BKSH, preferred_element_type=jnp.float32) * scale
-    new_BKGTT = jnp.einsum("bkgth,bksh->bkgts", q_BKGTH, k_new_BKTH, preferred_element_type=jnp.float32) * scale
-    old_BKGTS = jnp.where(old_visible_BS[:, None, None, None, :], old_BKGTS, _MASK_VALUE)
-    new_BKGTT = jnp.where(new_visible_BTT[:, None, None], new_BKGTT, _MASK_VALUE)
-    max_BKGT1 = jnp.maximum(old_BKGTS.max(-1, keepdims=True), new_BKGTT.max(-1, keepdims=True))
-    old_BKGTS, new_BKGTT = jnp.exp(old_BKGTS - max_BKGT1), jnp.exp(new_BKGTT - max_BKGT1)
-    denom_BKGT1 = old_BKGTS.sum(-1, keepdims=True) + new_BKGTT.sum(-1, keepdims=True)
-    out_BKGTH = jnp.einsum(
-        "bkgts,bksh->bkgth", (old_BKGTS / denom_BKGT1).astype(v_cache_BKSH.dtype), v_cache_BKSH,
-        preferred_element_type=jnp.float32,
-    ) + jnp.einsum(
-        "bkgts,bksh->bkgth", (new_BKGTT / denom_BKGT1).astype(v_new_BKTH.dtype), v_new_BKTH,
-        preferred_element_type=jnp.float32,
-    )
-    return out_BKGTH.astype(q_BTNH.dtype).transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
-
-
 def _layer(config: ModelConfig, inv_freq, x_BTD, p, positions_BT, visible_BTS, kv):
     """One pre-norm block.
 
     Without a cache `kv` is None and `visible_BTS` is the [B, T, T] causal + padding mask.
-    With one, `kv` is (this layer's k cache [B, K, S, H], v cache, [B, S] which cached slots
-    are visible) and `visible_BTS` is [B, T, T] among the new tokens; it returns the new
-    tokens' (k, v) [B, K, T, H] for the caller to write into the cache.
+    With one, `kv` is (this layer's k cache [B, K, S, H], v cache, write slot) and
+    `visible_BTS` is [B, T, S] over the cache slots; it returns the updated (k, v) buffers.
     """
     h_BTD = rms_norm(x_BTD, p["attn_norm"], config.rms_norm_eps)
     q_BTNH = jnp.einsum("btd,dnh->btnh", h_BTD, p["q"])
@@ -234,12 +205,13 @@ def _layer(config: ModelConfig, inv_freq, x_BTD, p, positions_BT, visible_BTS, k
         attn_BTNH = _attention(q_BTNH, k_BKTH, v_BKTH, visible_BTS, config.num_kv_heads)
         new_kv = None
     else:
-        k_cache_BKSH, v_cache_BKSH, old_visible_BS = kv
-        k_BKTH, v_BKTH = k_BKTH.astype(k_cache_BKSH.dtype), v_BKTH.astype(v_cache_BKSH.dtype)
-        attn_BTNH = _attention_with_cache(
-            q_BTNH, k_cache_BKSH, v_cache_BKSH, k_BKTH, v_BKTH, old_visible_BS, visible_BTS, config.num_kv_heads
-        )
-        new_kv = (k_BKTH, v_BKTH)
+        # Write first, then attend over the whole (updated) buffer: the write is in place and
+        # every read comes after it, so XLA needs no copy of the cache.
+        k_cache_BKSH, v_cache_BKSH, start = kv
+        k_cache_BKSH = jax.lax.dynamic_update_slice(k_cache_BKSH, k_BKTH.astype(k_cache_BKSH.dtype), (0, 0, start, 0))
+        v_cache_BKSH = jax.lax.dynamic_update_slice(v_cache_BKSH, v_BKTH.astype(v_cache_BKSH.dtype), (0, 0, start, 0))
+        attn_BTNH = _attention(q_BTNH, k_cache_BKSH, v_cache_BKSH, visible_BTS, config.num_kv_heads)
+        new_kv = (k_cache_BKSH, v_cache_BKSH)
     attn_BTD = jnp.einsum("btnh,nhd->btd", attn_BTNH, p["o"])
     if config.o_bias:
         attn_BTD = attn_BTD + p["o_bias"]
@@ -288,15 +260,11 @@ def forward(
     b, t = tokens_BT.shape
     inv_freq = rope_inverse_frequencies(config)
     x_BTD = jnp.take(params["embed"], tokens_BT, axis=0)
-    causal_TT = jnp.arange(t)[None, :] <= jnp.arange(t)[:, None]
     layer_ids = jnp.arange(config.num_layers, dtype=jnp.int32)
-    if cache is None:
-        visible_BTS = causal_TT[None] & key_mask_BS[:, None, :]
-    else:
-        start = cache.index
-        new_key_mask_BT = jax.lax.dynamic_slice_in_dim(key_mask_BS, start, t, axis=1)
-        visible_BTS = causal_TT[None] & new_key_mask_BT[:, None, :]
-        old_visible_BS = (jnp.arange(key_mask_BS.shape[1]) < start)[None, :] & key_mask_BS
+    start = jnp.zeros((), jnp.int32) if cache is None else cache.index
+    query_slot_T = start + jnp.arange(t, dtype=jnp.int32)
+    slot_S = jnp.arange(key_mask_BS.shape[1], dtype=jnp.int32)
+    visible_BTS = (slot_S[None, :] <= query_slot_T[:, None])[None] & key_mask_BS[:, None, :]
 
     def body(x, layer_inputs):
         if cache is None:
@@ -304,7 +272,7 @@ def forward(
             kv = None
         else:
             p, _, k_cache, v_cache = layer_inputs
-            kv = (k_cache, v_cache, old_visible_BS)
+            kv = (k_cache, v_cache, start)
         return _layer(config, inv_freq, x, p, positions_BT, visible_BTS, kv)
 
     if remat != "none":
@@ -318,9 +286,9 @@ def forward(
         new_k, new_v = [], []
         for i in range(config.num_layers):
             p_i = jax.tree.map(lambda w: w[i], params["layers"])
-            x_BTD, (k_BKTH, v_BKTH) = body(x_BTD, (p_i, i, cache.k[i], cache.v[i]))
-            new_k.append(jax.lax.dynamic_update_slice(cache.k[i], k_BKTH, (0, 0, start, 0)))
-            new_v.append(jax.lax.dynamic_update_slice(cache.v[i], v_BKTH, (0, 0, start, 0)))
+            x_BTD, (k_i, v_i) = body(x_BTD, (p_i, i, cache.k[i], cache.v[i]))
+            new_k.append(k_i)
+            new_v.append(v_i)
         new_cache = KVCache(k=tuple(new_k), v=tuple(new_v), index=start + t)
     hidden_BTD = rms_norm(x_BTD, params["final_norm"], config.rms_norm_eps)
     return hidden_BTD, new_cache
