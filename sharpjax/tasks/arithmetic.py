@@ -41,7 +41,6 @@ __all__ = [
 Op = Literal["+", "-", "*"]
 _OPS: tuple[str, ...] = ("+", "-", "*")
 SOURCE = "arithmetic"
-PROMPT_PREFIX = "Compute "
 _INT_RE = re.compile(r"[+-]?\d+")
 
 
@@ -189,10 +188,13 @@ def generate_problems(n: int, *, seed: int, difficulty: Difficulty = Difficulty(
 
 
 def format_prompt(problem: ArithmeticProblem | str) -> str:
-    """The user message for a problem (render it with the chat template:
-    `sharpjax.models.tokenizer.render_chat`). Short on purpose: every character is a token."""
-    text = problem if isinstance(problem, str) else problem.problem
-    return f"{PROMPT_PREFIX}{text}"
+    """The user message for a problem: the bare expression, e.g. "47+8*3-15".
+
+    Render it with the chat template (`sharpjax.models.tokenizer.render_chat`). It is short
+    on purpose: with a char tokenizer every character is a token of compute in training and
+    in every RL rollout, and the task has a single instruction.
+    """
+    return problem if isinstance(problem, str) else problem.problem
 
 
 def parse_int(text: str | None) -> int | None:
@@ -220,4 +222,4 @@ def check(response: str, answer: str | int) -> float:
 
 def task_alphabet() -> str:
     """Every character a prompt or solution of this task can contain."""
-    return "".join(sorted(set(PROMPT_PREFIX + "0123456789" + "".join(_OPS) + "=\n\\boxed{}")))
+    return "".join(sorted(set("0123456789" + "".join(_OPS) + "=\n\\boxed{}")))
