@@ -201,7 +201,7 @@ def parse_int(text: str | None) -> int | None:
     """An integer written plainly ("56", "-3", "+7", " 12 "), else None."""
     if text is None:
         return None
-    text = text.strip().replace(" ", "")
+    text = text.strip()
     return int(text) if _INT_RE.fullmatch(text) else None
 
 
