@@ -25,7 +25,7 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict()
     c.model.hidden_size = d.hidden_size  # D, residual width
     c.model.intermediate_size = d.intermediate_size  # F, SwiGLU width
-    c.model.num_layers = d.num_layers  # 2 layers: enough to copy operands (induction) and add
+    c.model.num_layers = d.num_layers  # L; depth helps arithmetic more than width here
     c.model.num_heads = d.num_heads  # N query heads
     c.model.num_kv_heads = d.num_kv_heads  # K key/value heads
     c.model.head_dim = d.head_dim  # H
@@ -61,7 +61,6 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
     if arg == "quick":
         # Plumbing only: the numbers mean little.
         c.optim.steps = 150
-        c.optim.warmup_steps = 20
         c.eval.eval_problems = 16
         c.eval.eval_samples = 2
         c.eval.log_every = 50
