@@ -102,7 +102,7 @@ class SFTConfig:
     head_dim: int = 16
     max_position_embeddings: int = 256
     # task
-    difficulty: Difficulty = Difficulty()
+    difficulty: Difficulty = dataclasses.field(default_factory=Difficulty)
     num_train_problems: int = 0
     max_seq_len: int = 48
     # optim
@@ -123,9 +123,20 @@ class SFTConfig:
 
     def __post_init__(self):
         positive = (
-            "hidden_size intermediate_size num_layers num_heads num_kv_heads head_dim max_position_embeddings "
-            "max_seq_len steps batch_size eval_samples max_new_tokens log_every"
-        ).split()
+            "hidden_size",
+            "intermediate_size",
+            "num_layers",
+            "num_heads",
+            "num_kv_heads",
+            "head_dim",
+            "max_position_embeddings",
+            "max_seq_len",
+            "steps",
+            "batch_size",
+            "eval_samples",
+            "max_new_tokens",
+            "log_every",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"SFTConfig.{name}={getattr(self, name)} must be >= 1.")
@@ -428,7 +439,7 @@ def _sample_texts(params, model_config, tokenizer, prompts, key, sampling, batch
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start : start + batch_size]
         real = len(chunk)
-        if start > 0 or len(prompts) > batch_size:
+        if len(prompts) > batch_size:
             chunk = chunk + [chunk[0]] * (batch_size - real)
         key, sub = jax.random.split(key)
         out, _ = generate_text(params, model_config, tokenizer, chunk, sub, sampling, buckets=(32, 64, 128, 256))
@@ -509,7 +520,7 @@ def _is_cached(out_dir: str, config: SFTConfig) -> bool:
     return all(os.path.exists(os.path.join(out_dir, f)) for f in ("config.json", "model.safetensors", "tokenizer.json"))
 
 
-def train_base_model(out_dir: str, config: SFTConfig = SFTConfig(), *, force: bool = False) -> str:
+def train_base_model(out_dir: str, config: SFTConfig | None = None, *, force: bool = False) -> str:
     """Trains (or reuses) the arithmetic base model and saves it as a Hugging Face directory.
 
     The directory holds config.json + model.safetensors (`sharpjax.models.hf.save_model`),
@@ -520,12 +531,13 @@ def train_base_model(out_dir: str, config: SFTConfig = SFTConfig(), *, force: bo
 
     Args:
       out_dir: the model directory (created if needed).
-      config: the run.
+      config: the run (default: `SFTConfig()`, the main job's base model).
       force: retrain even when a matching model exists.
 
     Returns:
       out_dir.
     """
+    config = SFTConfig() if config is None else config
     if not force and _is_cached(out_dir, config):
         log.info("SFT: reusing the base model in %s (same config)", out_dir)
         return out_dir

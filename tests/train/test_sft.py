@@ -81,8 +81,7 @@ def test_loss_mask_covers_exactly_the_response():
     loss, metrics = sft_loss(params, tokens, attn, resp, config=config)
     assert int(metrics["num_tokens"]) == count == sum(len(p.solution) + 1 for p in problems)
     np.testing.assert_allclose(float(loss), total / count, rtol=1e-5)
-    # Prompt tokens are context only: changing what the loss would "predict" there does not matter,
-    # but the loss does depend on them through attention.
+    # The mask matters: counting prompt positions too gives a different loss.
     all_mask_loss, _ = sft_loss(params, tokens, attn, attn, config=config)
     assert not np.isclose(float(all_mask_loss), float(loss))
 
