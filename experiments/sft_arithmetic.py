@@ -60,7 +60,7 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict()
     c.eval.eval_problems = d.eval_problems  # held-out problems for sft_info.json's accuracy
     c.eval.eval_samples = d.eval_samples  # samples per problem at T=1 (mean@1 averages them)
-    c.eval.eval_seed = d.eval_seed  # seed of the held-out problems (differs from `seed`)
+    c.eval.eval_seed = d.eval_seed  # seed of the held-out problems (drawn from the task's test split)
     c.eval.max_new_tokens = d.max_new_tokens  # response budget when sampling
     c.eval.log_every = d.log_every  # steps between progress log lines
 

@@ -57,7 +57,7 @@ log = logging.getLogger(__name__)
 
 INFO_FILE = "sft_info.json"
 # Bump when training changes in a way that invalidates cached models trained by older code.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: training on the task's train split, eval on its test split
 _SECTIONS = ("model", "task", "optim", "eval")
 
 
@@ -80,17 +80,17 @@ class SFTConfig:
         response budget of the RL runs must fit.
     Task:
       difficulty: the arithmetic problem distribution.
-      num_train_problems: size of the training pool; 0 = steps * batch_size (every example
-        seen once). Problems equal to a held-out eval problem are removed from it.
+      num_train_problems: size of the training pool, drawn from the task's train split;
+        0 = steps * batch_size (every draw seen once).
       max_seq_len: T, prompt + response tokens per padded training row; a longer example is
         an error (never truncated).
     Optimization:
       steps, batch_size, learning_rate (peak; linear warmup then cosine decay to
         `final_lr_fraction` of it), warmup_steps, weight_decay, max_grad_norm, seed.
     Eval:
-      eval_problems: held-out problems for the accuracy written to sft_info.json.
+      eval_problems: problems of the task's test split for the accuracy in sft_info.json.
       eval_samples: samples per problem at temperature 1 (mean@1 averages them).
-      eval_seed: seed of the held-out problems (must differ from `seed`).
+      eval_seed: seed of the held-out problems.
       max_new_tokens: response budget when sampling.
       log_every: steps between progress log lines.
     """
@@ -155,8 +155,6 @@ class SFTConfig:
             raise ValueError(f"warmup_steps={self.warmup_steps} must be < steps={self.steps}.")
         if self.weight_decay < 0 or self.max_grad_norm < 0:
             raise ValueError("weight_decay and max_grad_norm must be >= 0 (max_grad_norm 0 disables clipping).")
-        if self.eval_seed == self.seed:
-            raise ValueError(f"eval_seed={self.eval_seed} equals seed: held-out problems would be training problems.")
         if self.max_seq_len > self.max_position_embeddings:
             raise ValueError(
                 f"max_seq_len={self.max_seq_len} exceeds max_position_embeddings={self.max_position_embeddings}."
@@ -276,6 +274,8 @@ def encode_examples(
        response_mask [B, T] int32 (1 on solution tokens and the final EOS)).
     Raises ValueError when an example is longer than `max_seq_len`.
     """
+    if not problems:
+        raise ValueError("encode_examples needs at least one problem.")
     prompts = [render_chat(tokenizer, format_prompt(p)) for p in problems]
     responses = [p.solution + tokenizer.eos_token for p in problems]
     prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
@@ -296,18 +296,13 @@ def encode_examples(
 
 
 def _split_problems(config: SFTConfig) -> tuple[list[ArithmeticProblem], list[ArithmeticProblem]]:
-    """(training pool, held-out eval problems); no training problem equals an eval problem."""
-    eval_problems = generate_problems(config.eval_problems, seed=config.eval_seed, difficulty=config.difficulty)
-    held_out = {p.problem for p in eval_problems}
+    """(training pool, held-out eval problems): the task's train and test splits, disjoint
+    by construction (`sharpjax.tasks.arithmetic.in_test_split`)."""
     n = config.num_train_problems or config.steps * config.batch_size
-    train_problems = [
-        p for p in generate_problems(n, seed=config.seed, difficulty=config.difficulty) if p.problem not in held_out
-    ]
-    if len(train_problems) < config.batch_size:
-        raise ValueError(
-            f"only {len(train_problems)} training problems remain after removing the held-out ones "
-            f"(batch_size={config.batch_size}): the difficulty allows too few distinct problems."
-        )
+    train_problems = generate_problems(n, seed=config.seed, difficulty=config.difficulty, split="train")
+    eval_problems = generate_problems(
+        config.eval_problems, seed=config.eval_seed, difficulty=config.difficulty, split="test"
+    )
     return train_problems, eval_problems
 
 

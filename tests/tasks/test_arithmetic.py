@@ -8,12 +8,14 @@ import pytest
 from sharpjax.models.tokenizer import DEFAULT_ALPHABET, build_char_tokenizer, render_chat
 from sharpjax.rewards.math import verify_one
 from sharpjax.tasks.arithmetic import (
+    TEST_FRACTION,
     ArithmeticProblem,
     Difficulty,
     check,
     evaluate_steps,
     format_prompt,
     generate_problems,
+    in_test_split,
     parse_int,
     task_alphabet,
 )
@@ -85,6 +87,23 @@ def test_generation_is_deterministic_by_seed():
     assert len({p.id for p in a + b}) == 100
     assert all(isinstance(p, ArithmeticProblem) and p.source == "arithmetic" for p in a)
     assert generate_problems(0, seed=7) == []
+
+
+def test_train_and_test_splits_are_disjoint_whatever_the_seeds():
+    train = generate_problems(3000, seed=0, split="train")
+    test = generate_problems(300, seed=0, split="test") + generate_problems(300, seed=5, split="test")
+    assert not {p.problem for p in train} & {p.problem for p in test}
+    assert all(in_test_split(p.problem) for p in test) and not any(in_test_split(p.problem) for p in train)
+    # Without the split, seeds overlap on a small difficulty (why the split exists).
+    a, b = generate_problems(3000, seed=0), generate_problems(3000, seed=1)
+    assert {p.problem for p in a} & {p.problem for p in b}
+    # The reserved share is TEST_FRACTION of draws.
+    assert abs(sum(in_test_split(p.problem) for p in a) / len(a) - TEST_FRACTION) < 0.02
+    assert generate_problems(50, seed=0, split="test") == test[:50]
+    assert generate_problems(50, seed=0, split="train") == train[:50]
+    assert len({p.id for p in train + test + a}) == len(train) + len(test) + len(a)
+    with pytest.raises(ValueError, match="split"):
+        generate_problems(1, seed=0, split="valid")
 
 
 def test_problem_is_frozen():

@@ -184,7 +184,6 @@ def test_measure_accuracy_aggregates_checks(monkeypatch):
         (dict(head_dim=15), "even"),
         (dict(learning_rate=0.0), "learning_rate"),
         (dict(warmup_steps=80), "warmup_steps"),
-        (dict(eval_seed=0), "eval_seed"),
         (dict(max_seq_len=512), "max_position_embeddings"),
         (dict(difficulty={"max_operands": 3}), "Difficulty"),
     ],
