@@ -14,11 +14,17 @@ Every character is in the char tokenizer's default alphabet
 characters, so a tiny model trained on CPU (`sharpjax.train.sft`) learns the format and
 some of the arithmetic, and RL rollouts stay cheap. `check` is an exact integer comparison;
 the generic math verifier (`sharpjax.rewards.verify`) agrees with it on these answers.
+
+A fixed ~10% of all expressions (by hash) is reserved for evaluation: train on
+`generate_problems(..., split="train")` and evaluate on `split="test"` and no test problem
+was ever a training problem, whatever the seeds (small difficulties have small problem
+spaces, so different seeds alone overlap).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import random
 import re
 from typing import Literal
@@ -27,21 +33,27 @@ from sharpjax.rewards.math import extract_boxed
 
 __all__ = [
     "SOURCE",
+    "TEST_FRACTION",
     "ArithmeticProblem",
     "Difficulty",
     "Op",
+    "Split",
     "check",
     "evaluate_steps",
     "format_prompt",
     "generate_problems",
+    "in_test_split",
     "parse_int",
     "task_alphabet",
 ]
 
 Op = Literal["+", "-", "*"]
 _OPS: tuple[str, ...] = ("+", "-", "*")
+Split = Literal["all", "train", "test"]
+_SPLITS: tuple[str, ...] = ("all", "train", "test")
+# The share of all expressions reserved for evaluation (see `in_test_split`).
+TEST_FRACTION = 0.1
 SOURCE = "arithmetic"
-PROMPT_PREFIX = "Compute "
 _INT_RE = re.compile(r"[+-]?\d+")
 
 
@@ -169,37 +181,71 @@ def _make_problem(rng: random.Random, difficulty: Difficulty, pid: str) -> Arith
     return ArithmeticProblem(id=pid, problem=expr, answer=str(answer), solution=solution)
 
 
-def generate_problems(n: int, *, seed: int, difficulty: Difficulty = Difficulty()) -> list[ArithmeticProblem]:
-    """`n` problems drawn i.i.d. from `difficulty`; the same seed gives the same list.
+def in_test_split(expression: str) -> bool:
+    """Whether an expression belongs to the reserved test split (a fixed ~10% of all
+    expressions, chosen by a hash of the text: the same for every seed and difficulty)."""
+    digest = hashlib.sha256(expression.encode()).digest()
+    return int.from_bytes(digest[:8], "big") < TEST_FRACTION * 2**64
 
-    Problem i of a seed does not depend on n (a longer list extends a shorter one).
+
+def generate_problems(
+    n: int, *, seed: int, difficulty: Difficulty = Difficulty(), split: Split = "all"
+) -> list[ArithmeticProblem]:
+    """`n` distinct-by-draw problems from `difficulty`; the same arguments give the same list.
+
+    Problem i does not depend on n (a longer list extends a shorter one). The problem space
+    of small difficulties is small (2 operands of 1-2 digits: 20,000 expressions), so two
+    seeds overlap heavily; `split` keeps evaluation honest: a model trained on
+    `split="train"` problems has never seen a `split="test"` problem, whatever the seeds.
 
     Args:
       n: how many problems (>= 0).
       seed: the random seed.
       difficulty: the distribution.
+      split: "all" (every draw), "train" (draws outside the reserved test split) or "test"
+        (only draws inside it; `TEST_FRACTION` of the space).
 
     Returns:
-      A list of `ArithmeticProblem`s with ids "arithmetic/<seed>/<i>".
+      A list of `ArithmeticProblem`s with ids "arithmetic/<seed>/<i>" ("all") or
+      "arithmetic/<split>/<seed>/<i>".
     """
     if n < 0:
         raise ValueError(f"n={n} must be >= 0.")
-    rng = random.Random(f"{SOURCE}/{seed}")
-    return [_make_problem(rng, difficulty, f"{SOURCE}/{seed}/{i}") for i in range(n)]
+    if split not in _SPLITS:
+        raise ValueError(f"split={split!r}; expected one of {_SPLITS}.")
+    if split == "all":
+        rng = random.Random(f"{SOURCE}/{seed}")
+        return [_make_problem(rng, difficulty, f"{SOURCE}/{seed}/{i}") for i in range(n)]
+    rng = random.Random(f"{SOURCE}/{split}/{seed}")
+    want_test = split == "test"
+    out: list[ArithmeticProblem] = []
+    max_draws = 100 * n + 10_000
+    for _ in range(max_draws):
+        if len(out) == n:
+            break
+        p = _make_problem(rng, difficulty, f"{SOURCE}/{split}/{seed}/{len(out)}")
+        if in_test_split(p.problem) == want_test:
+            out.append(p)
+    if len(out) < n:
+        raise ValueError(f"found only {len(out)} of {n} {split!r} problems in {max_draws} draws from {difficulty}.")
+    return out
 
 
 def format_prompt(problem: ArithmeticProblem | str) -> str:
-    """The user message for a problem (render it with the chat template:
-    `sharpjax.models.tokenizer.render_chat`). Short on purpose: every character is a token."""
-    text = problem if isinstance(problem, str) else problem.problem
-    return f"{PROMPT_PREFIX}{text}"
+    """The user message for a problem: the bare expression, e.g. "47+8*3-15".
+
+    Render it with the chat template (`sharpjax.models.tokenizer.render_chat`). It is short
+    on purpose: with a char tokenizer every character is a token of compute in training and
+    in every RL rollout, and the task has a single instruction.
+    """
+    return problem if isinstance(problem, str) else problem.problem
 
 
 def parse_int(text: str | None) -> int | None:
     """An integer written plainly ("56", "-3", "+7", " 12 "), else None."""
     if text is None:
         return None
-    text = text.strip().replace(" ", "")
+    text = text.strip()
     return int(text) if _INT_RE.fullmatch(text) else None
 
 
@@ -220,4 +266,4 @@ def check(response: str, answer: str | int) -> float:
 
 def task_alphabet() -> str:
     """Every character a prompt or solution of this task can contain."""
-    return "".join(sorted(set(PROMPT_PREFIX + "0123456789" + "".join(_OPS) + "=\n\\boxed{}")))
+    return "".join(sorted(set("0123456789" + "".join(_OPS) + "=\n\\boxed{}")))

@@ -1,0 +1,236 @@
+"""SFT of the arithmetic base model: loss mask, learning, caching, HF export, accuracy."""
+
+import importlib.util
+import json
+import os
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sharpjax.models import apply, init_params, load_model
+from sharpjax.models.tokenizer import build_char_tokenizer, load_tokenizer
+from sharpjax.tasks.arithmetic import Difficulty, generate_problems
+from sharpjax.train import sft
+from sharpjax.train.sft import SFTConfig, encode_examples, measure_accuracy, sft_loss, train_base_model
+
+EXPERIMENT = pathlib.Path(__file__).resolve().parents[2] / "experiments" / "sft_arithmetic.py"
+
+# Small enough to train in seconds on a contended CPU, big enough to learn the format.
+TINY = SFTConfig(
+    hidden_size=32,
+    intermediate_size=64,
+    num_layers=2,
+    num_heads=2,
+    num_kv_heads=1,
+    head_dim=16,
+    max_seq_len=48,
+    steps=80,
+    batch_size=16,
+    learning_rate=1e-2,
+    warmup_steps=10,
+    eval_problems=8,
+    eval_samples=2,
+    max_new_tokens=40,
+    log_every=40,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    return train_base_model(str(tmp_path_factory.mktemp("sft") / "base"), TINY)
+
+
+def test_training_lowers_the_loss(tiny_model_dir):
+    info = sft.load_sft_info(tiny_model_dir)
+    assert info["config"] == TINY.to_dict()
+    assert np.isclose(info["initial_loss"], np.log(len(build_char_tokenizer())), atol=0.3)  # ~uniform at init
+    assert info["final_loss"] < 0.5 * info["initial_loss"]
+    assert info["train_seconds"] > 0 and 0 <= info["accuracy"]["mean_at_1"] <= 1
+    assert len(info["accuracy"]["per_problem"]) == TINY.eval_problems
+
+
+def test_loss_mask_covers_exactly_the_response():
+    tok = build_char_tokenizer()
+    problems = generate_problems(3, seed=0, difficulty=Difficulty(max_operands=3))
+    tokens, attn, resp = encode_examples(tok, problems, max_seq_len=48)
+    assert tokens.shape == attn.shape == resp.shape == (3, 48)
+    for i, p in enumerate(problems):
+        n_resp = len(p.solution) + 1  # one token per character, plus the end-of-turn token
+        n_real = 1 + len(p.problem) + 2 + n_resp  # <|user|> problem <|end|> <|assistant|> response
+        np.testing.assert_array_equal(attn[i], (np.arange(48) >= 48 - n_real).astype(np.int32))
+        np.testing.assert_array_equal(resp[i], (np.arange(48) >= 48 - n_resp).astype(np.int32))
+        assert tok.decode(tokens[i][resp[i] == 1]) == p.solution + "<|end|>"
+        assert tok.decode(tokens[i][(attn[i] == 1) & (resp[i] == 0)]) == f"<|user|>{p.problem}<|end|><|assistant|>"
+
+    # The loss by hand: full-forward logits, log-softmax in numpy, response positions only.
+    config = TINY.model_config(tok)
+    params = init_params(config, jax.random.key(0), init_std=0.5)
+    logits = np.asarray(apply(params, jnp.asarray(tokens), jnp.asarray(attn), config=config), np.float64)
+    logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(
+        -1, keepdims=True
+    )
+    total, count = 0.0, 0
+    for i in range(3):
+        for t in range(1, 48):
+            if resp[i, t]:
+                total -= logp[i, t - 1, tokens[i, t]]
+                count += 1
+    loss, metrics = sft_loss(params, tokens, attn, resp, config=config)
+    assert int(metrics["num_tokens"]) == count == sum(len(p.solution) + 1 for p in problems)
+    np.testing.assert_allclose(float(loss), total / count, rtol=1e-5)
+    # The mask matters: counting prompt positions too gives a different loss.
+    all_mask_loss, _ = sft_loss(params, tokens, attn, attn, config=config)
+    assert not np.isclose(float(all_mask_loss), float(loss))
+
+
+def test_too_long_examples_are_an_error():
+    tok = build_char_tokenizer()
+    problems = generate_problems(4, seed=0, difficulty=Difficulty(min_operands=4, max_operands=4, max_digits=3))
+    with pytest.raises(ValueError, match="max_seq_len"):
+        encode_examples(tok, problems, max_seq_len=20)
+
+
+def test_second_call_is_cached(tiny_model_dir, monkeypatch):
+    info_path = os.path.join(tiny_model_dir, sft.INFO_FILE)
+    mtime = os.path.getmtime(info_path)
+    weights_mtime = os.path.getmtime(os.path.join(tiny_model_dir, "model.safetensors"))
+
+    def no_training(config):
+        raise AssertionError("train() was called for a cached model")
+
+    monkeypatch.setattr(sft, "train", no_training)
+    assert train_base_model(tiny_model_dir, TINY) == tiny_model_dir
+    assert os.path.getmtime(info_path) == mtime
+    assert os.path.getmtime(os.path.join(tiny_model_dir, "model.safetensors")) == weights_mtime
+    # A different config is not a cache hit.
+    with pytest.raises(AssertionError, match="train\\(\\) was called"):
+        train_base_model(tiny_model_dir, TINY.replace(seed=1))
+
+
+def test_incomplete_directory_is_not_a_cache_hit(tmp_path, monkeypatch):
+    out = tmp_path / "m"
+    out.mkdir()
+    (out / sft.INFO_FILE).write_text(json.dumps({"format_version": sft.FORMAT_VERSION, "config": TINY.to_dict()}))
+    called = []
+    monkeypatch.setattr(sft, "train", lambda config: called.append(config) or (_ for _ in ()).throw(RuntimeError("x")))
+    with pytest.raises(RuntimeError):
+        train_base_model(str(out), TINY)  # no weights next to the info: retrain
+    assert called == [TINY]
+    assert not (out / sft.INFO_FILE).exists()  # the stale info was removed before training
+
+
+def test_saved_directory_loads_in_sharpjax_and_transformers(tiny_model_dir):
+    torch = pytest.importorskip("torch")
+    import transformers
+
+    params, config = load_model(tiny_model_dir)
+    tok = load_tokenizer(tiny_model_dir)
+    assert len(tok) == config.vocab_size and tok.eos_token_id in config.eos_token_ids
+    tokens, attn, _ = encode_examples(tok, generate_problems(4, seed=5), max_seq_len=TINY.max_seq_len)
+    ours = np.asarray(apply(params, jnp.asarray(tokens), jnp.asarray(attn), config=config))
+
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    positions = np.maximum(np.cumsum(attn, -1) - 1, 0)
+    with torch.no_grad():
+        theirs = hf(
+            input_ids=torch.as_tensor(tokens, dtype=torch.long),
+            attention_mask=torch.as_tensor(attn, dtype=torch.long),
+            position_ids=torch.as_tensor(positions, dtype=torch.long),
+        ).logits.numpy()
+    real = attn.astype(bool)
+    np.testing.assert_allclose(ours[real], theirs[real], atol=2e-4, rtol=2e-4)
+
+
+def test_measure_accuracy_aggregates_checks(monkeypatch):
+    """With a fake sampler that answers correctly exactly where we say, the numbers follow."""
+    tok = build_char_tokenizer()
+    config = TINY.model_config(tok)
+    problems = generate_problems(5, seed=0)
+    by_prompt = {p.problem: p for p in problems}
+    calls = []
+
+    def fake_generate_text(params, model_config, tokenizer, prompts, key, sampling, *, buckets):
+        calls.append(sampling)
+        texts = []
+        for prompt in prompts:
+            p = by_prompt[prompt.removeprefix("<|user|>").removesuffix("<|end|><|assistant|>")]
+            i = problems.index(p)
+            for s in range(sampling.num_samples):
+                # Problem i: samples s < i are right (so i of 4 right, capped); greedy right for even i.
+                right = (i % 2 == 0) if sampling.greedy else s < i
+                texts.append(p.solution if right else "\\boxed{x}")
+        return texts, None
+
+    monkeypatch.setattr(sft, "generate_text", fake_generate_text)
+    acc = measure_accuracy(None, config, tok, problems, key=jax.random.key(0), num_samples=4, batch_size=2)
+    assert acc.per_problem == (0.0, 0.25, 0.5, 0.75, 1.0)
+    assert acc.mean_at_1 == pytest.approx(0.5)
+    assert acc.greedy == pytest.approx(3 / 5)
+    assert acc.to_dict()["fraction_mixed"] == pytest.approx(3 / 5)
+    assert {s.greedy for s in calls} == {True, False}
+    assert all(s.temperature == 1.0 and s.stop_token_ids == (tok.eos_token_id,) for s in calls)
+    with pytest.raises(ValueError, match="at least one"):
+        measure_accuracy(None, config, tok, [], key=jax.random.key(0))
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (dict(steps=0), "steps"),
+        (dict(num_heads=3, num_kv_heads=2), "multiple"),
+        (dict(head_dim=15), "even"),
+        (dict(learning_rate=0.0), "learning_rate"),
+        (dict(warmup_steps=80), "warmup_steps"),
+        (dict(max_seq_len=512), "max_position_embeddings"),
+        (dict(difficulty={"max_operands": 3}), "Difficulty"),
+    ],
+)
+def test_bad_config_is_rejected(change, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        TINY.replace(**change)
+
+
+def test_config_round_trips_and_rejects_unknown_fields():
+    assert SFTConfig.from_dict(json.loads(json.dumps(TINY.to_dict()))) == TINY
+    with pytest.raises(ValueError, match="unknown SFTConfig fields"):
+        SFTConfig.from_dict({"stepz": 3})
+
+
+def _experiment_module():
+    spec = importlib.util.spec_from_file_location("sft_arithmetic_config", EXPERIMENT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("preset", ["default", "quick"])
+def test_experiment_presets_build_configs(preset):
+    cfg = _experiment_module().get_config(preset)
+    config = SFTConfig.from_config_dict(cfg)
+    assert config.seed == cfg.seed and config.steps == cfg.optim.steps
+    assert config.difficulty == Difficulty.from_dict(cfg.task.difficulty)
+    # Every training example of the preset fits its sequence length.
+    problems = generate_problems(2000, seed=config.seed, difficulty=config.difficulty)
+    encode_examples(build_char_tokenizer(), problems, max_seq_len=config.max_seq_len)
+
+
+def test_experiment_rejects_unknown_preset_and_typos():
+    module = _experiment_module()
+    with pytest.raises(ValueError, match="preset"):
+        module.get_config("fast")
+    cfg = module.get_config("quick")
+    cfg.optim.stepz = 3
+    with pytest.raises(ValueError, match="stepz"):
+        SFTConfig.from_config_dict(cfg)
+
+
+@pytest.mark.slow
+def test_default_preset_is_a_mediocre_base_model(tmp_path):
+    """The base model the RL runs start from: some answers right, lots of room to improve."""
+    config = SFTConfig.from_config_dict(_experiment_module().get_config("default"))
+    info = sft.load_sft_info(train_base_model(str(tmp_path / "base"), config))
+    assert 0.15 <= info["accuracy"]["mean_at_1"] <= 0.7, info["accuracy"]
+    assert info["accuracy"]["fraction_mixed"] > 0.2
