@@ -107,7 +107,7 @@ def test_second_call_is_cached(tiny_model_dir, monkeypatch):
     assert os.path.getmtime(os.path.join(tiny_model_dir, "model.safetensors")) == weights_mtime
     # A different config is not a cache hit.
     with pytest.raises(AssertionError, match="train\\(\\) was called"):
-        train_base_model(tiny_model_dir, TINY.replace(seed=1))
+        train_base_model(tiny_model_dir, TINY.replace(seed=TINY.seed + 1))
 
 
 def test_incomplete_directory_is_not_a_cache_hit(tmp_path, monkeypatch):
