@@ -84,7 +84,7 @@ def run(workdir: str, settings: ReproduceSettings = ReproduceSettings(), *, prog
     say(f"[1/4] base model: sft:{settings.size} (trained once, then cached)")
     base_dir = resolve_model_dir(f"sft:{settings.size}")
     difficulty = _difficulty("auto", base_dir)
-    problems = arithmetic.generate_problems(settings.test_problems, seed=TEST_SEED, difficulty=difficulty)
+    problems = arithmetic.generate_problems(settings.test_problems, seed=TEST_SEED, difficulty=difficulty, split="test")
     key = jax.random.key(TEST_SEED)
 
     say(f"[2/4] evaluating the base model on {len(problems)} held-out problems x {settings.eval_samples} samples")

@@ -60,10 +60,12 @@ def build_task(config: RunConfig, tokenizer) -> Task:
         from sharpjax.tasks import arithmetic
 
         difficulty = _difficulty(data.difficulty, config.model_dir)
-        train = arithmetic.generate_problems(data.num_train_problems, seed=config.train.seed, difficulty=difficulty)
+        train = arithmetic.generate_problems(
+            data.num_train_problems, seed=config.train.seed, difficulty=difficulty, split="train"
+        )
         # A disjoint seed stream for held-out problems.
         held_out = arithmetic.generate_problems(
-            data.num_validation_problems, seed=config.train.seed + 10_000, difficulty=difficulty
+            data.num_validation_problems, seed=config.train.seed + 10_000, difficulty=difficulty, split="test"
         )
         validation = {"arithmetic": held_out} if data.validation else {}
 
