@@ -1,0 +1,58 @@
+"""The small-scale reproduction end to end (`python -m sharpjax`): plumbing and the directions of the effects.
+
+The fast test runs the quick sizes (an SFT model of ~30 s that solves almost nothing), so it
+checks what must hold whatever the accuracy: the runs of different reward modes see the same
+prompts and sampling keys, so "task" (whose reward is 0 for every sample of a model that
+solves nothing: zero advantages, no update) is the base model's own behaviour, and the
+sharpening rewards must move away from it in the predicted directions. The slow test runs the
+default sizes (the main job) and asserts the task reward's gain in accuracy.
+"""
+
+import json
+import os
+
+import pytest
+
+from sharpjax.reproduce import ReproduceSettings, run
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("SHARPJAX_CACHE_DIR", os.environ.get("SHARPJAX_TEST_CACHE") or str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def test_quick_pipeline_end_to_end(tmp_path):
+    settings = ReproduceSettings(size="quick", modes=("task", "likelihood", "power-a2"), seeds=(0,),
+                                 test_problems=8, eval_samples=4)
+    results = run(str(tmp_path), settings, progress=False)
+    on_disk = json.loads((tmp_path / "results.json").read_text())
+    assert on_disk["summary"].keys() == {"task", "likelihood", "power-a2"}
+    assert "| likelihood |" in (tmp_path / "results.md").read_text()
+    for k in ("pass@1", "pass@4", "maj@4", "mean_length", "no_answer_rate"):
+        assert k in results["base"]
+    runs = results["runs"]
+    for mode in ("task", "likelihood", "power-a2"):
+        assert os.path.isdir(runs[f"{mode}_seed0"]["workdir"])
+        assert os.path.exists(os.path.join(runs[f"{mode}_seed0"]["workdir"], "export", "last", "config.json"))
+    task, lik, power = runs["task_seed0"], runs["likelihood_seed0"], runs["power-a2_seed0"]
+    # The task run never moved (no sample solved anything): it is the base model.
+    assert task["train_task_reward_last"] == 0.0 and abs(task["kl_to_base_last"]) < 1e-4
+    for sharpened in (lik, power):
+        # KL to the base model is positive and grows with training.
+        assert sharpened["kl_to_base_last"] > 0.1
+        assert sharpened["kl_to_base_last"] > sharpened["kl_to_base_first"]
+        # The base model likes the sharpened policy's samples more than its own.
+        assert sharpened["base_loglik_last"] > task["base_loglik_last"]
+    # Likelihood maximization shortens responses (fewer tokens, fewer log-prob terms).
+    assert lik["train_length_last"] < task["train_length_last"]
+
+
+@pytest.mark.slow
+def test_default_pipeline_task_reward_improves_accuracy(tmp_path):
+    settings = ReproduceSettings(size="default", modes=("task", "likelihood"), seeds=(0,), test_problems=100,
+                                 eval_samples=16)
+    results = run(str(tmp_path), settings, progress=False)
+    base, task, lik = results["base"], results["runs"]["task_seed0"], results["runs"]["likelihood_seed0"]
+    assert task["last"]["pass@1"] > base["pass@1"] + 0.03, (base["pass@1"], task["last"]["pass@1"])
+    assert lik["base_loglik_last"] > lik["base_loglik_first"]
+    assert lik["kl_to_base_last"] > 0
