@@ -1,0 +1,40 @@
+"""`python -m sharpjax.train`: config file + command-line overrides, errors before compiling."""
+
+import os
+import subprocess
+import sys
+
+from sharpjax.train.metrics_log import read_metrics
+
+from tests.train._tiny_run import make_tiny_model
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def launch(*flags, timeout=600):
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), JAX_PLATFORMS="cpu")
+    return subprocess.run([sys.executable, "-m", "sharpjax.train", *flags], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_launcher_trains_with_overrides_and_rejects_bad_configs(tmp_path):
+    model = make_tiny_model(str(tmp_path / "model"))
+    common = ["--config", "experiments/rl_arithmetic.py:quick:power-a2", f"--config.model_dir={model}",
+              "--config.rollout.max_total_length=96", "--config.rollout.max_new_tokens=16",
+              "--config.data.num_validation_problems=2"]
+    bad = launch(*common, "--config.reward.alpha=-1.0", "--workdir", str(tmp_path / "bad"))
+    assert bad.returncode == 2 and "config.reward" in bad.stderr and "alpha" in bad.stderr, bad.stderr[-2000:]
+    assert not os.path.exists(tmp_path / "bad")
+    too_long = launch(*common, "--config.rollout.max_total_length=4096", "--workdir", str(tmp_path / "long"))
+    assert too_long.returncode == 2 and "max_total_length=4096" in too_long.stderr, too_long.stderr[-2000:]
+
+    ok = launch(*common, "--config.train.steps=2", "--config.eval.every=0", "--config.reward.alpha=4.0",
+                "--workdir", str(tmp_path / "run"))
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    assert "done: step 2" in ok.stdout
+    records = read_metrics(str(tmp_path / "run"))
+    assert [r["step"] for r in records if "reward/reward" in r] == [1, 2]
+    import json
+
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["reward"]["alpha"] == 4.0 and config["train"]["steps"] == 2
