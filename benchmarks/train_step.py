@@ -48,7 +48,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from sharpjax.losses import LossConfig  # noqa: E402
-from sharpjax.models import ModelConfig, RopeConfig  # noqa: E402
+from sharpjax.models import ModelConfig  # noqa: E402
 from sharpjax.models.hf import to_hf_state_dict  # noqa: E402
 from sharpjax.models.sharding import init_params_sharded, make_mesh  # noqa: E402
 from sharpjax.train.step import (  # noqa: E402
@@ -61,17 +61,8 @@ from sharpjax.train.step import (  # noqa: E402
     make_train_step,
 )
 
-LLAMA3_ROPE = RopeConfig(theta=500000.0, kind="llama3", factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0,
-                         original_max_position_embeddings=8192)
-SIZES = {
-    # Llama-3.2-3B-Instruct's config.json shape.
-    "3b": dict(vocab_size=128256, hidden_size=3072, intermediate_size=8192, num_layers=28, num_heads=24,
-               num_kv_heads=8, head_dim=128),
-    "1b": dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_layers=16, num_heads=32,
-               num_kv_heads=8, head_dim=64),
-    "tiny": dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
-                 num_kv_heads=2, head_dim=16),
-}
+from _shapes import LLAMA3_ROPE, SIZES  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+
 # Peak dense bf16 FLOP/s by device_kind substring, first match wins (spec sheets, no sparsity).
 PEAK_FLOPS = (
     ("H100 PCIe", 756e12),
