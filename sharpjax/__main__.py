@@ -9,6 +9,7 @@ the evaluation of each, and a results table. Nothing is downloaded.
 from __future__ import annotations
 
 import argparse
+import logging
 
 from sharpjax.reproduce import DEFAULT_MODES, ReproduceSettings, parse_seeds, run
 
@@ -23,6 +24,9 @@ def main(argv=None) -> None:
     parser.add_argument("--test-problems", type=int, default=None, help="held-out problems (default 100; quick 16)")
     parser.add_argument("--eval-samples", type=int, default=None, help="samples per problem (default 16; quick 4)")
     args = parser.parse_args(argv)
+    # Progress of the SFT and training loops; libraries (orbax, jax) stay at WARNING.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("sharpjax").setLevel(logging.INFO)
     quick = args.quick
     settings = ReproduceSettings(
         size="quick" if quick else "default",
