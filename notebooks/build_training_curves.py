@@ -57,6 +57,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 from IPython.display import Markdown, display
+from matplotlib.ticker import MaxNLocator
 
 from sharpjax.train.metrics_log import read_metrics
 
@@ -109,14 +110,14 @@ def load_run(run_dir):
         missing("runs", f"{run_dir.name}/config.json")
     try:
         records = read_metrics(run_dir)
-    except Exception as err:  # noqa: BLE001: a broken log is reported, not fatal
+    except Exception as err:  # noqa: BLE001  (a broken log is reported, not fatal)
         missing("runs", f"{run_dir.name}/metrics.jsonl unreadable ({type(err).__name__}: {err})")
         records = []
     train = [r for r in records if not any(k.startswith("val/") for k in r)]
     val = [r for r in records if any(k.startswith("val/") for k in r)]
     ignore_eos = bool((config.get("rollout") or {}).get("ignore_eos", False))
-    return dict(name=run_dir.name, mode=mode, seed=seed, dir=run_dir, config=config,
-                train=train, val=val, ignore_eos=ignore_eos)
+    return {"name": run_dir.name, "mode": mode, "seed": seed, "dir": run_dir, "config": config,
+            "train": train, "val": val, "ignore_eos": ignore_eos}
 
 
 run_root = RUNS_DIR / "runs" if (RUNS_DIR / "runs").is_dir() else RUNS_DIR
@@ -180,7 +181,11 @@ def plot_modes(ax, key, where, *, kind="train", runs=None, label_suffix="", ls="
     return len(absent) < len({r["mode"] for r in runs})
 
 
-def finish(ax, xlabel, ylabel, title, has_data=True):
+def finish(ax, xlabel, ylabel, title, has_data=True, accuracy=False):
+    if xlabel == "step":
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if accuracy and has_data:  # a fraction: from 0, and no autoscaled axis around a flat 0
+        ax.set_ylim(-0.02, min(1.02, max(0.1, 1.1 * ax.get_ylim()[1])))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -213,7 +218,7 @@ for ax, key in zip(axes[0], panels):
     kind = "train" if key == "reward/task" else "val"
     has = plot_modes(ax, key, "fig 1", kind=kind)
     title = f"validation pass@1 ({key.split('/')[1]})" if kind == "val" else "rollout accuracy (reward/task)"
-    finish(ax, "step", key, title, has)
+    finish(ax, "step", key, title, has, accuracy=True)
 fig.tight_layout()
 save(fig, "val_pass1")"""
     ),
@@ -258,7 +263,7 @@ else:
             for which, ls in (("last", "-"), ("best", "--")):
                 evals = [row[which] for row in mode_rows if isinstance(row.get(which), dict)]
                 if not evals:
-                    if which == "last" and prefix == "pass":
+                    if which == "last" and prefix == "pass" and any(r["mode"] == mode for r in NORMAL):
                         missing("fig 2", f"the last checkpoint's evaluation of {mode}")
                     continue
                 ks, vals = metric_curve(evals, prefix)
@@ -271,7 +276,8 @@ else:
             ax.set_xscale("log", base=2)
             ax.set_xticks(all_ks, [str(k) for k in all_ks])
             ax.minorticks_off()
-        finish(ax, "k (samples per problem)", f"{prefix}@k", f"{prefix}@k, held-out test problems", plotted)
+        finish(ax, "k (samples per problem)", f"{prefix}@k", f"{prefix}@k, held-out test problems", plotted,
+               accuracy=True)
     fig.tight_layout()
     save(fig, "pass_at_k")"""
     ),
@@ -297,8 +303,9 @@ save(fig, "length")"""
     new_markdown_cell(
         """## 4. Distance from the base model and the base model's likelihood of the samples
 
-`kl_to_base`: the KL divergence of the policy from the base model on its own samples (per
-response). `reward/ref_logp_sum`: $\\log \\pi_\\text{ref}(y)$ of the rollouts, the quantity the
+`kl_to_base`: the KL divergence of the policy from the base model per response, estimated on
+the policy's own samples as the mean of $\\log \\pi(y) - \\log \\pi_\\text{ref}(y)$ (noisy; it can dip
+below 0). `reward/ref_logp_sum`: $\\log \\pi_\\text{ref}(y)$ of the rollouts, the quantity the
 sharpening rewards push up; the third panel divides it by the length (per-token log-likelihood),
 separating "more likely tokens" from "fewer tokens"."""
     ),
@@ -378,10 +385,9 @@ else:
     for key in sorted({reward_key(r) for r in FIXED}):
         fixed = [r for r in FIXED if reward_key(r) == key]
         normal = [r for r in NORMAL if reward_key(r) == key]
-        label = fixed[0]["mode"]
         if not normal:
-            missing("fig 6", f"a normal run with the reward of the fixed-length run {label} ({key})")
-        pairs.append((label, normal, fixed))
+            missing("fig 6", f"a normal run with the reward of the fixed-length run {fixed[0]['mode']} ({key})")
+        pairs.append((normal, fixed))
     val_key = next((k for k in ("val/arithmetic/pass@1",) + tuple(val_keys)
                     if any(k in rec for r in FIXED for rec in r["val"])), None)
     panels = [(val_key, "val", "validation pass@1")] if val_key else []
@@ -390,17 +396,18 @@ else:
     fig, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels), 4), squeeze=False)
     for ax, (key, kind, title) in zip(axes[0], panels):
         has = False
-        for i, (label, normal, fixed) in enumerate(pairs):
+        for i, (normal, fixed) in enumerate(pairs):
             color = plt.cm.tab10(i % 10)
             for runs, ls, suffix in ((normal, "-", ""), (fixed, "--", " (fixed length)")):
                 stats = seed_stats(runs, key, kind)
                 if stats is None:
                     continue
-                ax.plot(stats[0], stats[1], ls, color=color, label=label + suffix)
+                ax.plot(stats[0], stats[1], ls, color=color, label=runs[0]["mode"] + suffix,
+                        marker="x" if ls == "--" else None, ms=4)
                 if len(runs) > 1:
                     ax.fill_between(stats[0], stats[2], stats[3], color=color, alpha=0.12, lw=0)
                 has = True
-        finish(ax, "step", key, title, has)
+        finish(ax, "step", key, title, has, accuracy=key == val_key)
     fig.tight_layout()
     save(fig, "fixed_length")
     print(f"{len(FIXED)} fixed-length run(s): {', '.join(r['name'] for r in FIXED)}")"""
