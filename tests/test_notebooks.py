@@ -43,3 +43,66 @@ def test_closed_forms_notebook(tmp_path, monkeypatch):
     # The gradient-ascent paths under the objective and under sharpjax's expected loss agree.
     rel = [float(x) for x in re.findall(r"max relative difference of the two paths (\S+)", stdout)]
     assert len(rel) == 4 and max(rel) < 1e-9, stdout
+
+
+def _sft_cache_dir(request, tmp_path):
+    """The quick base model is trained once (~1 min) and kept in pytest's cache between sessions.
+
+    sharpjax's SFT cache checks that the stored model's config matches, so a stale entry is retrained.
+    Without the cache plugin (-p no:cacheprovider) it goes to tmp_path, trained every time.
+    """
+    cache = getattr(request.config, "cache", None)
+    return str(cache.mkdir("sharpjax_sft")) if cache is not None else str(tmp_path / "sft_cache")
+
+
+def test_training_curves_notebook(tmp_path, monkeypatch, request):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("matplotlib")
+    pytest.importorskip("ipykernel")
+    import json
+
+    from sharpjax.reproduce import ReproduceSettings, run
+
+    monkeypatch.setenv("SHARPJAX_CACHE_DIR", _sft_cache_dir(request, tmp_path))
+    runs_dir = tmp_path / "runs_main"
+    run(str(runs_dir), ReproduceSettings(size="quick", modes=("task", "power-a2"), seeds=(0,), test_problems=8,
+                                         eval_samples=4), progress=False)
+    assert (runs_dir / "results.json").is_file() and (runs_dir / "runs" / "task_seed0" / "metrics.jsonl").is_file()
+    # A fixed-length run (figure 6): a copy of the task run with rollout.ignore_eos set.
+    fixed = runs_dir / "runs" / "task-fixed_seed0"
+    shutil.copytree(runs_dir / "runs" / "task_seed0", fixed, ignore=shutil.ignore_patterns("checkpoints", "export"))
+    config = json.loads((fixed / "config.json").read_text())
+    config["rollout"]["ignore_eos"] = True
+    (fixed / "config.json").write_text(json.dumps(config))
+    # A run with keys and files missing: reported, not fatal.
+    partial = runs_dir / "runs" / "likelihood_seed0"
+    partial.mkdir()
+    lines = (runs_dir / "runs" / "power-a2_seed0" / "metrics.jsonl").read_text().splitlines()
+    stripped = [{k: v for k, v in json.loads(line).items() if k not in ("advantage_std", "kl_to_base")}
+                for line in lines]
+    (partial / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in stripped))
+
+    notebook = tmp_path / "training_curves.ipynb"
+    shutil.copy(os.path.join(NOTEBOOKS, "training_curves.ipynb"), notebook)
+    monkeypatch.setenv("SHARPJAX_RUNS_DIR", str(runs_dir))
+    monkeypatch.delenv("SHARPJAX_FIGURE_DIR", raising=False)
+    monkeypatch.setenv("PYTHONPATH", ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    nb = nbformat.read(notebook, as_version=4)
+    nbclient.NotebookClient(
+        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
+
+    for name in ("val_pass1", "pass_at_k", "length", "kl_loglik", "instability", "fixed_length"):
+        png = tmp_path / "figures" / f"training_curves_{name}.png"
+        assert png.is_file() and png.stat().st_size > 10_000, png
+    stdout = "".join(
+        out.get("text", "") for cell in nb.cells if cell.cell_type == "code" for out in cell.get("outputs", [])
+    )
+    assert f"runs dir: {runs_dir}" in stdout
+    assert "1 fixed-length run(s): task-fixed_seed0" in stdout
+    assert "likelihood_seed0/config.json" in stdout
+    assert "'advantage_std' or 'response_length' in the train records of likelihood" in stdout
+    assert "'kl_to_base' in the train records of likelihood" in stdout
+    assert "| power-a2 |" in stdout  # the results table
