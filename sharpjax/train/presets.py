@@ -13,8 +13,10 @@ from sharpjax.train.config import reward_preset
 RL_SIZES = {
     "quick": dict(steps=4, prompts_per_step=4, samples_per_prompt=4, eval_every=2, num_validation_problems=8,
                   eval_samples=2, lr=3e-4),
-    "default": dict(steps=40, prompts_per_step=16, samples_per_prompt=8, eval_every=10, num_validation_problems=64,
-                    eval_samples=4, lr=1e-4),
+    # lr: on the task reward, 5e-5 x 80 steps gave +3.1 points of held-out pass@1, 1e-4 x 80 +2.2,
+    # 1e-4 x 40 +0.5; 3e-4 and 1e-3 x 40 destroyed the model (0.41, 0.02 from 0.51).
+    "default": dict(steps=80, prompts_per_step=16, samples_per_prompt=8, eval_every=20, num_validation_problems=64,
+                    eval_samples=4, lr=5e-5),
 }
 
 
