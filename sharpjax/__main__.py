@@ -18,7 +18,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny sizes for CI: plumbing only, numbers mean little")
     parser.add_argument("--workdir", default="runs/main", help="where runs, results.md and results.json go")
-    parser.add_argument("--seeds", default="1", help="a count (3: seeds 0,1,2) or a comma list (0,5)")
+    parser.add_argument("--seeds", default="1", help="a count (3: seeds 0,1,2) or a comma list (0,5; one seed: 2,)")
     parser.add_argument("--modes", default=",".join(DEFAULT_MODES),
                         help="reward presets: task, likelihood, power-a<alpha>, tilted-a<alpha>-b<beta_inv>")
     parser.add_argument("--test-problems", type=int, default=None, help="held-out problems (default 100; quick 16)")
@@ -31,11 +31,18 @@ def main(argv=None) -> None:
     settings = ReproduceSettings(
         size="quick" if quick else "default",
         modes=tuple(m for m in args.modes.split(",") if m),
-        seeds=tuple(parse_seeds(args.seeds)),
+        seeds=tuple(_seeds(parser, args.seeds)),
         test_problems=args.test_problems or (16 if quick else 100),
         eval_samples=args.eval_samples or (4 if quick else 16),
     )
     run(args.workdir, settings)
+
+
+def _seeds(parser, value):
+    try:
+        return parse_seeds(value)
+    except ValueError as e:
+        parser.error(str(e))
 
 
 if __name__ == "__main__":

@@ -161,4 +161,11 @@ def results_markdown(results: dict) -> str:
 
 
 def parse_seeds(value: str) -> Sequence[int]:
-    return tuple(range(int(value))) if value.isdigit() else tuple(int(s) for s in value.split(","))
+    """"3" -> seeds 0, 1, 2; "5," or "0,5" -> exactly those seeds."""
+    try:
+        seeds = tuple(range(int(value))) if value.isdigit() else tuple(int(s) for s in value.split(",") if s.strip())
+    except ValueError:
+        seeds = ()
+    if not seeds:
+        raise ValueError(f"--seeds {value!r}: give a positive count (3) or a comma list of seeds (0,5 or 2,).")
+    return seeds
