@@ -15,11 +15,11 @@ figures are `training_curves_*.png`. Missing files or metric keys are reported, 
 
 from __future__ import annotations
 
-import argparse
 import os
 
+import _build  # noqa: E402  (notebooks/ is on sys.path when run as a script)
 import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+from nbformat.v4 import new_code_cell, new_markdown_cell
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 NOTEBOOK = os.path.join(HERE, "training_curves.ipynb")
@@ -444,24 +444,11 @@ print("figures:", ", ".join(sorted(p.name for p in FIG_DIR.glob("training_curves
 
 
 def build() -> nbformat.NotebookNode:
-    nb = new_notebook(cells=CELLS)
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nb.metadata["language_info"] = {"name": "python"}
-    return nb
+    return _build.build(CELLS)
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--execute", action="store_true", help="run it (cwd notebooks/) and store the outputs")
-    parser.add_argument("--timeout", type=int, default=600, help="seconds per cell")
-    args = parser.parse_args()
-    nb = build()
-    if args.execute:
-        from nbclient import NotebookClient
-
-        NotebookClient(nb, timeout=args.timeout, kernel_name="python3", resources={"metadata": {"path": HERE}}).execute()
-    nbformat.write(nb, NOTEBOOK)
-    print(f"wrote {NOTEBOOK}")
+    _build.main(CELLS, NOTEBOOK, __doc__, default_timeout=600)
 
 
 if __name__ == "__main__":

@@ -15,23 +15,28 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOKS = os.path.join(ROOT, "notebooks")
 
 
-def test_closed_forms_notebook(tmp_path, monkeypatch):
+def execute_copy(name: str, tmp_path, monkeypatch):
+    """Runs a copy of notebooks/<name> in tmp_path (figures land in tmp_path/figures); returns it."""
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     pytest.importorskip("matplotlib")
     pytest.importorskip("ipykernel")
-    notebook = tmp_path / "closed_forms.ipynb"
-    shutil.copy(os.path.join(NOTEBOOKS, "closed_forms.ipynb"), notebook)
+    notebook = tmp_path / name
+    shutil.copy(os.path.join(NOTEBOOKS, name), notebook)
     # The kernel is a child process: it inherits this environment.
-    monkeypatch.setenv("SHARPJAX_NOTEBOOK_QUICK", "1")
     monkeypatch.delenv("SHARPJAX_FIGURE_DIR", raising=False)
     monkeypatch.setenv("PYTHONPATH", ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
-
     nb = nbformat.read(notebook, as_version=4)
     nbclient.NotebookClient(
         nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
     ).execute()
+    return nb
+
+
+def test_closed_forms_notebook(tmp_path, monkeypatch):
+    monkeypatch.setenv("SHARPJAX_NOTEBOOK_QUICK", "1")
+    nb = execute_copy("closed_forms.ipynb", tmp_path, monkeypatch)
 
     for name in ("power", "convergence", "length"):
         png = tmp_path / "figures" / f"closed_forms_{name}.png"
@@ -56,10 +61,7 @@ def _sft_cache_dir(request, tmp_path):
 
 
 def test_training_curves_notebook(tmp_path, monkeypatch, request):
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
-    pytest.importorskip("matplotlib")
-    pytest.importorskip("ipykernel")
+    pytest.importorskip("nbclient")
     import json
 
     from sharpjax.reproduce import ReproduceSettings, run
@@ -83,16 +85,8 @@ def test_training_curves_notebook(tmp_path, monkeypatch, request):
                 for line in lines]
     (partial / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in stripped))
 
-    notebook = tmp_path / "training_curves.ipynb"
-    shutil.copy(os.path.join(NOTEBOOKS, "training_curves.ipynb"), notebook)
     monkeypatch.setenv("SHARPJAX_RUNS_DIR", str(runs_dir))
-    monkeypatch.delenv("SHARPJAX_FIGURE_DIR", raising=False)
-    monkeypatch.setenv("PYTHONPATH", ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
-    nb = nbformat.read(notebook, as_version=4)
-    nbclient.NotebookClient(
-        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
-    ).execute()
+    nb = execute_copy("training_curves.ipynb", tmp_path, monkeypatch)
 
     for name in ("val_pass1", "pass_at_k", "length", "kl_loglik", "instability", "fixed_length"):
         png = tmp_path / "figures" / f"training_curves_{name}.png"
