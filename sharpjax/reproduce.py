@@ -29,7 +29,7 @@ from sharpjax.train.loop import train
 from sharpjax.train.metrics_log import read_metrics
 from sharpjax.train.presets import arithmetic_rl_config
 from sharpjax.train.resolve import resolve_model_dir
-from sharpjax.train.tasks import _difficulty
+from sharpjax.train.tasks import arithmetic_difficulty
 
 DEFAULT_MODES = ("task", "likelihood", "power-a2", "power-a4", "tilted-a4-b10")
 TEST_SEED = 777_777  # held-out problems: disjoint from SFT (seed 0..), RL train and validation seeds
@@ -83,7 +83,7 @@ def run(workdir: str, settings: ReproduceSettings = ReproduceSettings(), *, prog
     say = print if progress else (lambda *a, **k: None)
     say(f"[1/4] base model: sft:{settings.size} (trained once, then cached)")
     base_dir = resolve_model_dir(f"sft:{settings.size}")
-    difficulty = _difficulty("auto", base_dir)
+    difficulty = arithmetic_difficulty("auto", base_dir)
     problems = arithmetic.generate_problems(settings.test_problems, seed=TEST_SEED, difficulty=difficulty, split="test")
     key = jax.random.key(TEST_SEED)
 

@@ -16,8 +16,9 @@ import json
 import logging
 import os
 import signal
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -27,7 +28,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from sharpjax.models.hf import load_model, save_model
 from sharpjax.models.sharding import BATCH_AXES, make_mesh, param_shardings, put_global, shard_params, to_host
-from sharpjax.models.tokenizer import load_tokenizer
+from sharpjax.models.tokenizer import bucket_length, load_tokenizer
 from sharpjax.rollout.sampler import SamplingConfig, sample
 from sharpjax.rollout.text import decode_responses, encode_prompts
 from sharpjax.train.checkpoint import Checkpointer, abstract_like
@@ -35,7 +36,6 @@ from sharpjax.train.config import ConfigError, RunConfig
 from sharpjax.train.metrics_log import MetricsLogger, format_metrics
 from sharpjax.train.step import (
     StepConfig,
-    TrainState,
     cast_params,
     compute_rewards,
     init_train_state,
@@ -62,14 +62,14 @@ class TrainResult:
 
 
 class _StopFlag:
-    """Set by SIGTERM/SIGINT so the loop checkpoints and exits at the next step boundary."""
+    """Set by SIGTERM so the loop checkpoints and exits at the next step boundary."""
 
     def __init__(self):
         self.signum: int | None = None
         self._previous: dict[int, Any] = {}
 
     def __enter__(self):
-        if threading_is_main():
+        if threading.current_thread() is threading.main_thread():  # signal handlers: main thread only
             for sig in (signal.SIGTERM,):
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
@@ -81,12 +81,6 @@ class _StopFlag:
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
-
-
-def threading_is_main() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
 
 
 def maybe_initialize_distributed() -> bool:
@@ -256,7 +250,8 @@ class Trainer:
 
         lengths = to_host(rollout.lengths)
         rewards = to_host(scored.rewards)
-        metrics = {k_: float(v) for k_, v in {**scored.metrics, **step_metrics}.items()}
+        # One transfer for every scalar (float() on each would sync once per metric).
+        metrics = {k_: float(v) for k_, v in jax.device_get({**scored.metrics, **step_metrics}).items()}
         num_response_tokens = float(lengths.sum())
         metrics |= {
             "response_length": float(lengths.mean()),
@@ -285,7 +280,7 @@ class Trainer:
         for i, (name, problems) in enumerate(self.task.validation.items()):
             prompt_len = max(len(self.tokenizer(self.task.render(p.problem), add_special_tokens=False)["input_ids"]) for p in problems)
             sampling = dataclasses.replace(
-                _sampling(self.config, self.model, self.tokenizer, _bucket(prompt_len, self.config), eval=True),
+                _sampling(self.config, self.model, self.tokenizer, bucket_length(prompt_len, self.config.rollout.prompt_buckets), eval=True),
                 num_samples=self.config.eval.num_samples,
             )
             result = evaluate(
@@ -359,12 +354,6 @@ class Trainer:
             print(format_metrics(step, metrics, keys=keys), flush=True)
 
 
-def _bucket(length: int, config: RunConfig) -> int:
-    from sharpjax.models.tokenizer import bucket_length
-
-    return bucket_length(length, config.rollout.prompt_buckets)
-
-
 def _is_number(v) -> bool:
     return isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool)
 
@@ -379,5 +368,3 @@ def train(
         json.dump(trainer.config_dict, f, indent=2, default=str)
     return trainer.run(stop_after=stop_after)
 
-
-ScoreFn = Callable[[list[str], list[str]], np.ndarray]

@@ -59,7 +59,7 @@ def build_task(config: RunConfig, tokenizer) -> Task:
         from sharpjax.models.tokenizer import render_chat
         from sharpjax.tasks import arithmetic
 
-        difficulty = _difficulty(data.difficulty, config.model_dir)
+        difficulty = arithmetic_difficulty(data.difficulty, config.model_dir)
         train = arithmetic.generate_problems(
             data.num_train_problems, seed=config.train.seed, difficulty=difficulty, split="train"
         )
@@ -76,7 +76,7 @@ def build_task(config: RunConfig, tokenizer) -> Task:
     raise ConfigError(f"config.data.task={data.task!r} must be 'math' or 'arithmetic'.")
 
 
-def _difficulty(name: str, model_dir: str):
+def arithmetic_difficulty(name: str, model_dir: str):
     """"auto": the difficulty the base model was trained on (its sft_info.json), else the default."""
     import json
     import os
@@ -90,6 +90,6 @@ def _difficulty(name: str, model_dir: str):
         if os.path.exists(info_path):
             with open(info_path) as f:
                 fields = json.load(f)["config"]["difficulty"]
-            return Difficulty(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+            return Difficulty.from_dict(fields)
         return Difficulty()
     raise ConfigError(f"config.data.difficulty={name!r} must be 'auto' (from the base model's sft_info.json) or 'default'.")

@@ -86,7 +86,6 @@ def test_bad_configs_name_the_field(tiny_model_dir, overrides, message):
     c = tiny_config(tiny_model_dir)
     for dotted, value in overrides.items():
         section, leaf = dotted.split("__")
-        c[section].unlock() if hasattr(c[section], "unlock") else None
         c[section][leaf] = value
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         RunConfig.from_config_dict(c)
