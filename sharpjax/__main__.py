@@ -25,7 +25,7 @@ def main(argv=None) -> None:
     parser.add_argument("--eval-samples", type=int, default=None, help="samples per problem (default 16; quick 4)")
     args = parser.parse_args(argv)
     # Progress of the SFT and training loops; libraries (orbax, jax) stay at WARNING.
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", force=True)
     logging.getLogger("sharpjax").setLevel(logging.INFO)
     quick = args.quick
     settings = ReproduceSettings(
