@@ -4,6 +4,9 @@ Runs the small-scale reproduction on the CPU (`sharpjax.reproduce`): the project
 arithmetic base model (trained once and cached), its evaluation, RL from it with each reward
 of the family (task, likelihood maximization, power sampling alpha=2 and 4, tilted sampling),
 the evaluation of each, and a results table. Nothing is downloaded.
+
+Rerunning the same command continues an interrupted job: finished runs are reused, an
+interrupted run resumes from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -11,7 +14,8 @@ from __future__ import annotations
 import argparse
 import logging
 
-from sharpjax.reproduce import DEFAULT_MODES, ReproduceSettings, parse_seeds, run
+from sharpjax.reproduce import DEFAULT_MODES, ReproduceSettings, parse_mode, parse_seeds, run
+from sharpjax.train.config import ConfigError
 
 
 def main(argv=None) -> None:
@@ -20,17 +24,24 @@ def main(argv=None) -> None:
     parser.add_argument("--workdir", default="runs/main", help="where runs, results.md and results.json go")
     parser.add_argument("--seeds", default="1", help="a count (3: seeds 0,1,2) or a comma list (0,5; one seed: 2,)")
     parser.add_argument("--modes", default=",".join(DEFAULT_MODES),
-                        help="reward presets: task, likelihood, power-a<alpha>, tilted-a<alpha>-b<beta_inv>")
+                        help="reward presets: task, likelihood, power-a<alpha>, tilted-a<alpha>-b<beta_inv>; "
+                        "a ':fixed' suffix (likelihood:fixed) makes a fixed-length (ignore-EOS) run")
     parser.add_argument("--test-problems", type=int, default=None, help="held-out problems (default 100; quick 16)")
     parser.add_argument("--eval-samples", type=int, default=None, help="samples per problem (default 16; quick 4)")
     args = parser.parse_args(argv)
     # Progress of the SFT and training loops; libraries (orbax, jax) stay at WARNING.
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", force=True)
     logging.getLogger("sharpjax").setLevel(logging.INFO)
+    modes = tuple(m for m in args.modes.split(",") if m)
+    for mode in modes:
+        try:
+            parse_mode(mode)
+        except ConfigError as e:
+            parser.error(f"--modes: {e}")
     quick = args.quick
     settings = ReproduceSettings(
         size="quick" if quick else "default",
-        modes=tuple(m for m in args.modes.split(",") if m),
+        modes=modes,
         seeds=tuple(_seeds(parser, args.seeds)),
         test_problems=args.test_problems or (16 if quick else 100),
         eval_samples=args.eval_samples or (4 if quick else 16),

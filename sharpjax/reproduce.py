@@ -24,7 +24,7 @@ from sharpjax.models.hf import load_model
 from sharpjax.models.tokenizer import load_tokenizer, render_chat
 from sharpjax.rollout.sampler import SamplingConfig
 from sharpjax.tasks import arithmetic
-from sharpjax.train.config import RunConfig
+from sharpjax.train.config import ConfigError, RunConfig, reward_preset
 from sharpjax.train.loop import train
 from sharpjax.train.metrics_log import read_metrics
 from sharpjax.train.presets import arithmetic_rl_config
@@ -34,6 +34,8 @@ from sharpjax.train.tasks import arithmetic_difficulty
 DEFAULT_MODES = ("task", "likelihood", "power-a2", "power-a4", "tilted-a4-b10")
 TEST_SEED = 777_777  # held-out problems: disjoint from SFT (seed 0..), RL train and validation seeds
 KS = (1, 2, 4, 8, 16)
+FIXED_LENGTH = 48  # tokens per training response of a ':fixed' run; the SFT model's answers are ~24
+ROW_FILE = "reproduce_eval.json"  # a finished run's evaluation, reused when the job is run again
 TABLE_KEYS = ("pass@1", "pass@4", "pass@16", "maj@16", "mean_length", "no_answer_rate")
 
 
@@ -62,6 +64,19 @@ def _evaluate_dir(model_dir: str, problems, settings: ReproduceSettings, key) ->
     return {k: float(v) for k, v in result.summary.items() if isinstance(v, (int, float))}
 
 
+def parse_mode(mode: str) -> tuple[str, bool]:
+    """"likelihood" -> ("likelihood", False); "likelihood:fixed" -> ("likelihood", True): ignore-EOS rollouts."""
+    preset, _, suffix = mode.partition(":")
+    if suffix not in ("", "fixed"):
+        raise ConfigError(f"mode {mode!r}: the only suffix is ':fixed' (fixed-length, ignore-EOS rollouts).")
+    reward_preset(preset)  # raises on an unknown preset, naming the valid ones
+    return preset, suffix == "fixed"
+
+
+def run_name(mode: str, seed: int) -> str:
+    return f"{mode.replace(':', '-')}_seed{seed}"
+
+
 def _training_trends(workdir: str) -> dict[str, float]:
     """First vs last few steps of the quantities the paper's argument is about."""
     records = [r for r in read_metrics(workdir) if "reward/reward" in r]
@@ -78,6 +93,8 @@ def _training_trends(workdir: str) -> dict[str, float]:
 
 def run(workdir: str, settings: ReproduceSettings = ReproduceSettings(), *, progress: bool = True) -> dict:
     """Runs the whole pipeline; returns (and writes to workdir/results.json) the results."""
+    for mode in settings.modes:  # fail on a typo now, not after the SFT and the first runs
+        parse_mode(mode)
     os.makedirs(workdir, exist_ok=True)
     t0 = time.perf_counter()
     say = print if progress else (lambda *a, **k: None)
@@ -94,18 +111,29 @@ def run(workdir: str, settings: ReproduceSettings = ReproduceSettings(), *, prog
 
     say(f"[3/4] RL: {len(settings.modes)} reward modes x {len(settings.seeds)} seeds")
     for mode in settings.modes:
+        preset, fixed_length = parse_mode(mode)
         for seed in settings.seeds:
-            name = f"{mode}_seed{seed}"
-            config = arithmetic_rl_config(settings.size, mode)
-            config.model_dir = base_dir
-            config.train.seed = seed
+            name = run_name(mode, seed)
             run_dir = os.path.join(workdir, "runs", name)
-            say(f"  -- {name}: reward {dict(config.reward)}")
-            out = train(RunConfig.from_config_dict(config), run_dir, progress=progress)
-            row = {"workdir": run_dir, "best_step": out.best_step, **_training_trends(run_dir)}
-            for which in ("last", "best"):
-                if which in out.export_dirs:
-                    row[which] = _evaluate_dir(out.export_dirs[which], problems, settings, key)
+            row = _finished_row(run_dir, results, settings)
+            if row is not None:
+                say(f"  -- {name}: already trained and evaluated in {run_dir}; reusing it")
+            else:
+                config = arithmetic_rl_config(settings.size, preset)
+                config.model_dir = base_dir
+                config.train.seed = seed
+                if fixed_length:  # every training response exactly FIXED_LENGTH tokens, EOS or not
+                    config.rollout.ignore_eos = True
+                    config.rollout.max_new_tokens = FIXED_LENGTH
+                say(f"  -- {name}: reward {dict(config.reward)}{', fixed length' if fixed_length else ''}")
+                # Resumes from the run's checkpoints if an earlier invocation was interrupted.
+                out = train(RunConfig.from_config_dict(config), run_dir, progress=progress)
+                row = {"workdir": run_dir, "best_step": out.best_step, **_training_trends(run_dir)}
+                for which in ("last", "best"):
+                    if which in out.export_dirs:
+                        row[which] = _evaluate_dir(out.export_dirs[which], problems, settings, key)
+                with open(os.path.join(run_dir, ROW_FILE), "w") as f:
+                    json.dump({"eval_settings": _eval_identity(results, settings), "row": row}, f, indent=2)
             results["runs"][name] = row
             say(f"     last: pass@1 {row['last']['pass@1']:.3f}, length {row['last']['mean_length']:.1f}, "
                 f"KL to base {row.get('kl_to_base_last', float('nan')):.2f}")
@@ -125,11 +153,28 @@ def run(workdir: str, settings: ReproduceSettings = ReproduceSettings(), *, prog
     return results
 
 
+
+
+def _eval_identity(results: dict, settings: ReproduceSettings) -> dict:
+    """What a run's evaluation depends on besides the run: reuse a saved row only if all of it matches."""
+    return {"base_model": results["base_model"], "size": settings.size, "test_problems": settings.test_problems,
+            "eval_samples": settings.eval_samples, "max_new_tokens": settings.max_new_tokens}
+
+
+def _finished_row(run_dir: str, results: dict, settings: ReproduceSettings) -> dict | None:
+    path = os.path.join(run_dir, ROW_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        saved = json.load(f)
+    return saved["row"] if saved.get("eval_settings") == _eval_identity(results, settings) else None
+
+
 def summarize_runs(results: dict, settings: ReproduceSettings) -> dict[str, dict[str, tuple[float, float]]]:
     """mode -> metric -> (mean, std) over seeds of the last checkpoint's evaluation and trends."""
     summary = {}
     for mode in settings.modes:
-        rows = [results["runs"][f"{mode}_seed{s}"] for s in settings.seeds]
+        rows = [results["runs"][run_name(mode, s)] for s in settings.seeds]
         metrics = {}
         for k in TABLE_KEYS:
             vals = [r["last"][k] for r in rows if k in r["last"]]

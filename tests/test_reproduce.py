@@ -13,7 +13,7 @@ import os
 
 import pytest
 
-from sharpjax.reproduce import ReproduceSettings, run
+from sharpjax.reproduce import FIXED_LENGTH, ReproduceSettings, run
 
 
 @pytest.fixture(autouse=True)
@@ -57,3 +57,33 @@ def test_default_pipeline_task_reward_improves_accuracy(tmp_path):
     # Same prompts and sampling keys at the last steps: the base model likes likelihood's samples more.
     assert lik["base_loglik_last"] > task["base_loglik_last"]
     assert lik["kl_to_base_last"] > lik["kl_to_base_first"] > 0
+
+
+def test_fixed_length_run_and_rerun_reuses_finished_runs(tmp_path, monkeypatch):
+    settings = ReproduceSettings(size="quick", modes=("likelihood:fixed",), seeds=(0,), test_problems=4,
+                                 eval_samples=2)
+    first = run(str(tmp_path), settings, progress=False)
+    fixed = first["runs"]["likelihood-fixed_seed0"]
+    config = json.loads((tmp_path / "runs" / "likelihood-fixed_seed0" / "config.json").read_text())
+    assert config["rollout"]["ignore_eos"] is True
+    # Ignoring EOS, every training response runs to the token budget: the length cannot move.
+    assert fixed["train_length_first"] == fixed["train_length_last"] == FIXED_LENGTH
+
+    # A rerun of the same command trains nothing again: it reads the finished run's saved evaluation.
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr("sharpjax.reproduce.train", no_training)
+    again = run(str(tmp_path), settings, progress=False)
+    assert again["runs"]["likelihood-fixed_seed0"] == fixed
+    assert again["summary"] == first["summary"]
+
+
+def test_unknown_mode_fails_before_any_work(tmp_path):
+    from sharpjax.train.config import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown reward preset 'taks'"):
+        run(str(tmp_path), ReproduceSettings(size="quick", modes=("task", "taks")), progress=False)
+    with pytest.raises(ConfigError, match="':fixed'"):
+        run(str(tmp_path), ReproduceSettings(size="quick", modes=("likelihood:fixd",)), progress=False)
+    assert not (tmp_path / "runs").exists()
