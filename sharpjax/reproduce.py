@@ -98,8 +98,9 @@ def run(workdir: str, settings: ReproduceSettings = ReproduceSettings(), *, prog
     os.makedirs(workdir, exist_ok=True)
     t0 = time.perf_counter()
     say = print if progress else (lambda *a, **k: None)
-    say(f"[1/4] base model: sft:{settings.size} (trained once, then cached)")
-    base_dir = resolve_model_dir(f"sft:{settings.size}")
+    base_name = arithmetic_rl_config(settings.size).model_dir
+    say(f"[1/4] base model: {base_name} (trained once, then cached)")
+    base_dir = resolve_model_dir(base_name)
     difficulty = arithmetic_difficulty("auto", base_dir)
     problems = arithmetic.generate_problems(settings.test_problems, seed=TEST_SEED, difficulty=difficulty, split="test")
     key = jax.random.key(TEST_SEED)

@@ -87,3 +87,24 @@ def test_unknown_mode_fails_before_any_work(tmp_path):
     with pytest.raises(ConfigError, match="':fixed'"):
         run(str(tmp_path), ReproduceSettings(size="quick", modes=("likelihood:fixd",)), progress=False)
     assert not (tmp_path / "runs").exists()
+
+
+def test_main_job_command_line(monkeypatch, capsys):
+    import sharpjax.__main__ as main_job
+
+    calls = []
+    monkeypatch.setattr(main_job, "run", lambda workdir, settings: calls.append((workdir, settings)))
+    main_job.main(["--quick", "--seeds", "2", "--modes", "task,likelihood:fixed", "--workdir", "w"])
+    workdir, settings = calls[-1]
+    assert workdir == "w" and settings.size == "quick" and settings.seeds == (0, 1)
+    assert settings.modes == ("task", "likelihood:fixed") and (settings.test_problems, settings.eval_samples) == (16, 4)
+    main_job.main(["--size", "large"])
+    assert calls[-1][1].size == "large" and calls[-1][1].test_problems == 500
+    for bad, message in ((["--modes", "task,taks"], "unknown reward preset 'taks'"),
+                         (["--test-problems", "0"], "positive integer"),
+                         (["--seeds", "x"], "--seeds 'x'"),
+                         (["--size", "huge"], "invalid choice")):
+        with pytest.raises(SystemExit):
+            main_job.main(bad)
+        assert message in capsys.readouterr().err
+    assert len(calls) == 2

@@ -34,10 +34,12 @@ def test_every_paper_run_is_a_valid_config():
     assert qwen3.data.validation == ("aime24",)
 
 
-@pytest.mark.parametrize("size", ["quick", "default"])
+@pytest.mark.parametrize("size", ["quick", "default", "large"])
 def test_small_scale_configs_are_valid(size):
     run = RunConfig.from_config_dict(_load("rl_arithmetic").get_config(f"{size}:power-a4"))
     assert run.data.task == "arithmetic" and run.reward.alpha == 4.0
+    assert run.model_dir == ("sft:quick" if size == "quick" else "sft:default")
+    run.check_against(context_length=256, num_devices=1, prompt_length=max(run.rollout.prompt_buckets))
 
 
 def test_reward_presets():
