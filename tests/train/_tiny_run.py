@@ -5,7 +5,6 @@ config; with JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID set, e
 it as one member of a `jax.distributed` job.
 """
 
-import os
 import sys
 
 import jax

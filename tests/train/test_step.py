@@ -7,7 +7,6 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 import torch
 
 from sharpjax.losses import policy_gradient_loss
