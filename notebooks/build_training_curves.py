@@ -127,7 +127,8 @@ if not RUNS:
     missing("runs", f"no run directories with a metrics.jsonl under {run_root}")
 
 # Mode order: the reproduction's own order when results.json has it, else alphabetical.
-order = list((RESULTS or {}).get("settings", {}).get("modes", []))
+# (a ":fixed" mode's runs are named "<mode>-fixed_seed<n>", as sharpjax.reproduce.run_name does)
+order = [m.replace(":", "-") for m in (RESULTS or {}).get("settings", {}).get("modes", [])]
 MODES = [m for m in order if any(r["mode"] == m for r in RUNS)]
 MODES += sorted({r["mode"] for r in RUNS} - set(MODES))
 COLORS = {m: plt.cm.tab10(i % 10) for i, m in enumerate(MODES)}
