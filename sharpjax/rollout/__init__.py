@@ -1,6 +1,6 @@
 """Rollout: jitted sampling with a KV cache, and teacher-forced scoring."""
 
-from sharpjax.rollout.sampler import RolloutBatch, SamplingConfig, filter_logits, sample
+from sharpjax.rollout.sampler import RolloutBatch, SamplingConfig, filter_logits, sample, trim_padding
 from sharpjax.rollout.scoring import score_tokens, token_logprobs_from_hidden
 from sharpjax.rollout.text import encode_prompts, generate_text
 
@@ -13,4 +13,5 @@ __all__ = [
     "sample",
     "score_tokens",
     "token_logprobs_from_hidden",
+    "trim_padding",
 ]

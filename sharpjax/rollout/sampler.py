@@ -90,6 +90,36 @@ class RolloutBatch:
     prompt_index: Int[Array, " B"]
 
 
+def trim_padding(rollout: RolloutBatch, prompt_len: int, max_response_len: int) -> RolloutBatch:
+    """Drops the trailing all-padding columns, keeping a few compiled shapes.
+
+    The sampler allocates the whole budget M, but the scoring and the update only need the
+    columns up to the longest response; past it every row is padding with zero masks, and
+    under a causal model dropping them changes no log-prob, reward or loss (the "sum"
+    aggregation divides by a fixed constant, not by S). The response part is rounded up to a
+    multiple of max(16, M // 8), so a run compiles at most 8 shapes per prompt length.
+
+    Args:
+      rollout: the sampler's batch, [B, P + M] arrays.
+      prompt_len: P.
+      max_response_len: the longest response in the batch (over all hosts), in tokens.
+
+    Returns:
+      The same batch with [B, P + M'] arrays, M' <= M.
+    """
+    budget = rollout.tokens.shape[1] - prompt_len
+    step = max(16, -(-budget // 8))
+    keep = min(budget, max(step, -(-max_response_len // step) * step))
+    if keep == budget:
+        return rollout
+    cut = lambda x: x[:, : prompt_len + keep]  # noqa: E731
+    return rollout.replace(
+        tokens=cut(rollout.tokens), attention_mask=cut(rollout.attention_mask),
+        response_mask=cut(rollout.response_mask), logprobs=cut(rollout.logprobs),
+        sampling_logprobs=cut(rollout.sampling_logprobs),
+    )
+
+
 def filter_logits(logits_BV: Float[Array, "B V"], *, top_k: int, top_p: float) -> Float[Array, "B V"]:
     """Sets logits outside the top-k / top-p nucleus to -inf (keeps at least one token)."""
     if top_k > 0 and top_k < logits_BV.shape[-1]:

@@ -29,7 +29,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from sharpjax.models.hf import load_model, save_model
 from sharpjax.models.sharding import BATCH_AXES, make_mesh, param_shardings, put_global, shard_params, to_host
 from sharpjax.models.tokenizer import bucket_length, load_tokenizer
-from sharpjax.rollout.sampler import SamplingConfig, sample
+from sharpjax.rollout.sampler import SamplingConfig, sample, trim_padding
 from sharpjax.rollout.text import decode_responses, encode_prompts
 from sharpjax.train.checkpoint import Checkpointer, abstract_like
 from sharpjax.train.config import ConfigError, RunConfig
@@ -230,6 +230,8 @@ class Trainer:
             config=self.model, sampling=sampling,
         )
         jax.block_until_ready(rollout.tokens)
+        lengths = to_host(rollout.lengths)
+        rollout = trim_padding(rollout, tokens.shape[1], int(lengths.max()))
         t_rollout = time.perf_counter()
 
         k = self.config.rollout.samples_per_prompt
@@ -248,7 +250,6 @@ class Trainer:
         jax.block_until_ready(self.state.params)
         t_end = time.perf_counter()
 
-        lengths = to_host(rollout.lengths)
         rewards = to_host(scored.rewards)
         # One transfer for every scalar (float() on each would sync once per metric).
         metrics = {k_: float(v) for k_, v in jax.device_get({**scored.metrics, **step_metrics}).items()}

@@ -112,3 +112,30 @@ def test_sharded_step_matches_single_device():
                           capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "fsdp=4 tensor=2" in proc.stdout and "data=8" in proc.stdout
+
+
+def test_trimming_trailing_padding_changes_no_reward_loss_or_update():
+    from sharpjax.rewards import RewardConfig
+    from sharpjax.rollout import SamplingConfig, sample, trim_padding
+    from sharpjax.train.step import compute_rewards
+
+    reward = RewardConfig(mode="sampling", alpha=2.0, beta_inv=0.0)  # uses the policy's and the base's log-probs
+    params, _, _, cfg = tiny_setup()
+    prompts = np.random.default_rng(1).integers(12, 48, (4, 6)).astype(np.int32)
+    sampling = SamplingConfig(max_new_tokens=56, num_samples=GROUP, stop_token_ids=(2, 3, 4))
+    full = sample(params, prompts, np.ones_like(prompts), jax.random.key(3), config=cfg.model, sampling=sampling)
+    longest = int(np.max(full.lengths))
+    trimmed = trim_padding(full, prompts.shape[1], longest)
+    assert 16 < longest <= trimmed.tokens.shape[1] - 6 < 56, (longest, trimmed.tokens.shape)  # trimmed, nothing lost
+    outs = []
+    for rollout in (full, trimmed):
+        scored = compute_rewards(params, rollout, None, model=cfg.model, reward=reward, loss=cfg.loss, group_size=GROUP)
+        state = init_train_state(params, make_optimizer(cfg.optim))
+        new_state, metrics = make_train_step(cfg, state, None)(state, scored.batch)
+        outs.append((np.asarray(scored.rewards), metrics, new_state.params))
+    (r_full, m_full, p_full), (r_trim, m_trim, p_trim) = outs
+    np.testing.assert_allclose(r_trim, r_full, rtol=1e-5, atol=1e-6)
+    for k in ("loss", "grad_norm", "kl"):
+        np.testing.assert_allclose(float(m_trim[k]), float(m_full[k]), rtol=1e-4, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(p_trim), jax.tree.leaves(p_full)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
