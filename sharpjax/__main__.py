@@ -29,7 +29,7 @@ def main(argv=None) -> None:
     parser.add_argument("--modes", default=",".join(DEFAULT_MODES),
                         help="reward presets: task, likelihood, power-a<alpha>, tilted-a<alpha>-b<beta_inv>; "
                         "a ':fixed' suffix (likelihood:fixed) makes a fixed-length (ignore-EOS) run")
-    parser.add_argument("--test-problems", type=_positive_int, default=None, help="held-out problems (default 100; quick 16; large 500)")
+    parser.add_argument("--test-problems", type=_positive_int, default=None, help="held-out problems (default 300; quick 16; large 500)")
     parser.add_argument("--eval-samples", type=_positive_int, default=None, help="samples per problem (default 16; quick 4)")
     args = parser.parse_args(argv)
     # Progress of the SFT and training loops; libraries (orbax, jax) stay at WARNING.
@@ -46,7 +46,7 @@ def main(argv=None) -> None:
         size=size,
         modes=modes,
         seeds=tuple(_seeds(parser, args.seeds)),
-        test_problems=args.test_problems or {"quick": 16, "default": 100, "large": 500}[size],
+        test_problems=args.test_problems or {"quick": 16, "default": 300, "large": 500}[size],
         eval_samples=args.eval_samples or (4 if size == "quick" else 16),
     )
     run(args.workdir, settings)

@@ -44,7 +44,7 @@ class ReproduceSettings:
     size: str = "default"
     modes: tuple[str, ...] = DEFAULT_MODES
     seeds: tuple[int, ...] = (0,)
-    test_problems: int = 100
+    test_problems: int = 300
     eval_samples: int = 16
     max_new_tokens: int = 64
 
@@ -116,25 +116,27 @@ def run(workdir: str, settings: ReproduceSettings = ReproduceSettings(), *, prog
         for seed in settings.seeds:
             name = run_name(mode, seed)
             run_dir = os.path.join(workdir, "runs", name)
-            row = _finished_row(run_dir, results, settings)
+            config = arithmetic_rl_config(settings.size, preset)
+            config.model_dir = base_dir
+            config.train.seed = seed
+            if fixed_length:  # every training response exactly FIXED_LENGTH tokens, EOS or not
+                config.rollout.ignore_eos = True
+                config.rollout.max_new_tokens = FIXED_LENGTH
+            run_config = RunConfig.from_config_dict(config)
+            identity = {**_eval_identity(results, settings), "run_config": json.loads(json.dumps(run_config.to_dict()))}
+            row = _finished_row(run_dir, identity)
             if row is not None:
                 say(f"  -- {name}: already trained and evaluated in {run_dir}; reusing it")
             else:
-                config = arithmetic_rl_config(settings.size, preset)
-                config.model_dir = base_dir
-                config.train.seed = seed
-                if fixed_length:  # every training response exactly FIXED_LENGTH tokens, EOS or not
-                    config.rollout.ignore_eos = True
-                    config.rollout.max_new_tokens = FIXED_LENGTH
                 say(f"  -- {name}: reward {dict(config.reward)}{', fixed length' if fixed_length else ''}")
                 # Resumes from the run's checkpoints if an earlier invocation was interrupted.
-                out = train(RunConfig.from_config_dict(config), run_dir, progress=progress)
+                out = train(run_config, run_dir, progress=progress)
                 row = {"workdir": run_dir, "best_step": out.best_step, **_training_trends(run_dir)}
                 for which in ("last", "best"):
                     if which in out.export_dirs:
                         row[which] = _evaluate_dir(out.export_dirs[which], problems, settings, key)
                 with open(os.path.join(run_dir, ROW_FILE), "w") as f:
-                    json.dump({"eval_settings": _eval_identity(results, settings), "row": row}, f, indent=2)
+                    json.dump({"eval_settings": identity, "row": row}, f, indent=2)
             results["runs"][name] = row
             say(f"     last: pass@1 {row['last']['pass@1']:.3f}, length {row['last']['mean_length']:.1f}, "
                 f"KL to base {row.get('kl_to_base_last', float('nan')):.2f}")
@@ -154,21 +156,20 @@ def run(workdir: str, settings: ReproduceSettings = ReproduceSettings(), *, prog
     return results
 
 
-
-
 def _eval_identity(results: dict, settings: ReproduceSettings) -> dict:
     """What a run's evaluation depends on besides the run: reuse a saved row only if all of it matches."""
     return {"base_model": results["base_model"], "size": settings.size, "test_problems": settings.test_problems,
             "eval_samples": settings.eval_samples, "max_new_tokens": settings.max_new_tokens}
 
 
-def _finished_row(run_dir: str, results: dict, settings: ReproduceSettings) -> dict | None:
+def _finished_row(run_dir: str, identity: dict) -> dict | None:
+    """The saved evaluation of a finished run, if it was made with the same run config and eval settings."""
     path = os.path.join(run_dir, ROW_FILE)
     if not os.path.exists(path):
         return None
     with open(path) as f:
         saved = json.load(f)
-    return saved["row"] if saved.get("eval_settings") == _eval_identity(results, settings) else None
+    return saved["row"] if saved.get("eval_settings") == identity else None
 
 
 def summarize_runs(results: dict, settings: ReproduceSettings) -> dict[str, dict[str, tuple[float, float]]]:

@@ -134,6 +134,26 @@ def _sampling(config: RunConfig, model_config, tokenizer, prompt_len: int, *, ev
     )
 
 
+# Settings a resumed run may change: extending a run is a resume with more steps.
+RESUMABLE_CHANGES = frozenset({"train.steps", "optim.total_steps"})
+
+
+def _changed_settings(saved: dict, current: dict) -> list[tuple[str, Any, Any]]:
+    """(dotted key, saved value, current value) for every setting that differs, JSON-normalized."""
+    def flat(tree, prefix=""):
+        out = {}
+        for k, v in tree.items():
+            if isinstance(v, dict):
+                out |= flat(v, f"{prefix}{k}.")
+            else:
+                out[f"{prefix}{k}"] = v
+        return out
+
+    saved, current = (flat(json.loads(json.dumps(d, default=str))) for d in (saved, current))
+    return [(k, saved.get(k), current.get(k)) for k in sorted(saved.keys() | current.keys())
+            if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k)]
+
+
 class Trainer:
     """Holds the models, mesh, jitted functions and logs of one run; `run()` trains."""
 
@@ -202,6 +222,13 @@ class Trainer:
 
     def _restore(self, step: int) -> None:
         tree, meta = self.checkpointer.restore(step, abstract_state=abstract_like(self._checkpoint_tree()))
+        changed = _changed_settings(meta.get("config", {}), self.config_dict)
+        if changed:
+            raise ConfigError(
+                f"{self.checkpointer.directory} holds checkpoints of a run with other settings ("
+                + "; ".join(f"{k}: {old!r} there, {new!r} now" for k, old, new in changed[:8])
+                + "). Resuming would mix the two runs: use a new --workdir, or delete its checkpoints/ to start over."
+            )
         self.state, self.base_key = tree["train"], tree["key"]
         self.iterator.restore(meta["iterator"])
         self.start_step = int(meta["step"])

@@ -51,6 +51,10 @@ def test_resume_is_bit_identical(tiny_model_dir, tmp_path):
     assert max(float(np.abs(np.asarray(x) - np.asarray(y)).max())
                for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(base))) > 0
     assert "best" in full.export_dirs and full.best_step in (2, 4)
+    # Resuming those checkpoints with other settings would mix two runs: refused, naming the setting.
+    other = RunConfig.from_config_dict(tiny_config(tiny_model_dir, optim__learning_rate=0.123))
+    with pytest.raises(ConfigError, match=r"optim\.learning_rate: .* 0\.123 now.*new --workdir"):
+        train(other, str(tmp_path / "resumed"), progress=False)
 
 
 def test_sigterm_checkpoints_and_stops(tiny_model_dir, tmp_path, monkeypatch):
