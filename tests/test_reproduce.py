@@ -49,8 +49,7 @@ def test_quick_pipeline_end_to_end(tmp_path):
 
 @pytest.mark.slow
 def test_default_pipeline_task_reward_improves_accuracy(tmp_path):
-    settings = ReproduceSettings(size="default", modes=("task", "likelihood"), seeds=(0,), test_problems=100,
-                                 eval_samples=16)
+    settings = ReproduceSettings(size="default", modes=("task", "likelihood"), seeds=(0,))  # 300 problems x 16
     results = run(str(tmp_path), settings, progress=False)
     base, task, lik = results["base"], results["runs"]["task_seed0"], results["runs"]["likelihood_seed0"]
     assert task["last"]["pass@1"] > base["pass@1"] + 0.02, (base["pass@1"], task["last"]["pass@1"])

@@ -108,6 +108,8 @@ class TrainSettings:
       score_reference_always: also score the frozen base model when the reward does not need
         it, to log KL(pi || base) (one more forward per step).
       export_final: write the last and the best policy as Hugging Face directories.
+      trim_padding: score and update only up to the batch's longest response (exact; at most 8
+        more compiled shapes per prompt length; 2x faster steps on the arithmetic runs).
     """
 
     steps: int = 500
@@ -120,6 +122,7 @@ class TrainSettings:
     score_reference_always: bool = True
     export_final: bool = True
     log_every: int = 1
+    trim_padding: bool = True
 
 
 @dataclasses.dataclass(frozen=True)

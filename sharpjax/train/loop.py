@@ -258,7 +258,8 @@ class Trainer:
         )
         jax.block_until_ready(rollout.tokens)
         lengths = to_host(rollout.lengths)
-        rollout = trim_padding(rollout, tokens.shape[1], int(lengths.max()))
+        if self.config.train.trim_padding:
+            rollout = trim_padding(rollout, tokens.shape[1], int(lengths.max()))
         t_rollout = time.perf_counter()
 
         k = self.config.rollout.samples_per_prompt
