@@ -52,7 +52,7 @@ def test_default_pipeline_task_reward_improves_accuracy(tmp_path):
     settings = ReproduceSettings(size="default", modes=("task", "likelihood"), seeds=(0,))  # 300 problems x 16
     results = run(str(tmp_path), settings, progress=False)
     base, task, lik = results["base"], results["runs"]["task_seed0"], results["runs"]["likelihood_seed0"]
-    assert task["last"]["pass@1"] > base["pass@1"] + 0.02, (base["pass@1"], task["last"]["pass@1"])
+    assert task["last"]["pass@1"] > base["pass@1"] + 0.015, (base["pass@1"], task["last"]["pass@1"])
     # Same prompts and sampling keys at the last steps: the base model likes likelihood's samples more.
     assert lik["base_loglik_last"] > task["base_loglik_last"]
     assert lik["kl_to_base_last"] > lik["kl_to_base_first"] > 0
