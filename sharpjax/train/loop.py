@@ -221,14 +221,15 @@ class Trainer:
         return {"train": self.state, "key": self.base_key}
 
     def _restore(self, step: int) -> None:
-        tree, meta = self.checkpointer.restore(step, abstract_state=abstract_like(self._checkpoint_tree()))
-        changed = _changed_settings(meta.get("config", {}), self.config_dict)
+        # Checked on the small metadata file, before reading (possibly gigabytes of) state.
+        changed = _changed_settings(self.checkpointer.restore_meta(step).get("config", {}), self.config_dict)
         if changed:
             raise ConfigError(
                 f"{self.checkpointer.directory} holds checkpoints of a run with other settings ("
                 + "; ".join(f"{k}: {old!r} there, {new!r} now" for k, old, new in changed[:8])
                 + "). Resuming would mix the two runs: use a new --workdir, or delete its checkpoints/ to start over."
             )
+        tree, meta = self.checkpointer.restore(step, abstract_state=abstract_like(self._checkpoint_tree()))
         self.state, self.base_key = tree["train"], tree["key"]
         self.iterator.restore(meta["iterator"])
         self.start_step = int(meta["step"])
