@@ -18,11 +18,11 @@ import json
 import statistics
 import tempfile
 
+from sharpjax.configs.small_scale import arithmetic_rl_config
+from sharpjax.sft import resolve_model_dir
 from sharpjax.train.config import RunConfig
-from sharpjax.train.loop import train
-from sharpjax.train.metrics_log import read_metrics
-from sharpjax.train.presets import arithmetic_rl_config
-from sharpjax.train.resolve import resolve_model_dir
+from sharpjax.train.metrics import read_metrics
+from sharpjax.train.trainer import train
 
 WARMUP = 3  # steps that compile (a new response-length shape can still compile later: counted)
 

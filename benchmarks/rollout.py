@@ -25,13 +25,12 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.95")
 import jax  # noqa: E402
 import jax.numpy as jnp
 import numpy as np
+from _shapes import LLAMA3_ROPE, SIZES  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 from sharpjax.models import ModelConfig
 from sharpjax.models.hf import to_hf_state_dict
-from sharpjax.models.sharding import init_params_sharded, make_mesh
+from sharpjax.parallel import init_params_sharded, make_mesh
 from sharpjax.rollout import SamplingConfig, sample
-
-from _shapes import LLAMA3_ROPE, SIZES  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 # Peak HBM bandwidth, bytes/s, by device_kind substring.
 HBM_BANDWIDTH = {"H200": 4.8e12, "H100": 3.35e12, "A100": 2.0e12}

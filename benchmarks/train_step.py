@@ -45,22 +45,21 @@ import time  # noqa: E402
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
+from _shapes import LLAMA3_ROPE, SIZES  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 from sharpjax.losses import LossConfig  # noqa: E402
 from sharpjax.models import ModelConfig  # noqa: E402
 from sharpjax.models.hf import to_hf_state_dict  # noqa: E402
-from sharpjax.models.sharding import init_params_sharded, make_mesh  # noqa: E402
+from sharpjax.parallel import init_params_sharded, make_mesh  # noqa: E402
+from sharpjax.train.config import OptimConfig  # noqa: E402
+from sharpjax.train.optim import make_optimizer  # noqa: E402
 from sharpjax.train.step import (  # noqa: E402
-    OptimConfig,
     StepConfig,
     TrainBatch,
     batch_shardings,
     init_train_state,
-    make_optimizer,
     make_train_step,
 )
-
-from _shapes import LLAMA3_ROPE, SIZES  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 # Peak dense bf16 FLOP/s by device_kind substring, first match wins (spec sheets, no sparsity).
 PEAK_FLOPS = (

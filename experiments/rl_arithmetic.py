@@ -1,13 +1,14 @@
 """Small-scale RL on the synthetic arithmetic task (CPU, minutes): the paper's question in miniature.
 
 `python -m sharpjax.train --config experiments/rl_arithmetic.py:<size>:<reward> --workdir runs/x`
-<size>:   quick (CI plumbing, seconds) | default (the main job's runs, minutes on a 2-core CPU)
+<size>:   quick (CI plumbing, seconds) | default (the main job's runs, minutes on a 2-core CPU) | large
 <reward>: task | likelihood | power-a<alpha> | tilted-a<alpha>-b<beta_inv>
 The base model (`model_dir = "sft:<size>"`) is the project's own SFT model, trained and cached on
-first use (`sharpjax.train.sft`); point `--config.model_dir` at any HF directory to use another.
+first use (`sharpjax.sft`); point `--config.model_dir` at any HF directory to use another. The
+sizes live in `sharpjax/configs/small_scale.py`.
 """
 
-from sharpjax.train.presets import arithmetic_rl_config
+from sharpjax.configs.small_scale import arithmetic_rl_config
 
 
 def get_config(arg: str = "quick:task"):

@@ -3,56 +3,21 @@
 <model>:  llama3b (Llama-3.2-3B-Instruct on Hendrycks MATH), qwen25_3b (Qwen2.5-3B-Instruct on
           Hendrycks MATH), qwen3_4b (Qwen3-4B-Instruct-2507 on DeepScaleR).
 <reward>: task | likelihood | power-a<alpha> | tilted-a<alpha>-b<beta_inv> (e.g. power-a2,
-          tilted-a4-b100); see `sharpjax.train.config.reward_preset`.
+          tilted-a4-b100); see `sharpjax.configs.reward_preset`.
 fixed:    the "fixed-length" variant: EOS ignored in training and evaluation.
 
 `--config.model_dir` must point at a local Hugging Face directory of the model (weights are
-never downloaded at run time). `experiments/sweep.py` lists every run of the paper.
+never downloaded at run time). `experiments/sweep.py` lists every run of the paper. The
+settings themselves live in `sharpjax/configs/paper.py`, on the base config.
 """
 
 import ml_collections
 
-from sharpjax.train.config import reward_preset
-
-MODELS = {
-    # 3B models: MATH train (7,500), 32 x 8 per step, 500 steps, total length 2048, MATH test validation.
-    "llama3b": dict(model_dir="checkpoints/Llama-3.2-3B-Instruct", train="math_train", validation=("math500",),
-                    prompts_per_step=32, steps=500, max_total_length=2048, train_path=None),
-    "qwen25_3b": dict(model_dir="checkpoints/Qwen2.5-3B-Instruct", train="math_train", validation=("math500",),
-                      prompts_per_step=32, steps=500, max_total_length=2048, train_path=None),
-    # Qwen3-4B: DeepScaleR (~40K), 64 x 8 per step, 1000 steps, length 4096, AIME 2024 validation.
-    "qwen3_4b": dict(model_dir="checkpoints/Qwen3-4B-Instruct-2507", train="deepscaler", validation=("aime24",),
-                     prompts_per_step=64, steps=1000, max_total_length=4096,
-                     train_path="data/deepscaler.json"),
-}
+from sharpjax.configs.paper import MODELS, paper_config
 
 
 def get_config(arg: str = "llama3b:task") -> ml_collections.ConfigDict:
     parts = arg.split(":")
     if parts[0] not in MODELS or len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] != "fixed"):
         raise ValueError(f"config argument {arg!r}: expected <model>:<reward>[:fixed] with model in {sorted(MODELS)}.")
-    m = MODELS[parts[0]]
-    c = ml_collections.ConfigDict()
-    c.model_dir = m["model_dir"]
-    c.ref_model_dir = ml_collections.FieldReference(None, field_type=str)
-    c.dtype = "bfloat16"
-    c.reward = dict(mode="optimization", alpha=0.0, beta_inv=1.0, normalization="sum",
-                    length_power=ml_collections.FieldReference(None, field_type=float))
-    c.reward.update(reward_preset(parts[1]))
-    # RLOO, REINFORCE with truncated importance weight 20, token mean over the global batch, no KL in the loss.
-    c.loss = dict(advantage_estimator="rloo", normalize_std=False, aggregation="token_mean",
-                  importance_weight_cap=20.0, kl_coef=0.0, kl_estimator="k3")
-    # AdamW 1e-6, wd 0.01, clip 1.0, warmup 0.1x -> 1x over 50 steps, then constant.
-    c.optim = dict(learning_rate=1e-6, weight_decay=0.01, b1=0.9, b2=0.999, eps=1e-8, max_grad_norm=1.0,
-                   warmup_steps=50, warmup_init_fraction=0.1, schedule="constant", total_steps=m["steps"])
-    c.rollout = dict(prompts_per_step=m["prompts_per_step"], samples_per_prompt=8,
-                     max_total_length=m["max_total_length"], temperature=1.0, top_p=1.0, top_k=0,
-                     ignore_eos=len(parts) == 3)
-    c.data = dict(task="math", train=m["train"], train_path=ml_collections.FieldReference(m["train_path"], field_type=str),
-                  data_dir=ml_collections.FieldReference(None, field_type=str), validation=m["validation"],
-                  validation_limit=ml_collections.FieldReference(None, field_type=int))
-    c.eval = dict(every=20, num_samples=1, metric="pass@1", batch_size=64)
-    c.train = dict(steps=m["steps"], seed=42, micro_batches=4, remat="full", logits_chunk=256,
-                   checkpoint_every=20, keep_last=2, score_reference_always=True, export_final=True)
-    c.mesh = dict(data=-1, fsdp=1, tensor=1)
-    return c
+    return paper_config(parts[0], parts[1], fixed_length=len(parts) == 3)

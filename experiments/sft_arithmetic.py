@@ -3,8 +3,9 @@
 `get_config("default")`: the mediocre base model (a few tens of percent mean@1 at T=1 on
 held-out problems), a few minutes on a 2-core CPU. `get_config("quick")`: CI plumbing, tens
 of seconds, accuracy may be near zero. Build the run with
-`sharpjax.train.sft.SFTConfig.from_config_dict(get_config(...))` and train (cached) with
-`sharpjax.train.sft.train_base_model(out_dir, config)`, or run this file:
+`sharpjax.sft.SFTConfig.from_config_dict(get_config(...))` and train (cached) with
+`sharpjax.sft.train_base_model(out_dir, config)`, or run this file (the sizes themselves live in
+`sharpjax/configs/small_scale.py`):
 
     python experiments/sft_arithmetic.py --preset default --out_dir runs/sft_default
 """
@@ -15,7 +16,8 @@ import logging
 
 import ml_collections
 
-from sharpjax.train.sft import SFTConfig
+from sharpjax.configs.small_scale import sft_config
+from sharpjax.sft import SFTConfig
 
 PRESETS = ("default", "quick")
 
@@ -24,7 +26,7 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
     """The sectioned SFT config of preset `arg` ("default" or "quick")."""
     if arg not in PRESETS:
         raise ValueError(f"unknown preset {arg!r}; expected one of {PRESETS}.")
-    d = SFTConfig()  # the library defaults are the "default" preset
+    d = sft_config(arg)
     c = ml_collections.ConfigDict()
     c.seed = d.seed  # PRNG seed of init, training problems and batch order
 
@@ -64,12 +66,6 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
     c.eval.max_new_tokens = d.max_new_tokens  # response budget when sampling
     c.eval.log_every = d.log_every  # steps between progress log lines
 
-    if arg == "quick":
-        # Plumbing only: the numbers mean little.
-        c.optim.steps = 150
-        c.eval.eval_problems = 16
-        c.eval.eval_samples = 2
-        c.eval.log_every = 50
     return c
 
 
@@ -80,7 +76,7 @@ def main(argv=None) -> None:
     parser.add_argument("--force", action="store_true", help="retrain even when out_dir holds the same run")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    from sharpjax.train.sft import load_sft_info, train_base_model
+    from sharpjax.sft import load_sft_info, train_base_model
 
     out = train_base_model(args.out_dir, SFTConfig.from_config_dict(get_config(args.preset)), force=args.force)
     info = load_sft_info(out)

@@ -59,7 +59,7 @@ import numpy as np
 from IPython.display import Markdown, display
 from matplotlib.ticker import MaxNLocator
 
-from sharpjax.train.metrics_log import read_metrics
+from sharpjax.train.metrics import read_metrics
 
 MISSING = []  # (figure, what): reported in each cell and summarized at the end
 

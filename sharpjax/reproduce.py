@@ -1,7 +1,7 @@
 """The paper's question at small scale: does RL help by sharpening the base model, or by the task reward?
 
 `python -m sharpjax` runs it on a 2-core CPU in minutes, with the same code paths as the 3B runs:
-  1. the arithmetic base model (SFT, cached; `sharpjax.train.sft`),
+  1. the arithmetic base model (SFT, cached; `sharpjax.sft`),
   2. its evaluation on held-out problems (16 samples each at T=1: pass@k, maj@k, length),
   3. RL from it with each reward of the family (task; likelihood maximization; power
      sampling alpha=2, 4; tilted sampling), each evaluated the same way (last and best),
@@ -19,17 +19,19 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
+from sharpjax.configs import reward_preset
+from sharpjax.configs.small_scale import arithmetic_rl_config
+from sharpjax.configs.small_scale import size as small_scale_size
+from sharpjax.errors import ConfigError, SharpjaxError
 from sharpjax.eval.harness import evaluate
 from sharpjax.models.hf import load_model
-from sharpjax.models.tokenizer import load_tokenizer, render_chat
-from sharpjax.rollout.sampler import SamplingConfig
+from sharpjax.models.tokenizer import load_tokenizer
+from sharpjax.rollout.sampler import sampling_config_for
+from sharpjax.sft import resolve_model_dir
 from sharpjax.tasks import arithmetic
-from sharpjax.train.config import ConfigError, RunConfig, reward_preset
-from sharpjax.train.loop import train
-from sharpjax.train.metrics_log import read_metrics
-from sharpjax.train.presets import arithmetic_rl_config
-from sharpjax.train.resolve import resolve_model_dir
-from sharpjax.train.tasks import arithmetic_difficulty
+from sharpjax.train.config import RunConfig
+from sharpjax.train.metrics import read_metrics
+from sharpjax.train.trainer import train
 
 DEFAULT_MODES = ("task", "likelihood", "power-a2", "power-a4", "tilted-a4-b10")
 TEST_SEED = 777_777  # held-out problems: disjoint from SFT (seed 0..), RL train and validation seeds
@@ -40,25 +42,49 @@ TABLE_KEYS = ("pass@1", "pass@4", "pass@16", "maj@16", "mean_length", "no_answer
 
 
 @dataclasses.dataclass(frozen=True)
-class ReproduceSettings:
+class ReproduceConfig:
+    """What the main job runs.
+
+    Attributes:
+      size: a size of `sharpjax.configs.small_scale.SIZES` (base model, RL batch and steps).
+      modes: reward presets, each optionally ':fixed' (ignore-EOS runs).
+      seeds: RL seeds; the table reports mean and std over them.
+      test_problems, eval_samples: held-out evaluation (None: the size's defaults).
+      max_new_tokens: response budget of the held-out evaluation.
+    """
+
     size: str = "default"
     modes: tuple[str, ...] = DEFAULT_MODES
     seeds: tuple[int, ...] = (0,)
-    test_problems: int = 300
-    eval_samples: int = 16
+    test_problems: int | None = None
+    eval_samples: int | None = None
     max_new_tokens: int = 64
 
+    def __post_init__(self):
+        s = small_scale_size(self.size)  # raises ConfigError naming the valid sizes
+        if self.test_problems is None:
+            object.__setattr__(self, "test_problems", s.test_problems)
+        if self.eval_samples is None:
+            object.__setattr__(self, "eval_samples", s.test_samples)
+        for mode in self.modes:
+            parse_mode(mode)
+        if not self.seeds:
+            raise ConfigError("ReproduceConfig.seeds is empty: give at least one seed.")
 
-def _evaluate_dir(model_dir: str, problems, settings: ReproduceSettings, key) -> dict[str, float]:
+
+class RunInterrupted(SharpjaxError):
+    """An RL run of the main job stopped early (SIGTERM / Ctrl-C) after checkpointing."""
+
+
+def _evaluate_dir(model_dir: str, problems, settings: ReproduceConfig, key) -> dict[str, float]:
     params, model = load_model(model_dir)
     tokenizer = load_tokenizer(model_dir)
-    sampling = SamplingConfig(
-        max_new_tokens=settings.max_new_tokens, num_samples=settings.eval_samples,
-        stop_token_ids=model.eos_token_ids or (tokenizer.eos_token_id,), pad_id=tokenizer.pad_token_id or 0,
+    sampling = sampling_config_for(
+        model, tokenizer, max_new_tokens=settings.max_new_tokens, num_samples=settings.eval_samples
     )
     result = evaluate(
         params, model, tokenizer, problems, sampling=sampling, key=key, batch_size=64,
-        render_fn=lambda text: render_chat(tokenizer, arithmetic.format_prompt(text)), ks=KS,
+        render_fn=lambda text: arithmetic.render(tokenizer, text), verify_fn=arithmetic.verify, ks=KS,
         keep_responses=False, progress=False,
     )
     return {k: float(v) for k, v in result.summary.items() if isinstance(v, (int, float))}
@@ -91,17 +117,18 @@ def _training_trends(workdir: str) -> dict[str, float]:
     return out
 
 
-def run(workdir: str, settings: ReproduceSettings = ReproduceSettings(), *, progress: bool = True) -> dict:
+def run(workdir: str, settings: ReproduceConfig = ReproduceConfig(), *, progress: bool = True) -> dict:
     """Runs the whole pipeline; returns (and writes to workdir/results.json) the results."""
     for mode in settings.modes:  # fail on a typo now, not after the SFT and the first runs
-        parse_mode(mode)
+        config = _run_config_dict(settings, mode, seed=settings.seeds[0], base_dir=None)
+        RunConfig.from_config_dict(config)
     os.makedirs(workdir, exist_ok=True)
     t0 = time.perf_counter()
     say = print if progress else (lambda *a, **k: None)
     base_name = arithmetic_rl_config(settings.size).model_dir
     say(f"[1/4] base model: {base_name} (trained once, then cached)")
     base_dir = resolve_model_dir(base_name)
-    difficulty = arithmetic_difficulty("auto", base_dir)
+    difficulty = arithmetic.difficulty_for("auto", base_dir)
     problems = arithmetic.generate_problems(settings.test_problems, seed=TEST_SEED, difficulty=difficulty, split="test")
     key = jax.random.key(TEST_SEED)
 
@@ -116,12 +143,7 @@ def run(workdir: str, settings: ReproduceSettings = ReproduceSettings(), *, prog
         for seed in settings.seeds:
             name = run_name(mode, seed)
             run_dir = os.path.join(workdir, "runs", name)
-            config = arithmetic_rl_config(settings.size, preset)
-            config.model_dir = base_dir
-            config.train.seed = seed
-            if fixed_length:  # every training response exactly FIXED_LENGTH tokens, EOS or not
-                config.rollout.ignore_eos = True
-                config.rollout.max_new_tokens = FIXED_LENGTH
+            config = _run_config_dict(settings, mode, seed=seed, base_dir=base_dir)
             run_config = RunConfig.from_config_dict(config)
             identity = {**_eval_identity(results, settings), "run_config": json.loads(json.dumps(run_config.to_dict()))}
             row = _finished_row(run_dir, identity)
@@ -131,6 +153,11 @@ def run(workdir: str, settings: ReproduceSettings = ReproduceSettings(), *, prog
                 say(f"  -- {name}: reward {dict(config.reward)}{', fixed length' if fixed_length else ''}")
                 # Resumes from the run's checkpoints if an earlier invocation was interrupted.
                 out = train(run_config, run_dir, progress=progress)
+                if out.interrupted:  # no evaluation row: the next invocation resumes this run
+                    raise RunInterrupted(
+                        f"{name} stopped at step {out.last_step} of {run_config.train.steps} (checkpointed); "
+                        "run the same command again to resume it."
+                    )
                 row = {"workdir": run_dir, "best_step": out.best_step, **_training_trends(run_dir)}
                 for which in ("last", "best"):
                     if which in out.export_dirs:
@@ -156,7 +183,20 @@ def run(workdir: str, settings: ReproduceSettings = ReproduceSettings(), *, prog
     return results
 
 
-def _eval_identity(results: dict, settings: ReproduceSettings) -> dict:
+def _run_config_dict(settings: ReproduceConfig, mode: str, *, seed: int, base_dir: str | None):
+    """The RL run of one (mode, seed) of the main job, as a config dict (base_dir None: `sft:<size>`)."""
+    preset, fixed_length = parse_mode(mode)
+    config = arithmetic_rl_config(settings.size, preset)
+    if base_dir is not None:
+        config.model_dir = base_dir
+    config.train.seed = seed
+    if fixed_length:  # every training response exactly FIXED_LENGTH tokens, EOS or not
+        config.rollout.ignore_eos = True
+        config.rollout.max_new_tokens = FIXED_LENGTH
+    return config
+
+
+def _eval_identity(results: dict, settings: ReproduceConfig) -> dict:
     """What a run's evaluation depends on besides the run: reuse a saved row only if all of it matches."""
     return {"base_model": results["base_model"], "size": settings.size, "test_problems": settings.test_problems,
             "eval_samples": settings.eval_samples, "max_new_tokens": settings.max_new_tokens}
@@ -169,10 +209,12 @@ def _finished_row(run_dir: str, identity: dict) -> dict | None:
         return None
     with open(path) as f:
         saved = json.load(f)
-    return saved["row"] if saved.get("eval_settings") == identity else None
+    row = saved.get("row", {})
+    # A row without the last policy's evaluation is not finished (e.g. written by older code after a SIGTERM).
+    return row if saved.get("eval_settings") == identity and "last" in row else None
 
 
-def summarize_runs(results: dict, settings: ReproduceSettings) -> dict[str, dict[str, tuple[float, float]]]:
+def summarize_runs(results: dict, settings: ReproduceConfig) -> dict[str, dict[str, tuple[float, float]]]:
     """mode -> metric -> (mean, std) over seeds of the last checkpoint's evaluation and trends."""
     summary = {}
     for mode in settings.modes:

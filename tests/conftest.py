@@ -9,58 +9,7 @@ import os
 import numpy as np
 import pytest
 
-FAMILIES = ("llama", "qwen2", "qwen3")
-_BASE = dict(
-    vocab_size=512,
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    head_dim=16,
-    max_position_embeddings=16384,
-    rms_norm_eps=1e-6,
-    bos_token_id=1,
-    eos_token_id=2,
-    pad_token_id=0,
-)
-_LLAMA3_ROPE = {
-    "rope_type": "llama3",
-    "rope_theta": 500000.0,
-    "factor": 32.0,
-    "low_freq_factor": 1.0,
-    "high_freq_factor": 4.0,
-    "original_max_position_embeddings": 8192,
-}
-
-
-def hf_config(family: str, *, tie: bool | None = None):
-    import transformers
-
-    if family == "llama":
-        # As Llama-3.2-3B: tied embeddings, llama3 rope scaling.
-        return transformers.LlamaConfig(**_BASE, rope_parameters=_LLAMA3_ROPE, tie_word_embeddings=tie is not False)
-    if family == "qwen2":
-        return transformers.Qwen2Config(**_BASE, tie_word_embeddings=bool(tie))
-    if family == "qwen3":
-        return transformers.Qwen3Config(**_BASE, tie_word_embeddings=bool(tie))
-    raise ValueError(family)
-
-
-def build_hf_model(family: str, *, tie: bool | None = None, seed: int = 0):
-    """A tiny HF PyTorch model with every weight random (norms near 1, biases nonzero)."""
-    import torch
-    import transformers
-
-    torch.manual_seed(seed)
-    model = transformers.AutoModelForCausalLM.from_config(hf_config(family, tie=tie)).float().eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.copy_(1.0 + 0.1 * torch.randn_like(p))
-            else:
-                p.copy_(0.1 * torch.randn_like(p))
-    return model
+from tests.tiny import build_hf_model
 
 
 @pytest.fixture(scope="session")

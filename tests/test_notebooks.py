@@ -64,11 +64,11 @@ def test_training_curves_notebook(tmp_path, monkeypatch, request):
     pytest.importorskip("nbclient")
     import json
 
-    from sharpjax.reproduce import ReproduceSettings, run
+    from sharpjax.reproduce import ReproduceConfig, run
 
     monkeypatch.setenv("SHARPJAX_CACHE_DIR", _sft_cache_dir(request, tmp_path))
     runs_dir = tmp_path / "runs_main"
-    run(str(runs_dir), ReproduceSettings(size="quick", modes=("task", "power-a2"), seeds=(0,), test_problems=8,
+    run(str(runs_dir), ReproduceConfig(size="quick", modes=("task", "power-a2"), seeds=(0,), test_problems=8,
                                          eval_samples=4), progress=False)
     assert (runs_dir / "results.json").is_file() and (runs_dir / "runs" / "task_seed0" / "metrics.jsonl").is_file()
     # A fixed-length run (figure 6): a copy of the task run with rollout.ignore_eos set.

@@ -13,7 +13,7 @@ import os
 
 import pytest
 
-from sharpjax.reproduce import FIXED_LENGTH, ReproduceSettings, run
+from sharpjax.reproduce import FIXED_LENGTH, ReproduceConfig, run
 
 
 @pytest.fixture(autouse=True)
@@ -22,7 +22,7 @@ def _cache(tmp_path_factory, monkeypatch):
 
 
 def test_quick_pipeline_end_to_end(tmp_path):
-    settings = ReproduceSettings(size="quick", modes=("task", "likelihood", "power-a2"), seeds=(0,),
+    settings = ReproduceConfig(size="quick", modes=("task", "likelihood", "power-a2"), seeds=(0,),
                                  test_problems=8, eval_samples=4)
     results = run(str(tmp_path), settings, progress=False)
     on_disk = json.loads((tmp_path / "results.json").read_text())
@@ -49,7 +49,7 @@ def test_quick_pipeline_end_to_end(tmp_path):
 
 @pytest.mark.slow
 def test_default_pipeline_task_reward_improves_accuracy(tmp_path):
-    settings = ReproduceSettings(size="default", modes=("task", "likelihood"), seeds=(0,))  # 300 problems x 16
+    settings = ReproduceConfig(size="default", modes=("task", "likelihood"), seeds=(0,))  # 300 problems x 16
     results = run(str(tmp_path), settings, progress=False)
     base, task, lik = results["base"], results["runs"]["task_seed0"], results["runs"]["likelihood_seed0"]
     assert task["last"]["pass@1"] > base["pass@1"] + 0.015, (base["pass@1"], task["last"]["pass@1"])
@@ -59,7 +59,7 @@ def test_default_pipeline_task_reward_improves_accuracy(tmp_path):
 
 
 def test_fixed_length_run_and_rerun_reuses_finished_runs(tmp_path, monkeypatch):
-    settings = ReproduceSettings(size="quick", modes=("likelihood:fixed",), seeds=(0,), test_problems=4,
+    settings = ReproduceConfig(size="quick", modes=("likelihood:fixed",), seeds=(0,), test_problems=4,
                                  eval_samples=2)
     first = run(str(tmp_path), settings, progress=False)
     fixed = first["runs"]["likelihood-fixed_seed0"]
@@ -82,9 +82,9 @@ def test_unknown_mode_fails_before_any_work(tmp_path):
     from sharpjax.train.config import ConfigError
 
     with pytest.raises(ConfigError, match="unknown reward preset 'taks'"):
-        run(str(tmp_path), ReproduceSettings(size="quick", modes=("task", "taks")), progress=False)
+        run(str(tmp_path), ReproduceConfig(size="quick", modes=("task", "taks")), progress=False)
     with pytest.raises(ConfigError, match="':fixed'"):
-        run(str(tmp_path), ReproduceSettings(size="quick", modes=("likelihood:fixd",)), progress=False)
+        run(str(tmp_path), ReproduceConfig(size="quick", modes=("likelihood:fixd",)), progress=False)
     assert not (tmp_path / "runs").exists()
 
 

@@ -126,22 +126,13 @@ def main(argv: list[str] | None = None) -> dict:
     from sharpjax.eval.harness import check_context, default_render_fn, evaluate
     from sharpjax.models.hf import load_model
     from sharpjax.models.tokenizer import load_tokenizer
-    from sharpjax.rollout import SamplingConfig
+    from sharpjax.rollout import sampling_config_for
 
     params, config = load_model(args.model, dtype=args.dtype)
     tokenizer = load_tokenizer(args.model)
-    # The checkpoint's EOS ids (Llama 3: end-of-text and end-of-turn) and the tokenizer's.
-    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    stop = tuple(dict.fromkeys([*config.eos_token_ids, *eos]))
-    sampling = SamplingConfig(
-        max_new_tokens=args.max_new_tokens,
-        num_samples=args.n,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        top_k=args.top_k,
-        ignore_eos=args.ignore_eos,
-        stop_token_ids=stop,
-        pad_id=tokenizer.pad_token_id,
+    sampling = sampling_config_for(
+        config, tokenizer, max_new_tokens=args.max_new_tokens, num_samples=args.n, temperature=args.temperature,
+        top_p=args.top_p, top_k=args.top_k, ignore_eos=args.ignore_eos,
     )
     render = default_render_fn(tokenizer)
     for name, problems in benchmarks.items():  # Every benchmark fits, before any sampling.

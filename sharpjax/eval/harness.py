@@ -1,4 +1,7 @@
-"""Benchmark evaluation: render prompts, sample n responses each, verify, summarize.
+"""The one evaluation harness: render prompts, sample n responses each, verify, summarize.
+
+Training validation, the SFT base model's accuracy, the main job and the CLI all evaluate
+through `evaluate`, with the task's renderer and verifier (`sharpjax.tasks.Task`).
 
 `evaluate` is the paper's protocol (PAPER.md, Evaluation): every problem gets the same
 instruction prompt rendered with the model's chat template, n samples (16 in the paper,
@@ -24,13 +27,14 @@ import tqdm
 from sharpjax.data.prompts import render_prompt
 from sharpjax.eval.metrics import DEFAULT_KS, ProblemRecord, summarize
 from sharpjax.models.config import ModelConfig
-from sharpjax.models.sharding import to_host
 from sharpjax.models.tokenizer import bucket_length
 from sharpjax.models.transformer import Params
+from sharpjax.parallel import to_host
 from sharpjax.rewards import verify_batch
 from sharpjax.rewards.math import Fallback
 from sharpjax.rollout.sampler import SamplingConfig
 from sharpjax.rollout.text import DEFAULT_BUCKETS, generate_text
+from sharpjax.tasks.base import VerifyFn
 
 __all__ = ["EvalProblem", "EvalResult", "check_context", "default_render_fn", "evaluate"]
 
@@ -105,6 +109,7 @@ def evaluate(
     render_fn: Callable[[str], str] | None = None,
     ks: Sequence[int] = DEFAULT_KS,
     keep_responses: bool = True,
+    verify_fn: VerifyFn | None = None,
     verify_timeout_s: float = 5.0,
     num_workers: int | None = None,
     fallback: Fallback = "none",
@@ -129,8 +134,10 @@ def evaluate(
       render_fn: Problem text -> model input string; default `default_render_fn(tokenizer)`.
       ks: The k of pass@k and maj@k (those above n are left out).
       keep_responses: Store the response texts in the records.
+      verify_fn: (responses, references) -> `VerifyResult`s, e.g. a `Task`'s `verify`;
+        None: math-verify (`sharpjax.rewards.verify_batch`) with the three settings below.
       verify_timeout_s, num_workers, fallback: passed to `sharpjax.rewards.verify_batch`
-        (num_workers=0 verifies in this process).
+        when `verify_fn` is None (num_workers=0 verifies in this process).
       merge_correct, maj_num_draws: passed to `metrics.maj_at_k` (exact by default).
       buckets: Prompt-length buckets of the sampler.
       progress: Show a tqdm progress bar (in prompts).
@@ -166,7 +173,10 @@ def evaluate(
             lengths = to_host(rollout.lengths)[: real * g]
             finished = to_host(rollout.finished)[: real * g]
             refs = [references[start + i // g] for i in range(real * g)]
-            results = verify_batch(texts, refs, timeout_s=verify_timeout_s, num_workers=num_workers, fallback=fallback)
+            if verify_fn is None:
+                results = verify_batch(texts, refs, timeout_s=verify_timeout_s, num_workers=num_workers, fallback=fallback)
+            else:
+                results = list(verify_fn(texts, refs))
             for i in range(real):
                 rows = slice(i * g, (i + 1) * g)
                 res = results[rows]

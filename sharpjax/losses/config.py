@@ -13,6 +13,8 @@ import dataclasses
 import typing
 from typing import Literal
 
+from sharpjax.errors import ConfigError
+
 AdvantageEstimator = Literal["rloo", "grpo"]
 Aggregation = Literal["token_mean", "sequence_mean", "sum"]
 KLEstimator = Literal["k1", "k2", "k3"]
@@ -21,14 +23,14 @@ KLEstimator = Literal["k1", "k2", "k3"]
 def _check_literal(field: str, value: object, literal: object) -> None:
     allowed = typing.get_args(literal)
     if value not in allowed:
-        raise ValueError(f"LossConfig.{field} must be one of {allowed}, got {value!r}.")
+        raise ConfigError(f"LossConfig.{field} must be one of {allowed}, got {value!r}.")
 
 
 def _check_positive(field: str, value: float | None, *, optional: bool = False) -> None:
     if value is None and optional:
         return
     if value is None or not value > 0:
-        raise ValueError(f"LossConfig.{field} must be a positive number, got {value!r}.")
+        raise ConfigError(f"LossConfig.{field} must be a positive number, got {value!r}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,7 +85,7 @@ class LossConfig:
         _check_literal("aggregation", self.aggregation, Aggregation)
         _check_literal("kl_estimator", self.kl_estimator, KLEstimator)
         if not isinstance(self.normalize_std, bool):
-            raise ValueError(
+            raise ConfigError(
                 f"LossConfig.normalize_std must be a bool, got {self.normalize_std!r}."
             )
         _check_positive("std_eps", self.std_eps)
@@ -92,14 +94,14 @@ class LossConfig:
         _check_positive("ppo_clip_eps", self.ppo_clip_eps, optional=True)
         _check_positive("ppo_clip_eps_high", self.ppo_clip_eps_high, optional=True)
         if self.ppo_clip_eps is not None and self.ppo_clip_eps >= 1.0:
-            raise ValueError(
+            raise ConfigError(
                 f"LossConfig.ppo_clip_eps must be in (0, 1), got {self.ppo_clip_eps!r}."
             )
         if self.ppo_clip_eps_high is not None and self.ppo_clip_eps is None:
-            raise ValueError(
+            raise ConfigError(
                 "LossConfig.ppo_clip_eps_high is set but ppo_clip_eps is None; "
                 "set ppo_clip_eps to enable PPO clipping."
             )
         if not self.kl_coef >= 0.0:
-            raise ValueError(f"LossConfig.kl_coef must be >= 0, got {self.kl_coef!r}.")
+            raise ConfigError(f"LossConfig.kl_coef must be >= 0, got {self.kl_coef!r}.")
         _check_positive("log_ratio_clamp", self.log_ratio_clamp)

@@ -1,7 +1,7 @@
-"""The transformer family (Llama 3.x, Qwen2.5, Qwen3), HF import/export, sharding, tokenizers."""
+"""The transformer family (Llama 3.x, Qwen2.5, Qwen3), HF import/export, tokenizers (sharding rules: `sharpjax.parallel`)."""
 
-from sharpjax.models.config import ConfigError, ModelConfig, RopeConfig
-from sharpjax.models.hf import CheckpointError, load_config, load_model, load_params, save_model
+from sharpjax.models.config import ModelConfig, RopeConfig
+from sharpjax.models.hf import load_config, load_model, load_params, save_model
 from sharpjax.models.transformer import (
     KVCache,
     Params,
@@ -14,8 +14,6 @@ from sharpjax.models.transformer import (
 )
 
 __all__ = [
-    "CheckpointError",
-    "ConfigError",
     "KVCache",
     "ModelConfig",
     "Params",

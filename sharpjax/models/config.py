@@ -12,14 +12,12 @@ from typing import Any, Literal
 
 import jax.numpy as jnp
 
+from sharpjax.errors import ConfigError
+
 ModelType = Literal["llama", "qwen2", "qwen3"]
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = ("llama", "qwen2", "qwen3")
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-
-
-class ConfigError(ValueError):
-    """A model config that sharpjax cannot build a model from."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,16 +19,13 @@ import numpy as np
 import safetensors
 import safetensors.numpy
 
-from sharpjax.models.config import ConfigError, ModelConfig
-from sharpjax.models.sharding import put_global
+from sharpjax.errors import ConfigError, ModelFileError
+from sharpjax.models.config import ModelConfig
 from sharpjax.models.transformer import Params, param_logical_axes
+from sharpjax.parallel import put_global
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint directory that is missing files or tensors."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,7 +90,7 @@ def load_config(model_dir: str, *, dtype: str | None = None) -> ModelConfig:
     """Reads `model_dir/config.json` into a `ModelConfig` (errors name the file and field)."""
     path = os.path.join(model_dir, "config.json")
     if not os.path.isfile(path):
-        raise CheckpointError(f"{path} not found: a Hugging Face model directory needs config.json.")
+        raise ModelFileError(f"{path} not found: a Hugging Face model directory needs config.json.")
     with open(path) as f:
         try:
             hf = json.load(f)
@@ -116,16 +113,16 @@ class _TensorReader:
             with safetensors.safe_open(single_path, "numpy") as f:
                 self.files = {name: single_path for name in f.keys()}
         else:
-            raise CheckpointError(f"{model_dir}: neither {SINGLE_FILE} nor {INDEX_FILE} found.")
+            raise ModelFileError(f"{model_dir}: neither {SINGLE_FILE} nor {INDEX_FILE} found.")
         for path in set(self.files.values()):
             if not os.path.isfile(path):
-                raise CheckpointError(f"{path} is named in {INDEX_FILE} but does not exist.")
+                raise ModelFileError(f"{path} is named in {INDEX_FILE} but does not exist.")
         self._handles: dict[str, safetensors.safe_open] = {}
 
     def get(self, name: str, needed_for: str) -> np.ndarray:
         if name not in self.files:
             where = sorted(set(self.files.values()))
-            raise CheckpointError(f"tensor {name!r} (for {needed_for}) is missing from {', '.join(where)}.")
+            raise ModelFileError(f"tensor {name!r} (for {needed_for}) is missing from {', '.join(where)}.")
         path = self.files[name]
         if path not in self._handles:
             self._handles[path] = safetensors.safe_open(path, "numpy").__enter__()

@@ -66,7 +66,7 @@ class KVCache:
 def param_logical_axes(config: ModelConfig) -> Params:
     """Logical axis names for every parameter: the one place model code names its layout.
 
-    The sharding rules (`sharpjax.models.sharding`) map these names to mesh axes.
+    The sharding rules (`sharpjax.parallel`) map these names to mesh axes.
     """
     layers: dict[str, tuple[str, ...]] = {
         "attn_norm": ("layers", "norm"),

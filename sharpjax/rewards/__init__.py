@@ -1,9 +1,10 @@
 """Rewards: math answer verification (the task reward) and the reward closure.
 
-`sharpjax.rewards.reward` (RewardConfig, make_reward, RewardOutput) imports jax; it is
+`sharpjax.rewards.reward` (make_reward, RewardOutput) imports jax; it is
 loaded lazily so verifier worker processes, which import this package, stay light.
 """
 
+from sharpjax.rewards.config import RewardConfig
 from sharpjax.rewards.math import (
     Fallback,
     VerifyReason,
@@ -14,7 +15,7 @@ from sharpjax.rewards.math import (
 )
 from sharpjax.rewards.pool import VerifierPool, default_num_workers, verify, verify_batch
 
-_LAZY = {"RewardConfig", "RewardOutput", "make_reward"}
+_LAZY = {"RewardOutput", "make_reward"}
 
 __all__ = [
     "Fallback",

@@ -64,6 +64,40 @@ class SamplingConfig:
             raise ValueError("stop_token_ids is empty: give the EOS/end-of-turn ids, or set ignore_eos=True.")
 
 
+def sampling_config_for(
+    model_config: ModelConfig,
+    tokenizer,
+    *,
+    max_new_tokens: int,
+    num_samples: int = 1,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    greedy: bool = False,
+    ignore_eos: bool = False,
+) -> SamplingConfig:
+    """The one way to build a `SamplingConfig` for a model and its tokenizer.
+
+    Stop tokens are the checkpoint's EOS ids (Llama 3 lists both end-of-text and end-of-turn)
+    plus the tokenizer's EOS; padding is the tokenizer's pad token, else the model's, else 0.
+    Training, validation, evaluation and SFT all sample through this, so they stop alike.
+    """
+    tokenizer_eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    stop = tuple(dict.fromkeys([*model_config.eos_token_ids, *tokenizer_eos]))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else model_config.pad_token_id
+    return SamplingConfig(
+        max_new_tokens=int(max_new_tokens),
+        num_samples=num_samples,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        greedy=greedy,
+        ignore_eos=ignore_eos,
+        stop_token_ids=stop,
+        pad_id=0 if pad is None else int(pad),
+    )
+
+
 @flax.struct.dataclass
 class RolloutBatch:
     """Prompt + response tokens and what the reward and loss need, rows = prompts x G.

@@ -6,9 +6,9 @@ import jax
 import numpy as np
 
 from sharpjax.models.config import ModelConfig
-from sharpjax.models.sharding import to_host
 from sharpjax.models.tokenizer import bucket_length, left_pad
 from sharpjax.models.transformer import Params
+from sharpjax.parallel import to_host
 from sharpjax.rollout.sampler import RolloutBatch, SamplingConfig, sample
 
 DEFAULT_BUCKETS = (64, 128, 256, 512, 1024, 2048, 4096, 8192)

@@ -11,7 +11,7 @@ line, products first and then left to right, and ends with the boxed value:
 
 Every character is in the char tokenizer's default alphabet
 (`sharpjax.models.tokenizer.DEFAULT_ALPHABET`), and a prompt plus solution is a few dozen
-characters, so a tiny model trained on CPU (`sharpjax.train.sft`) learns the format and
+characters, so a tiny model trained on CPU (`sharpjax.sft`) learns the format and
 some of the arithmetic, and RL rollouts stay cheap. `check` is an exact integer comparison;
 the generic math verifier (`sharpjax.rewards.verify`) agrees with it on these answers.
 
@@ -29,7 +29,7 @@ import random
 import re
 from typing import Literal
 
-from sharpjax.rewards.math import extract_boxed
+from sharpjax.rewards.math import VerifyReason, VerifyResult, extract_boxed
 
 __all__ = [
     "SOURCE",
@@ -40,11 +40,15 @@ __all__ = [
     "Split",
     "check",
     "evaluate_steps",
-    "format_prompt",
     "generate_problems",
+    "build_task",
+    "difficulty_for",
     "in_test_split",
+    "render",
     "parse_int",
     "task_alphabet",
+    "user_message",
+    "verify",
 ]
 
 Op = Literal["+", "-", "*"]
@@ -231,7 +235,7 @@ def generate_problems(
     return out
 
 
-def format_prompt(problem: ArithmeticProblem | str) -> str:
+def user_message(problem: ArithmeticProblem | str) -> str:
     """The user message for a problem: the bare expression, e.g. "47+8*3-15".
 
     Render it with the chat template (`sharpjax.models.tokenizer.render_chat`). It is short
@@ -267,3 +271,70 @@ def check(response: str, answer: str | int) -> float:
 def task_alphabet() -> str:
     """Every character a prompt or solution of this task can contain."""
     return "".join(sorted(set("0123456789" + "".join(_OPS) + "=\n\\boxed{}")))
+
+
+# ----------------------------------------------------------------------------- the Task
+
+
+def verify(responses: list[str], answers: list[str]) -> list[VerifyResult]:
+    """`check` per response, as `VerifyResult`s; the canonical answer (for maj@k) is the boxed integer."""
+    out = []
+    for response, answer in zip(responses, answers, strict=True):
+        extracted = extract_boxed(response)
+        value = parse_int(extracted)
+        score = check(response, answer)
+        if extracted is None:
+            reason = VerifyReason.NO_ANSWER
+        elif value is None:
+            reason = VerifyReason.PARSE_ERROR
+        else:
+            reason = VerifyReason.CORRECT if score else VerifyReason.MISMATCH
+        out.append(VerifyResult(score, reason, extracted, None if value is None else str(value)))
+    return out
+
+
+def render(tokenizer, problem: ArithmeticProblem | str) -> str:
+    """The prompt the model sees: `user_message` as one chat turn, generation prompt on."""
+    from sharpjax.models.tokenizer import render_chat
+
+    return render_chat(tokenizer, user_message(problem))
+
+
+def difficulty_for(name: str, model_dir: str) -> Difficulty:
+    """"auto": the difficulty the base model was trained on (its sft_info.json), else the default."""
+    import json
+    import os
+
+    if name == "default":
+        return Difficulty()
+    if name == "auto":
+        info_path = os.path.join(model_dir, "sft_info.json")
+        if os.path.exists(info_path):
+            with open(info_path) as f:
+                return Difficulty.from_dict(json.load(f)["config"]["difficulty"])
+        return Difficulty()
+    from sharpjax.errors import ConfigError
+
+    raise ConfigError(f"config.data.difficulty={name!r} must be 'auto' (from the base model's sft_info.json) or 'default'.")
+
+
+def build_task(config, tokenizer):
+    """The arithmetic `Task` of a `RunConfig`: generated train and held-out problems, exact checking."""
+    import functools
+
+    from sharpjax.tasks.base import Task
+
+    data = config.data
+    difficulty = difficulty_for(data.difficulty, config.model_dir)
+    train = generate_problems(data.num_train_problems, seed=config.train.seed, difficulty=difficulty, split="train")
+    # A disjoint seed stream for held-out problems.
+    held_out = generate_problems(
+        data.num_validation_problems, seed=config.train.seed + 10_000, difficulty=difficulty, split="test"
+    )
+    return Task(
+        name="arithmetic",
+        train=train,
+        validation={"arithmetic": held_out} if data.validation else {},
+        render=functools.partial(render, tokenizer),
+        verify=verify,
+    )

@@ -12,7 +12,8 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from sharpjax.train.config import ConfigError, RunConfig
+from sharpjax.errors import SharpjaxError
+from sharpjax.train.config import RunConfig
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file (experiments/*.py[:arg]).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics.jsonl, TensorBoard logs, exports.")
@@ -26,20 +27,22 @@ def main(argv):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     config_dict = _CONFIG.value
     try:
-        from sharpjax.train.resolve import resolve_model_dirs
+        from sharpjax.sft import check_model_dir, resolve_model_dirs
 
+        # Everything is validated before anything heavy (an `sft:` base model trains for minutes).
+        RunConfig.from_config_dict(config_dict)
+        check_model_dir(config_dict.model_dir)
+        if config_dict.get("ref_model_dir"):
+            check_model_dir(config_dict.ref_model_dir, "config.ref_model_dir")
         config_dict = resolve_model_dirs(config_dict)
         run = RunConfig.from_config_dict(config_dict)
-    except ConfigError as e:
-        print(f"error: bad config: {e}", file=sys.stderr)
-        sys.exit(2)
-    from sharpjax.train.loop import maybe_initialize_distributed, train
+        from sharpjax.parallel import maybe_initialize_distributed
+        from sharpjax.train.trainer import train
 
-    maybe_initialize_distributed()
-    try:
+        maybe_initialize_distributed()
         result = train(run, _WORKDIR.value, config_dict=config_dict.to_dict(), stop_after=_STOP_AFTER.value)
-    except ConfigError as e:
-        print(f"error: bad config: {e}", file=sys.stderr)
+    except SharpjaxError as e:
+        print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     print(f"done: step {result.last_step}, best step {result.best_step}, exports {result.export_dirs}, "
           f"logs in {_WORKDIR.value} (metrics.jsonl, TensorBoard)")

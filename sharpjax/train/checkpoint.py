@@ -36,6 +36,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from sharpjax.errors import CheckpointError, CheckpointExistsError, CheckpointNotFoundError, StateMismatchError
+
 __all__ = [
     "CheckpointError",
     "CheckpointExistsError",
@@ -47,22 +49,6 @@ __all__ = [
 
 _STATE, _META, _INFO = "state", "meta", "info"
 _INFO_VERSION = 1
-
-
-class CheckpointError(Exception):
-    """Base class of the errors raised by `Checkpointer`."""
-
-
-class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
-    """No checkpoint in the directory, or none at the requested step."""
-
-
-class CheckpointExistsError(CheckpointError, FileExistsError):
-    """`save` at a step that already has a checkpoint, without `force=True`."""
-
-
-class StateMismatchError(CheckpointError, ValueError):
-    """The abstract state's tree structure or leaf shapes differ from the checkpoint's."""
 
 
 def _is_key(x) -> bool:

@@ -10,20 +10,76 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import types
+import typing
 from collections.abc import Mapping
 from typing import Any
 
-from sharpjax.losses import LossConfig
-from sharpjax.rewards.reward import RewardConfig
-from sharpjax.train.step import OptimConfig
+from sharpjax.errors import ConfigError
+from sharpjax.losses.config import LossConfig
+from sharpjax.rewards.config import RewardConfig
 
-
-class ConfigError(ValueError):
-    """A run config that cannot work; the message names the field and what to do."""
+__all__ = [
+    "ConfigError",
+    "DataConfig",
+    "EvalConfig",
+    "MeshConfig",
+    "OptimConfig",
+    "RolloutConfig",
+    "RunConfig",
+    "TrainConfig",
+    "build_config",
+]
 
 
 @dataclasses.dataclass(frozen=True)
-class RolloutSettings:
+class OptimConfig:
+    """AdamW with warmup; defaults are the paper's (PAPER.md). `sharpjax.train.optim` builds it.
+
+    Attributes:
+      learning_rate: peak rate (paper: 1e-6), finite and > 0.
+      weight_decay: AdamW's decoupled decay (paper: 0.01), finite and >= 0.
+      b1, b2, eps: Adam's moments and epsilon (paper: 0.9, 0.999, 1e-8).
+      max_grad_norm: global-norm clip (paper: 1.0); 0 disables; finite and >= 0.
+      warmup_steps: linear warmup length (paper: 50).
+      warmup_init_fraction: warmup starts at this fraction of learning_rate (paper: 0.1).
+      schedule: after warmup, "constant" (paper) or "cosine" (to 0 at total_steps).
+      total_steps: the cosine schedule's end.
+    """
+
+    learning_rate: float = 1e-6
+    weight_decay: float = 0.01
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    max_grad_norm: float = 1.0
+    warmup_steps: int = 50
+    warmup_init_fraction: float = 0.1
+    schedule: str = "constant"
+    total_steps: int = 500
+
+    def __post_init__(self):
+        # A NaN or infinite number here would silently turn every parameter into NaN at step 1.
+        for name in ("learning_rate", "weight_decay", "b1", "b2", "eps", "max_grad_norm", "warmup_init_fraction"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ConfigError(f"config.optim.{name}={value!r} must be a finite number.")
+        if self.schedule not in ("constant", "cosine"):
+            raise ConfigError(f"config.optim.schedule={self.schedule!r}; expected 'constant' or 'cosine'.")
+        if not self.learning_rate > 0:
+            raise ConfigError(f"config.optim.learning_rate={self.learning_rate} must be > 0 (paper: 1e-6).")
+        if self.weight_decay < 0:
+            raise ConfigError(f"config.optim.weight_decay={self.weight_decay} must be >= 0 (paper: 0.01).")
+        if self.max_grad_norm < 0:
+            raise ConfigError(f"config.optim.max_grad_norm={self.max_grad_norm} must be >= 0 (0 disables clipping).")
+        if not (0 <= self.b1 < 1 and 0 <= self.b2 < 1 and self.eps > 0):
+            raise ConfigError("config.optim: b1 and b2 must be in [0, 1) and eps > 0 (paper: 0.9, 0.999, 1e-8).")
+        if self.warmup_steps < 0 or not 0 < self.warmup_init_fraction <= 1:
+            raise ConfigError("config.optim.warmup_steps must be >= 0 and config.optim.warmup_init_fraction in (0, 1].")
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutConfig:
     """Sampling during training (paper: 32 prompts x 8 samples, total length 2048, T=1, top-p 1).
 
     Attributes:
@@ -48,7 +104,7 @@ class RolloutSettings:
 
 
 @dataclasses.dataclass(frozen=True)
-class DataSettings:
+class DataConfig:
     """Where prompts come from.
 
     Attributes:
@@ -74,7 +130,7 @@ class DataSettings:
 
 
 @dataclasses.dataclass(frozen=True)
-class EvalSettings:
+class EvalConfig:
     """Periodic validation (paper: every 20 steps, best checkpoint kept by accuracy).
 
     Attributes:
@@ -94,7 +150,7 @@ class EvalSettings:
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainSettings:
+class TrainConfig:
     """The loop.
 
     Attributes:
@@ -126,7 +182,7 @@ class TrainSettings:
 
 
 @dataclasses.dataclass(frozen=True)
-class MeshSettings:
+class MeshConfig:
     """Device mesh shape; -1 on `data` takes every remaining device."""
 
     data: int = -1
@@ -144,16 +200,16 @@ class RunConfig:
     reward: RewardConfig = RewardConfig()
     loss: LossConfig = LossConfig()
     optim: OptimConfig = OptimConfig()
-    rollout: RolloutSettings = RolloutSettings()
-    data: DataSettings = DataSettings()
-    eval: EvalSettings = EvalSettings()
-    train: TrainSettings = TrainSettings()
-    mesh: MeshSettings = MeshSettings()
+    rollout: RolloutConfig = RolloutConfig()
+    data: DataConfig = DataConfig()
+    eval: EvalConfig = EvalConfig()
+    train: TrainConfig = TrainConfig()
+    mesh: MeshConfig = MeshConfig()
 
     @classmethod
     def from_config_dict(cls, config: Mapping[str, Any]) -> RunConfig:
         """Converts an (ml-collections) mapping, checking names, types and ranges."""
-        run = _build(cls, _to_plain(config), "config")
+        run = build_config(cls, _to_plain(config), "config")
         run.validate()
         return run
 
@@ -256,12 +312,17 @@ def _to_plain(config: Any) -> Any:
     return config
 
 
-def _build(cls, values: Any, where: str):
+def build_config(cls, values: Any, where: str = "config"):
+    """A frozen config dataclass from a (nested) mapping; nested sections follow the field types.
+
+    Unknown fields and values of the wrong type are a ConfigError naming the dotted field.
+    """
     if isinstance(values, cls):
         return values
     if not isinstance(values, Mapping):
         raise ConfigError(f"{where} must be a mapping of fields of {cls.__name__}, got {values!r}.")
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
     unknown = sorted(set(values) - set(fields))
     if unknown:
         raise ConfigError(
@@ -269,54 +330,40 @@ def _build(cls, values: Any, where: str):
         )
     kwargs = {}
     for name, value in values.items():
-        field_type = fields[name].type
-        nested = _NESTED.get((cls.__name__, name))
-        if nested is not None:
-            kwargs[name] = _build(nested, value, f"{where}.{name}")
-        elif isinstance(value, list):
-            kwargs[name] = tuple(value)
-        elif isinstance(value, str) and "tuple" in str(field_type):
-            kwargs[name] = tuple(v for v in value.split(",") if v)  # "--config.data.validation=math500,aime24"
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = build_config(hint, value, f"{where}.{name}")
         else:
-            kwargs[name] = value
+            kwargs[name] = _coerce(value, hint, f"{where}.{name}")
     try:
         return cls(**kwargs)
-    except ConfigError:
-        raise
     except (TypeError, ValueError) as e:
+        if str(e).startswith(where):  # already names the field
+            raise
         raise ConfigError(f"{where}: {e}") from e
 
 
-_NESTED = {
-    ("RunConfig", "reward"): RewardConfig,
-    ("RunConfig", "loss"): LossConfig,
-    ("RunConfig", "optim"): OptimConfig,
-    ("RunConfig", "rollout"): RolloutSettings,
-    ("RunConfig", "data"): DataSettings,
-    ("RunConfig", "eval"): EvalSettings,
-    ("RunConfig", "train"): TrainSettings,
-    ("RunConfig", "mesh"): MeshSettings,
-}
-
-
-def reward_preset(name: str) -> dict[str, Any]:
-    """The paper's named reward settings: task | likelihood | power-a<alpha> | tilted-a<alpha>-b<beta_inv>.
-
-    e.g. "power-a2" = sampling, alpha=2, beta_inv=0; "tilted-a4-b100" = sampling, alpha=4, beta_inv=100.
-    """
-    if name == "task":
-        return dict(mode="optimization", alpha=0.0, beta_inv=1.0)
-    if name == "likelihood":
-        return dict(mode="optimization", alpha=1.0, beta_inv=0.0)
-    parts = name.split("-")
-    try:
-        if parts[0] == "power" and len(parts) == 2 and parts[1].startswith("a"):
-            return dict(mode="sampling", alpha=float(parts[1][1:]), beta_inv=0.0)
-        if parts[0] == "tilted" and len(parts) == 3 and parts[1].startswith("a") and parts[2].startswith("b"):
-            return dict(mode="sampling", alpha=float(parts[1][1:]), beta_inv=float(parts[2][1:]))
-    except ValueError:
-        pass
-    raise ConfigError(
-        f"unknown reward preset {name!r}; use task, likelihood, power-a<alpha> (e.g. power-a2) or "
-        "tilted-a<alpha>-b<beta_inv> (e.g. tilted-a4-b100)."
-    )
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Checks a value against its annotation; lists -> tuples, "a,b" -> ("a", "b") for tuple fields."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        hint = next(a for a in args if a is not type(None))
+        args = typing.get_args(hint)
+    if typing.get_origin(hint) is tuple:
+        if isinstance(value, str):  # "--config.data.validation=math500,aime24"
+            value = tuple(v for v in value.split(",") if v)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}={value!r} must be a sequence.")
+        return tuple(_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+    if typing.get_origin(hint) is typing.Literal:
+        if value not in args:
+            raise ConfigError(f"{where}={value!r} must be one of {', '.join(map(repr, args))}.")
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool):
+        if not isinstance(value, hint) or (hint is not bool and isinstance(value, bool)):
+            raise ConfigError(f"{where}={value!r} must be of type {hint.__name__}.")
+    return value

@@ -24,59 +24,18 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 from jaxtyping import Array, Float, Int
 
 from sharpjax.losses import LossConfig, compute_advantages, policy_gradient_loss, reward_metrics
 from sharpjax.models.config import ModelConfig
-from sharpjax.models.sharding import BATCH_AXES
 from sharpjax.models.transformer import Params
+from sharpjax.parallel import batch_sharding, replicated
 from sharpjax.rewards import RewardConfig, make_reward
 from sharpjax.rollout.sampler import RolloutBatch
 from sharpjax.rollout.scoring import score_tokens
-
-
-@dataclasses.dataclass(frozen=True)
-class OptimConfig:
-    """AdamW with warmup; defaults are the paper's (PAPER.md)."""
-
-    learning_rate: float = 1e-6
-    weight_decay: float = 0.01
-    b1: float = 0.9
-    b2: float = 0.999
-    eps: float = 1e-8
-    max_grad_norm: float = 1.0  # global-norm clip; 0 disables
-    warmup_steps: int = 50
-    warmup_init_fraction: float = 0.1  # warmup starts at this fraction of learning_rate
-    schedule: str = "constant"  # after warmup: "constant" or "cosine" (to 0 at total_steps)
-    total_steps: int = 500
-
-    def __post_init__(self):
-        if self.schedule not in ("constant", "cosine"):
-            raise ValueError(f"optim.schedule={self.schedule!r}; expected 'constant' or 'cosine'.")
-        if self.learning_rate <= 0:
-            raise ValueError(f"optim.learning_rate={self.learning_rate} must be > 0.")
-        if self.warmup_steps < 0 or not 0 < self.warmup_init_fraction <= 1:
-            raise ValueError("optim.warmup_steps must be >= 0 and optim.warmup_init_fraction in (0, 1].")
-
-
-def make_schedule(config: OptimConfig) -> optax.Schedule:
-    lr = config.learning_rate
-    warmup = optax.linear_schedule(config.warmup_init_fraction * lr, lr, max(config.warmup_steps, 1))
-    if config.schedule == "constant":
-        after = optax.constant_schedule(lr)
-    else:
-        after = optax.cosine_decay_schedule(lr, max(config.total_steps - config.warmup_steps, 1))
-    return optax.join_schedules([warmup, after], [config.warmup_steps])
-
-
-def make_optimizer(config: OptimConfig) -> optax.GradientTransformation:
-    adamw = optax.adamw(
-        make_schedule(config), b1=config.b1, b2=config.b2, eps=config.eps, weight_decay=config.weight_decay
-    )
-    if config.max_grad_norm > 0:
-        return optax.chain(optax.clip_by_global_norm(config.max_grad_norm), adamw)
-    return adamw
+from sharpjax.train.config import OptimConfig
+from sharpjax.train.optim import make_optimizer, make_schedule
 
 
 @flax.struct.dataclass
@@ -142,14 +101,14 @@ def init_train_state(
 
     if mesh is None:
         return fresh(params)
-    replicated = NamedSharding(mesh, PartitionSpec())
+    scalar = replicated(mesh)
     param_sh = jax.tree.map(lambda p: p.sharding, params)
     abstract = jax.eval_shape(fresh, params)
     opt_sh = optax.tree_map_params(
-        optimizer, lambda _, sh: sh, abstract.opt_state, param_sh, transform_non_params=lambda _: replicated
+        optimizer, lambda _, sh: sh, abstract.opt_state, param_sh, transform_non_params=lambda _: scalar
     )
     # Built inside jit with explicit out_shardings: works when the mesh spans several processes.
-    return jax.jit(fresh, out_shardings=TrainState(step=replicated, params=param_sh, opt_state=opt_sh))(params)
+    return jax.jit(fresh, out_shardings=TrainState(step=scalar, params=param_sh, opt_state=opt_sh))(params)
 
 
 def state_shardings(state: TrainState) -> TrainState:
@@ -158,8 +117,7 @@ def state_shardings(state: TrainState) -> TrainState:
 
 
 def batch_shardings(mesh: Mesh) -> TrainBatch:
-    rows2 = NamedSharding(mesh, PartitionSpec(BATCH_AXES, None))
-    rows1 = NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+    rows2, rows1 = batch_sharding(mesh, 2), batch_sharding(mesh, 1)
     return TrainBatch(
         tokens=rows2, attention_mask=rows2, response_mask=rows2, rollout_logprobs=rows2, advantages=rows1,
         ref_logprobs=rows2,
@@ -242,7 +200,7 @@ def make_train_step(cfg: StepConfig, state: TrainState, mesh: Mesh | None) -> Ca
     return jax.jit(
         fn,
         in_shardings=(shardings, batch_shardings(mesh)),
-        out_shardings=(shardings, NamedSharding(mesh, PartitionSpec())),
+        out_shardings=(shardings, replicated(mesh)),
         donate_argnums=0,
     )
 

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 
 from sharpjax.models import apply, load_model
-from sharpjax.models.sharding import batch_sharding, make_mesh, param_shardings, shard_params
+from sharpjax.parallel import batch_sharding, make_mesh, param_shardings, shard_params
 from sharpjax.rollout import SamplingConfig, sample, score_tokens
 
 

@@ -10,10 +10,10 @@ import safetensors.numpy
 import torch
 import transformers
 
-from sharpjax.models import CheckpointError, ConfigError, load_model, save_model
+from sharpjax.errors import CheckpointError, ConfigError
+from sharpjax.models import load_model, save_model
 from sharpjax.models.tokenizer import load_tokenizer, render_chat
-
-from tests.conftest import FAMILIES
+from tests.tiny import FAMILIES
 
 
 def read_tensors(model_dir):

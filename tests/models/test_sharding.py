@@ -8,7 +8,7 @@ import jax
 import pytest
 from jax.sharding import PartitionSpec
 
-from sharpjax.models.sharding import logical_to_spec, make_mesh
+from sharpjax.parallel import logical_to_spec, make_mesh
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from sharpjax.models import KVCache, apply, forward, load_model, logits, positions_from_mask
-
-from tests.conftest import FAMILIES, build_hf_model
+from tests.tiny import FAMILIES, build_hf_model
 
 
 def hf_logits(model_dir, tokens, mask):

@@ -9,8 +9,7 @@ import transformers
 
 from sharpjax.models import ModelConfig, init_params, load_model
 from sharpjax.rollout import SamplingConfig, filter_logits, sample, score_tokens
-
-from tests.conftest import FAMILIES
+from tests.tiny import FAMILIES
 
 MAX_NEW = 12
 

@@ -13,11 +13,11 @@ from sharpjax.tasks.arithmetic import (
     Difficulty,
     check,
     evaluate_steps,
-    format_prompt,
     generate_problems,
     in_test_split,
     parse_int,
     task_alphabet,
+    user_message,
 )
 
 DIFFICULTIES = [
@@ -161,21 +161,21 @@ def test_every_character_is_in_the_tokenizer_alphabet():
     assert set(task_alphabet()) <= set(DEFAULT_ALPHABET)
     for difficulty in DIFFICULTIES:
         for p in generate_problems(100, seed=4, difficulty=difficulty):
-            for text in (format_prompt(p), p.solution):
+            for text in (user_message(p), p.solution):
                 assert set(text) <= set(task_alphabet()), text
                 ids = tok(text, add_special_tokens=False)["input_ids"]
                 assert unk not in ids
                 assert len(ids) == len(text)  # one token per character
                 assert tok.decode(ids) == text
-            rendered = render_chat(tok, format_prompt(p)) + p.solution + tok.eos_token
+            rendered = render_chat(tok, user_message(p)) + p.solution + tok.eos_token
             ids = tok(rendered, add_special_tokens=False)["input_ids"]
             assert tok.decode(ids) == rendered
             assert tok.decode(ids, skip_special_tokens=True) == p.problem + p.solution
 
 
-def test_format_prompt_is_the_expression():
+def test_user_message_is_the_expression():
     p = generate_problems(1, seed=0)[0]
-    assert format_prompt(p) == p.problem == format_prompt(p.problem)
+    assert user_message(p) == p.problem == user_message(p.problem)
 
 
 @pytest.mark.parametrize(

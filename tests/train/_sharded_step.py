@@ -3,10 +3,10 @@
 import jax
 import numpy as np
 
-from sharpjax.models.sharding import make_mesh, param_shardings, shard_params
-from sharpjax.train.step import init_train_state, make_optimizer, make_train_step
-
-from tests.train._step_setup import tiny_setup
+from sharpjax.parallel import make_mesh, param_shardings, shard_params
+from sharpjax.train.optim import make_optimizer
+from sharpjax.train.step import init_train_state, make_train_step
+from tests.tiny import tiny_setup
 
 
 def run(mesh):

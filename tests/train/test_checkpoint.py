@@ -21,7 +21,9 @@ from sharpjax.train.checkpoint import (
     StateMismatchError,
     abstract_like,
 )
-from sharpjax.train.step import OptimConfig, init_train_state, make_optimizer
+from sharpjax.train.config import OptimConfig
+from sharpjax.train.optim import make_optimizer
+from sharpjax.train.step import init_train_state
 
 TINY = ModelConfig(
     model_type="qwen2", vocab_size=32, hidden_size=8, intermediate_size=16, num_layers=2, num_heads=2,

@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 
 from sharpjax.models import load_model
-from sharpjax.train.metrics_log import read_metrics
-
-from tests.train._tiny_run import make_tiny_model
+from sharpjax.train.metrics import read_metrics
+from tests.tiny import make_tiny_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(ROOT, "tests", "train", "_tiny_run.py")

@@ -4,9 +4,8 @@ import os
 import subprocess
 import sys
 
-from sharpjax.train.metrics_log import read_metrics
-
-from tests.train._tiny_run import make_tiny_model
+from sharpjax.train.metrics import read_metrics
+from tests.tiny import make_tiny_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -20,7 +20,9 @@ from sharpjax.models import ModelConfig, init_params
 from sharpjax.rewards import RewardConfig
 from sharpjax.rollout import SamplingConfig, sample
 from sharpjax.rollout.scoring import score_tokens
-from sharpjax.train.step import OptimConfig, StepConfig, compute_rewards, init_train_state, make_optimizer, make_train_step
+from sharpjax.train.config import OptimConfig
+from sharpjax.train.optim import make_optimizer
+from sharpjax.train.step import StepConfig, compute_rewards, init_train_state, make_train_step
 
 VOCAB, EOS, PAD, MAX_NEW = 4, 3, 0, 3
 PROMPT = np.array([[1, 2]], np.int32)

@@ -12,9 +12,9 @@ import torch
 from sharpjax.losses import policy_gradient_loss
 from sharpjax.models import apply
 from sharpjax.models.hf import save_model
-from sharpjax.train.step import init_train_state, make_optimizer, make_train_step
-
-from tests.train._step_setup import GROUP, tiny_setup
+from sharpjax.train.optim import make_optimizer
+from sharpjax.train.step import init_train_state, make_train_step
+from tests.tiny import GROUP, tiny_setup
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

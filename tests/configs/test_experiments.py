@@ -5,7 +5,9 @@ import os
 
 import pytest
 
-from sharpjax.train.config import ConfigError, RunConfig, reward_preset
+from sharpjax.configs import reward_preset
+from sharpjax.errors import ConfigError
+from sharpjax.train.config import RunConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -1,4 +1,5 @@
-"""Every sharding decision in one place: mesh, logical-axis rules, param and batch shardings.
+"""Every sharding decision in one place: mesh, logical-axis rules, param and batch shardings,
+global arrays across processes, and the multi-process (jax.distributed) start.
 
 Model code names logical axes (`param_logical_axes`); `DEFAULT_RULES` maps them to the mesh
 axes ("data", "fsdp", "tensor"). The same code runs on 1 CPU, 8 fake CPU devices and a
@@ -9,12 +10,14 @@ than failing (e.g. 2 kv heads on tensor=4), so small test models still run on bi
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping, Sequence
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from sharpjax.errors import ConfigError
 from sharpjax.models.config import ModelConfig
 from sharpjax.models.transformer import Params, init_params, param_logical_axes, param_shapes
 
@@ -128,3 +131,27 @@ def to_host(x) -> np.ndarray:
 
         return np.asarray(multihost_utils.process_allgather(x, tiled=True))
     return np.asarray(jax.device_get(x))
+
+
+def maybe_initialize_distributed() -> bool:
+    """`jax.distributed.initialize()` when the usual coordinator variables are set.
+
+    Reads JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID (explicit), and lets
+    JAX auto-detect SLURM / Open MPI / cloud TPU environments when only
+    SHARPJAX_DISTRIBUTED=1 is set. Returns whether it initialized.
+    """
+    address = os.environ.get("JAX_COORDINATOR_ADDRESS")
+    if address:
+        try:
+            num_processes = int(os.environ["JAX_NUM_PROCESSES"])
+            process_id = int(os.environ["JAX_PROCESS_ID"])
+        except KeyError as e:
+            raise ConfigError(
+                f"JAX_COORDINATOR_ADDRESS is set but {e.args[0]} is not; set JAX_NUM_PROCESSES and JAX_PROCESS_ID."
+            ) from None
+        jax.distributed.initialize(address, num_processes=num_processes, process_id=process_id)
+        return True
+    if os.environ.get("SHARPJAX_DISTRIBUTED") == "1":
+        jax.distributed.initialize()
+        return True
+    return False

@@ -4,17 +4,19 @@ import importlib.util
 import json
 import os
 import pathlib
+import types
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from sharpjax.eval import harness
 from sharpjax.models import apply, init_params, load_model
 from sharpjax.models.tokenizer import build_char_tokenizer, load_tokenizer
+from sharpjax.sft import SFTConfig, encode_examples, measure_accuracy, sft_loss, train_base_model
+from sharpjax.sft import base_model as sft
 from sharpjax.tasks.arithmetic import Difficulty, generate_problems
-from sharpjax.train import sft
-from sharpjax.train.sft import SFTConfig, encode_examples, measure_accuracy, sft_loss, train_base_model
 
 EXPERIMENT = pathlib.Path(__file__).resolve().parents[2] / "experiments" / "sft_arithmetic.py"
 
@@ -162,9 +164,10 @@ def test_measure_accuracy_aggregates_checks(monkeypatch):
                 # Problem i: samples s < i are right (so i of 4 right, capped); greedy right for even i.
                 right = (i % 2 == 0) if sampling.greedy else s < i
                 texts.append(p.solution if right else "\\boxed{x}")
-        return texts, None
+        rows = len(texts)  # the harness reads lengths and finished flags of the rollout
+        return texts, types.SimpleNamespace(lengths=np.ones(rows, np.int32), finished=np.ones(rows, bool))
 
-    monkeypatch.setattr(sft, "generate_text", fake_generate_text)
+    monkeypatch.setattr(harness, "generate_text", fake_generate_text)
     acc = measure_accuracy(None, config, tok, problems, key=jax.random.key(0), num_samples=4, batch_size=2)
     assert acc.per_problem == (0.0, 0.25, 0.5, 0.75, 1.0)
     assert acc.mean_at_1 == pytest.approx(0.5)

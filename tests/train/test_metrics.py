@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sharpjax.train.metrics_log import MetricsLogger, format_metrics, read_metrics
+from sharpjax.train.metrics import MetricsLogger, format_metrics, read_metrics
 
 
 def _lines(workdir):

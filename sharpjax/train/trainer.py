@@ -24,25 +24,19 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
 
 from sharpjax.models.hf import load_model, save_model
-from sharpjax.models.sharding import BATCH_AXES, make_mesh, param_shardings, put_global, shard_params, to_host
 from sharpjax.models.tokenizer import bucket_length, load_tokenizer
-from sharpjax.rollout.sampler import SamplingConfig, sample, trim_padding
+from sharpjax.models.transformer import Params
+from sharpjax.parallel import batch_sharding, make_mesh, param_shardings, put_global, replicated, shard_params, to_host
+from sharpjax.rollout.sampler import SamplingConfig, sample, sampling_config_for, trim_padding
 from sharpjax.rollout.text import decode_responses, encode_prompts
+from sharpjax.tasks import Task, build_task
 from sharpjax.train.checkpoint import Checkpointer, abstract_like
 from sharpjax.train.config import ConfigError, RunConfig
-from sharpjax.train.metrics_log import MetricsLogger, format_metrics
-from sharpjax.train.step import (
-    StepConfig,
-    cast_params,
-    compute_rewards,
-    init_train_state,
-    make_optimizer,
-    make_train_step,
-)
-from sharpjax.train.tasks import Task, build_task
+from sharpjax.train.metrics import MetricsLogger, format_metrics
+from sharpjax.train.optim import make_optimizer
+from sharpjax.train.step import StepConfig, cast_params, compute_rewards, init_train_state, make_train_step
 
 log = logging.getLogger(__name__)
 
@@ -83,35 +77,12 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
-def maybe_initialize_distributed() -> bool:
-    """`jax.distributed.initialize()` when the usual coordinator variables are set.
-
-    Reads JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID (explicit), and lets
-    JAX auto-detect SLURM / Open MPI / cloud TPU environments when only
-    SHARPJAX_DISTRIBUTED=1 is set. Returns whether it initialized.
-    """
-    address = os.environ.get("JAX_COORDINATOR_ADDRESS")
-    if address:
-        try:
-            num_processes = int(os.environ["JAX_NUM_PROCESSES"])
-            process_id = int(os.environ["JAX_PROCESS_ID"])
-        except KeyError as e:
-            raise ConfigError(
-                f"JAX_COORDINATOR_ADDRESS is set but {e.args[0]} is not; set JAX_NUM_PROCESSES and JAX_PROCESS_ID."
-            ) from None
-        jax.distributed.initialize(address, num_processes=num_processes, process_id=process_id)
-        return True
-    if os.environ.get("SHARPJAX_DISTRIBUTED") == "1":
-        jax.distributed.initialize()
-        return True
-    return False
-
-
 def _step_key(base_key: jax.Array, step: int, stream: int) -> jax.Array:
     return jax.random.fold_in(jax.random.fold_in(base_key, step), stream)
 
 
 def _sampling(config: RunConfig, model_config, tokenizer, prompt_len: int, *, eval: bool = False) -> SamplingConfig:
+    """The rollout's (or validation's) sampling settings for prompts padded to `prompt_len`."""
     r = config.rollout
     budget = r.max_new_tokens if r.max_new_tokens is not None else r.max_total_length - prompt_len
     if eval and config.eval.max_new_tokens is not None:
@@ -121,16 +92,10 @@ def _sampling(config: RunConfig, model_config, tokenizer, prompt_len: int, *, ev
             f"prompts of {prompt_len} tokens leave no room for a response within "
             f"config.rollout.max_total_length={r.max_total_length}; raise it or shorten the prompts."
         )
-    stop = tuple(model_config.eos_token_ids) or ((tokenizer.eos_token_id,) if tokenizer.eos_token_id is not None else ())
-    return SamplingConfig(
-        max_new_tokens=int(budget),
-        num_samples=1 if eval else r.samples_per_prompt,
-        temperature=r.temperature,
-        top_p=r.top_p,
-        top_k=r.top_k,
-        ignore_eos=r.ignore_eos,
-        stop_token_ids=stop,
-        pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
+    return sampling_config_for(
+        model_config, tokenizer, max_new_tokens=budget,
+        num_samples=config.eval.num_samples if eval else r.samples_per_prompt,
+        temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, ignore_eos=r.ignore_eos,
     )
 
 
@@ -161,24 +126,37 @@ class Trainer:
         self.config = config
         self.workdir = workdir
         self.progress = progress
+        self.config_dict = config_dict if config_dict is not None else config.to_dict()
+        os.makedirs(workdir, exist_ok=True)
+        params = self._load_models()
+        self.task: Task = build_task(config, self.tokenizer)
+        self._build_step(params)
+        del params
+        self.iterator = self.task.train_iterator(config.rollout.prompts_per_step, config.train.seed)
+        self._open_checkpoints()
+        self.logger = MetricsLogger(workdir, resume_step=self.start_step if self.resumed else None)
+
+    # ---- construction -------------------------------------------------------------
+    def _load_models(self) -> Params:
+        """Tokenizer, policy and frozen reference on the mesh; returns the policy's params."""
+        config = self.config
         self.tokenizer = load_tokenizer(config.model_dir)
         params, self.model = load_model(config.model_dir, dtype=config.dtype)
         config.check_against(context_length=self.model.max_position_embeddings, num_devices=jax.device_count())
-        self.task: Task = build_task(config, self.tokenizer)
-        os.makedirs(workdir, exist_ok=True)
-
         data, fsdp, tensor = config.mesh_shape(jax.device_count())
         self.mesh = make_mesh(data, fsdp, tensor) if jax.device_count() > 1 else None
         shardings = param_shardings(self.model, self.mesh) if self.mesh is not None else None
         if shardings is not None:
             params = shard_params(params, shardings)
         ref_dir = config.ref_model_dir or config.model_dir
-        if ref_dir == config.model_dir:
-            ref = params
-        else:
-            ref, _ = load_model(ref_dir, dtype=config.dtype, shardings=shardings)
+        ref = params if ref_dir == config.model_dir else load_model(ref_dir, dtype=config.dtype, shardings=shardings)[0]
         # The reference is frozen in the compute dtype; the policy gets its own fp32 copy.
         self.ref_params = cast_params(ref, self.model.jnp_dtype)
+        return params
+
+    def _build_step(self, params: Params) -> None:
+        """The train state (fp32 master weights + AdamW), the jitted step and reward functions, the PRNG key."""
+        config = self.config
         self.score_ref = (
             config.reward.needs_ref_logprobs or config.loss.kl_coef > 0 or config.train.score_reference_always
         )
@@ -191,30 +169,31 @@ class Trainer:
             logits_chunk=config.train.logits_chunk,
             has_reference=self.score_ref,
         )
-        self.optimizer = make_optimizer(config.optim)
-        self.state = init_train_state(params, self.optimizer, self.mesh)
-        del params, ref
-        self.base_key = jax.random.key(config.train.seed)
-        if self.mesh is not None:  # a global array, so every process checkpoints the same key
-            data = put_global(np.asarray(jax.random.key_data(self.base_key)), NamedSharding(self.mesh, PartitionSpec()))
-            self.base_key = jax.random.wrap_key_data(data)
-        self.iterator = self.task.train_iterator(config.rollout.prompts_per_step, config.train.seed)
-        self.config_dict = config_dict if config_dict is not None else config.to_dict()
-
-        self.best_metric = f"val/{config.data.validation[0]}/{config.eval.metric}" if self.task.validation else None
-        self.checkpointer = Checkpointer(
-            os.path.join(workdir, "checkpoints"), keep_last=config.train.keep_last, best_metric=self.best_metric
-        )
-        self.start_step = 0
-        latest = self.checkpointer.latest_step()
-        if latest is not None:
-            self._restore(latest)
-        self.logger = MetricsLogger(workdir, resume_step=self.start_step if latest is not None else None)
+        self.state = init_train_state(params, make_optimizer(config.optim), self.mesh)
         self._train_step = make_train_step(self.step_config, self.state, self.mesh)
         self._rewards = jax.jit(
             compute_rewards,
             static_argnames=("model", "reward", "loss", "group_size", "logits_chunk", "score_reference"),
         )
+        self.base_key = jax.random.key(config.train.seed)
+        if self.mesh is not None:  # a global array, so every process checkpoints the same key
+            data = put_global(np.asarray(jax.random.key_data(self.base_key)), replicated(self.mesh))
+            self.base_key = jax.random.wrap_key_data(data)
+
+    def _open_checkpoints(self) -> None:
+        """The checkpointer, and the restored state when the workdir holds a checkpoint."""
+        self.best_metric = (
+            f"val/{self.config.data.validation[0]}/{self.config.eval.metric}" if self.task.validation else None
+        )
+        self.checkpointer = Checkpointer(
+            os.path.join(self.workdir, "checkpoints"), keep_last=self.config.train.keep_last,
+            best_metric=self.best_metric,
+        )
+        self.start_step = 0
+        latest = self.checkpointer.latest_step()
+        self.resumed = latest is not None
+        if self.resumed:
+            self._restore(latest)
 
     # ---- checkpoints --------------------------------------------------------------
     def _checkpoint_tree(self) -> dict:
@@ -243,8 +222,7 @@ class Trainer:
     def _put_rows(self, x: np.ndarray) -> jax.Array:
         if self.mesh is None:
             return jnp.asarray(x)
-        spec = PartitionSpec(BATCH_AXES, *([None] * (x.ndim - 1)))
-        return put_global(x, NamedSharding(self.mesh, spec))
+        return put_global(x, batch_sharding(self.mesh, x.ndim))
 
     def rollout_and_update(self, step: int) -> dict[str, Any]:
         t0 = time.perf_counter()
@@ -309,15 +287,15 @@ class Trainer:
         out: dict[str, float] = {}
         for i, (name, problems) in enumerate(self.task.validation.items()):
             prompt_len = max(len(self.tokenizer(self.task.render(p.problem), add_special_tokens=False)["input_ids"]) for p in problems)
-            sampling = dataclasses.replace(
-                _sampling(self.config, self.model, self.tokenizer, bucket_length(prompt_len, self.config.rollout.prompt_buckets), eval=True),
-                num_samples=self.config.eval.num_samples,
+            sampling = _sampling(
+                self.config, self.model, self.tokenizer, bucket_length(prompt_len, self.config.rollout.prompt_buckets),
+                eval=True,
             )
             result = evaluate(
                 params, self.model, self.tokenizer, problems,
                 num_samples=self.config.eval.num_samples, sampling=sampling,
                 key=_step_key(self.base_key, step, 1 + i), batch_size=self.config.eval.batch_size,
-                render_fn=self.task.render, progress=False, desc=name,
+                render_fn=self.task.render, verify_fn=self.task.verify, progress=False, desc=name,
                 buckets=self.config.rollout.prompt_buckets,
             )
             out |= {f"val/{name}/{k}": float(v) for k, v in result.summary.items() if _is_number(v)}

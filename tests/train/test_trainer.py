@@ -9,10 +9,9 @@ import pytest
 
 from sharpjax.models import load_model
 from sharpjax.train.config import ConfigError, RunConfig
-from sharpjax.train.loop import Trainer, train
-from sharpjax.train.metrics_log import read_metrics
-
-from tests.train._tiny_run import make_tiny_model, tiny_config
+from sharpjax.train.metrics import read_metrics
+from sharpjax.train.trainer import Trainer, train
+from tests.tiny import make_tiny_model, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TIMING = ("_s", "tokens_per_s", "time")

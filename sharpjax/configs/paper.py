@@ -1,0 +1,46 @@
+"""The paper's RL runs (PAPER.md), on the base config: `paper_config("llama3b", "task")`.
+
+Only what differs from `RunConfig`'s defaults (which are already the paper's estimator,
+optimizer and sampling settings) is set here: the model, its data, lengths, batch and steps.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from sharpjax.configs.base import base_config, reward_preset
+from sharpjax.errors import ConfigError
+
+__all__ = ["MODELS", "paper_config"]
+
+MODELS = {
+    # 3B models: MATH train (7,500), 32 x 8 per step, 500 steps, total length 2048, MATH test validation.
+    "llama3b": dict(model_dir="checkpoints/Llama-3.2-3B-Instruct", train="math_train", validation=("math500",),
+                    prompts_per_step=32, steps=500, max_total_length=2048, train_path=None),
+    "qwen25_3b": dict(model_dir="checkpoints/Qwen2.5-3B-Instruct", train="math_train", validation=("math500",),
+                      prompts_per_step=32, steps=500, max_total_length=2048, train_path=None),
+    # Qwen3-4B: DeepScaleR (~40K), 64 x 8 per step, 1000 steps, length 4096, AIME 2024 validation.
+    "qwen3_4b": dict(model_dir="checkpoints/Qwen3-4B-Instruct-2507", train="deepscaler", validation=("aime24",),
+                     prompts_per_step=64, steps=1000, max_total_length=4096,
+                     train_path="data/deepscaler.json"),
+}
+
+
+def paper_config(model: str, reward: str = "task", *, fixed_length: bool = False) -> ml_collections.ConfigDict:
+    """One run of the paper's sweep: `model` in MODELS, `reward` a `reward_preset` name."""
+    if model not in MODELS:
+        raise ConfigError(f"unknown paper model {model!r}; expected one of {', '.join(sorted(MODELS))}.")
+    m = MODELS[model]
+    c = base_config(m["model_dir"])
+    c.reward.update(reward_preset(reward))
+    c.optim.total_steps = m["steps"]
+    c.rollout.prompts_per_step = m["prompts_per_step"]
+    c.rollout.max_total_length = m["max_total_length"]
+    c.rollout.ignore_eos = fixed_length  # the "fixed-length" variant: EOS ignored, every response full length
+    c.data.task = "math"
+    c.data.train = m["train"]
+    c.data.train_path = m["train_path"]
+    c.data.validation = m["validation"]
+    c.train.steps = m["steps"]
+    c.train.micro_batches = 4
+    return c

@@ -1,0 +1,54 @@
+"""The errors a user of sharpjax can cause, in one hierarchy.
+
+Every error that a bad setting or a bad file causes derives from `SharpjaxError`, so a
+launcher catches one class and prints one line. Messages name the field or file and say
+what to do.
+
+    SharpjaxError
+    |-- ConfigError          a run / model / SFT config that cannot work (also a ValueError)
+    `-- CheckpointError      a checkpoint or model directory that cannot be read or written
+        |-- CheckpointNotFoundError   (also a FileNotFoundError)
+        |-- CheckpointExistsError     (also a FileExistsError)
+        |-- StateMismatchError        restored tree or shapes differ (also a ValueError)
+        `-- ModelFileError            a Hugging Face directory with a missing or bad file
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CheckpointError",
+    "CheckpointExistsError",
+    "CheckpointNotFoundError",
+    "ConfigError",
+    "ModelFileError",
+    "SharpjaxError",
+    "StateMismatchError",
+]
+
+
+class SharpjaxError(Exception):
+    """Base class of every error sharpjax raises about user input (configs, files)."""
+
+
+class ConfigError(SharpjaxError, ValueError):
+    """A config that cannot work; the message names the field and what to do."""
+
+
+class CheckpointError(SharpjaxError):
+    """A checkpoint or model directory that cannot be read or written."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """No checkpoint in the directory, or none at the requested step."""
+
+
+class CheckpointExistsError(CheckpointError, FileExistsError):
+    """`save` at a step that already has a checkpoint, without `force=True`."""
+
+
+class StateMismatchError(CheckpointError, ValueError):
+    """The abstract state's tree structure or leaf shapes differ from the checkpoint's."""
+
+
+class ModelFileError(CheckpointError, ValueError):
+    """A Hugging Face model directory that is missing files or tensors, or holds a corrupt one."""

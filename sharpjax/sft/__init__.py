@@ -1,0 +1,38 @@
+"""The project's own base model: SFT of a tiny Llama-shaped transformer on the arithmetic task.
+
+    config.py      SFTConfig (model shape, task, optimization, evaluation)
+    train.py       encode_examples, sft_loss, train (one jitted AdamW step, CPU minutes)
+    base_model.py  train_base_model (cached HF directory), resolve_model_dir ("sft:<size>"),
+                   measure_accuracy (through the evaluation harness)
+"""
+
+from sharpjax.sft.base_model import (
+    INFO_FILE,
+    Accuracy,
+    cache_dir,
+    check_model_dir,
+    load_sft_info,
+    measure_accuracy,
+    resolve_model_dir,
+    resolve_model_dirs,
+    train_base_model,
+)
+from sharpjax.sft.config import SFTConfig
+from sharpjax.sft.train import SFTHistory, encode_examples, sft_loss, train
+
+__all__ = [
+    "INFO_FILE",
+    "Accuracy",
+    "SFTConfig",
+    "SFTHistory",
+    "cache_dir",
+    "check_model_dir",
+    "encode_examples",
+    "load_sft_info",
+    "measure_accuracy",
+    "resolve_model_dir",
+    "resolve_model_dirs",
+    "sft_loss",
+    "train",
+    "train_base_model",
+]
