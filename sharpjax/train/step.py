@@ -7,7 +7,8 @@
 layer), forms the paper's REINFORCE loss with truncated importance weights over RLOO
 advantages, accumulates gradients over micro-batches with the *global* token count as the
 normalizer (so micro-batching and sharding leave the gradient unchanged), and applies an
-optax update. A non-finite loss or gradient skips the update and is counted in the metrics.
+optax update. A non-finite loss, gradient, update or updated parameter skips the update
+(params and optimizer state unchanged) and is counted in the metrics.
 
 Params are kept in fp32 (master weights: an lr of 1e-6 is below bf16's resolution) and cast
 to the model's compute dtype inside the step.
@@ -150,7 +151,8 @@ def train_step(state: TrainState, batch: TrainBatch, *, cfg: StepConfig) -> tupl
 
     Returns:
       (new state, metrics): the loss metrics averaged over micro-batches, plus grad_norm,
-      learning_rate, update_skipped (1.0 when a non-finite loss/gradient skipped the update).
+      update_norm, learning_rate, update_skipped (1.0 when a non-finite loss, gradient, update or
+      updated parameter skipped the update: params and optimizer state are left unchanged).
     """
     if batch.tokens.shape[0] % cfg.micro_batches:
         raise ValueError(f"batch of {batch.tokens.shape[0]} rows is not divisible by micro_batches={cfg.micro_batches}.")
@@ -176,7 +178,11 @@ def train_step(state: TrainState, batch: TrainBatch, *, cfg: StepConfig) -> tupl
     updates, new_opt_state = optimizer.update(grads, state.opt_state, state.params)
     new_params = optax.apply_updates(state.params, updates)
     grad_norm = optax.tree.norm(grads)
-    finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
+    update_norm = optax.tree.norm(updates)
+    # The update is checked too: a finite gradient times a NaN (or overflowing) learning rate
+    # would otherwise turn every parameter into NaN while the loss and gradient look fine.
+    params_finite = jnp.all(jnp.asarray([jnp.isfinite(p).all() for p in jax.tree.leaves(new_params)]))
+    finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm) & jnp.isfinite(update_norm) & params_finite
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
     new_state = TrainState(
         step=state.step + 1,
@@ -185,6 +191,7 @@ def train_step(state: TrainState, batch: TrainBatch, *, cfg: StepConfig) -> tupl
     )
     metrics |= {
         "grad_norm": grad_norm,
+        "update_norm": update_norm,
         "learning_rate": make_schedule(cfg.optim)(state.step),
         "update_skipped": 1.0 - finite.astype(jnp.float32),
     }

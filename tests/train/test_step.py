@@ -139,3 +139,32 @@ def test_trimming_trailing_padding_changes_no_reward_loss_or_update():
         np.testing.assert_allclose(float(m_trim[k]), float(m_full[k]), rtol=1e-4, atol=1e-6)
     for a, b in zip(jax.tree.leaves(p_trim), jax.tree.leaves(p_full)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+
+
+def test_non_finite_update_is_skipped_even_with_finite_loss_and_gradient(monkeypatch):
+    """A NaN learning rate (from a schedule bug) leaves loss and gradient finite; the update is NaN."""
+    params, _, scored, cfg = tiny_setup()
+    state = init_train_state(params, make_optimizer(cfg.optim))
+    before = jax.tree.map(np.array, state.params)
+    monkeypatch.setattr("sharpjax.train.optim.make_schedule", lambda config: lambda count: jnp.float32(jnp.nan))
+    new_state, metrics = make_train_step(cfg, state, None)(state, scored.batch)
+    assert np.isfinite(float(metrics["loss"])) and np.isfinite(float(metrics["grad_norm"]))
+    assert np.isnan(float(metrics["update_norm"]))
+    assert float(metrics["update_skipped"]) == 1.0
+    for a, b in zip(jax.tree.leaves(new_state.params), jax.tree.leaves(before)):
+        np.testing.assert_array_equal(np.asarray(a), b)
+
+
+def test_update_that_overflows_the_params_is_skipped():
+    """lr = 3.4e38 passes the config check (finite) but p - lr * u overflows fp32 to inf."""
+    import dataclasses
+
+    params, _, scored, cfg = tiny_setup()
+    cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, learning_rate=3.4e38, max_grad_norm=0.0))
+    state = init_train_state(params, make_optimizer(cfg.optim))
+    before = jax.tree.map(np.array, state.params)
+    new_state, metrics = make_train_step(cfg, state, None)(state, scored.batch)
+    assert np.isfinite(float(metrics["loss"])) and np.isfinite(float(metrics["grad_norm"]))
+    assert float(metrics["update_skipped"]) == 1.0
+    for a, b in zip(jax.tree.leaves(new_state.params), jax.tree.leaves(before)):
+        np.testing.assert_array_equal(np.asarray(a), b)
