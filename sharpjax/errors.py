@@ -6,6 +6,8 @@ what to do.
 
     SharpjaxError
     |-- ConfigError          a run / model / SFT config that cannot work (also a ValueError)
+    |-- WorkdirLockedError   another live process is training in the same workdir
+    |-- TrainingDiverged     too many updates in a row were skipped as non-finite
     `-- CheckpointError      a checkpoint or model directory that cannot be read or written
         |-- CheckpointNotFoundError   (also a FileNotFoundError)
         |-- CheckpointExistsError     (also a FileExistsError)
@@ -23,7 +25,14 @@ __all__ = [
     "ModelFileError",
     "SharpjaxError",
     "StateMismatchError",
+    "TrainingDiverged",
+    "WorkdirLockedError",
 ]
+
+# Exit status of a launcher (`python -m sharpjax`, `python -m sharpjax.train`) stopped by SIGTERM
+# or Ctrl-C after checkpointing: not a success (a scheduler requeues it), not an error (2); the
+# same command resumes the run.
+EXIT_INTERRUPTED = 3
 
 
 class SharpjaxError(Exception):
@@ -52,3 +61,11 @@ class StateMismatchError(CheckpointError, ValueError):
 
 class ModelFileError(CheckpointError, ValueError):
     """A Hugging Face model directory that is missing files or tensors, or holds a corrupt one."""
+
+
+class WorkdirLockedError(SharpjaxError):
+    """Another live process holds the workdir's lock (two runs would interleave logs and checkpoints)."""
+
+
+class TrainingDiverged(SharpjaxError):
+    """`train.max_skipped_updates` updates in a row were non-finite; the last good checkpoint is exported."""

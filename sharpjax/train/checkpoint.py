@@ -20,6 +20,12 @@ highest steps and the single best step by ``best_metric``. Deletion happens only
 save has completed, so a crash mid-save never leaves fewer than ``keep_last`` good
 checkpoints.
 
+Damage: a step directory that cannot be read (left empty or truncated by a kill or a full
+disk, or half-deleted by a cleanup that was killed) is never the best step and is deleted
+by retention like any old step, tolerating missing files; `restore_newest_intact` skips
+damaged steps newest first, moves them aside (``<directory>.damaged/<step>``) with a warning
+naming them, and restores the newest intact one.
+
 Typed PRNG keys (``jax.random.key``) cannot be written by orbax; they are stored as their
 ``jax.random.key_data`` and wrapped back with the same impl on restore, transparently.
 """
@@ -27,8 +33,12 @@ Typed PRNG keys (``jax.random.key``) cannot be written by orbax; they are stored
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import shutil
+import time
+from collections.abc import Callable
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -46,6 +56,8 @@ __all__ = [
     "StateMismatchError",
     "abstract_like",
 ]
+
+log = logging.getLogger(__name__)
 
 _STATE, _META, _INFO = "state", "meta", "info"
 _INFO_VERSION = 1
@@ -180,7 +192,10 @@ class Checkpointer:
             return None
         best, best_value = None, None
         for step in self.all_steps():
-            value = self._read_info(step)["metrics"].get(self.best_metric)
+            info = self._read_info_or_none(step)
+            if info is None:  # damaged: never the best
+                continue
+            value = info["metrics"].get(self.best_metric)
             if value is None or not math.isfinite(value):
                 continue
             better = best_value is None or (value >= best_value if self.best_mode == "max" else value <= best_value)
@@ -270,8 +285,85 @@ class Checkpointer:
             keep.add(best)
         for step in steps:
             if step not in keep:
-                self._manager.delete(step)
-                self._info.pop(step, None)
+                self._delete(step)
+
+    def _delete(self, step: int) -> None:
+        """Deletes a step directory, also one that a killed cleanup left half-deleted."""
+        try:
+            self._manager.delete(step)
+        except Exception as e:  # noqa: BLE001 - orbax fails on missing files in many ways
+            log.warning("orbax could not delete checkpoint step %d in %s (%s); removing its directory", step,
+                        self.directory, type(e).__name__)
+            shutil.rmtree(self._step_dir(step), ignore_errors=True)
+            self._manager.reload()
+        self._info.pop(step, None)
+
+    def _step_dir(self, step: int) -> str:
+        return os.path.join(self.directory, str(int(step)))
+
+    def set_aside(self, step: int) -> str:
+        """Moves a (damaged) step directory to ``<directory>.damaged/<step>[.N]``; returns where it went."""
+        self._check_open()
+        dest_dir = self.directory.rstrip(os.sep) + ".damaged"
+        os.makedirs(dest_dir, exist_ok=True)
+        dest = os.path.join(dest_dir, str(int(step)))
+        if os.path.exists(dest):
+            dest = f"{dest}.{time.time_ns()}"
+        os.replace(self._step_dir(step), dest)
+        self._info.pop(step, None)
+        self._manager.reload()
+        return dest
+
+    def restore_newest_intact(
+        self, *, abstract_state: Any, check_meta: Callable[[dict], None] | None = None
+    ) -> tuple[int, Any, dict] | None:
+        """`(step, state, meta)` of the newest checkpoint that reads back, or None when there is none.
+
+        Steps that fail to read (missing or corrupt files of any item) are skipped newest first,
+        each with a warning naming it, and once an older step restores, moved aside (`set_aside`):
+        the run redoes their steps, and a save there must not collide with the damaged directory.
+
+        Args:
+          abstract_state: as for `restore`.
+          check_meta: called with each step's `meta` before its state is read; what it raises
+            (e.g. a ConfigError: the checkpoint belongs to a run with other settings) propagates.
+
+        Raises:
+          CheckpointError: every step is damaged (the message lists them and why).
+          StateMismatchError: an intact checkpoint whose tree or shapes differ from abstract_state.
+        """
+        self._check_open()
+        self._manager.wait_until_finished()
+        damaged: list[tuple[int, str]] = []
+        for step in reversed(self.all_steps()):
+            try:
+                meta = self.restore_meta(step)
+            except Exception as e:  # noqa: BLE001 - orbax raises KeyError, JSON, ValueError, OSError, ...
+                damaged.append((step, _first_line(e)))
+            else:
+                if check_meta is not None:
+                    check_meta(meta)
+                try:
+                    state, meta = self.restore(step, abstract_state=abstract_state)
+                except StateMismatchError:
+                    raise
+                except Exception as e:  # noqa: BLE001 - e.g. ZSTD / tensorstore errors of truncated files
+                    damaged.append((step, _first_line(e)))
+                else:
+                    for bad, why in damaged:
+                        moved = self.set_aside(bad)
+                        log.warning("checkpoint step %d in %s is damaged (%s): moved it to %s and resumed from "
+                                    "step %d", bad, self.directory, why, moved, step)
+                    return step, state, meta
+            log.warning("checkpoint step %d in %s is damaged (%s); trying the previous one", step, self.directory,
+                        damaged[-1][1])
+        if damaged:
+            raise CheckpointError(
+                f"no intact checkpoint in {self.directory} ("
+                + "; ".join(f"step {s}: {why}" for s, why in damaged)
+                + "); delete that directory to start the run over."
+            )
+        return None
 
     # ----------------------------------------------------------------- restore
 
@@ -375,6 +467,13 @@ class Checkpointer:
         self._manager.wait_until_finished()
         return step
 
+    def _read_info_or_none(self, step: int) -> dict | None:
+        try:
+            return self._read_info(step)
+        except Exception as e:  # noqa: BLE001 - a damaged step (see the module doc)
+            log.warning("checkpoint step %d in %s is unreadable (%s); ignored", step, self.directory, _first_line(e))
+            return None
+
     def _read_info(self, step: int) -> dict:
         if step not in self._info:
             self._manager.wait_until_finished()
@@ -412,3 +511,8 @@ class Checkpointer:
                 raise StateMismatchError(
                     f"shape differs at {path}: {tuple(entry['shape'])} in {where}, {tuple(x.shape)} in abstract_state."
                 )
+
+
+def _first_line(e: BaseException) -> str:
+    text = (str(e).strip().splitlines() or [""])[0][:200]
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__

@@ -166,6 +166,9 @@ class TrainConfig:
       export_final: write the last and the best policy as Hugging Face directories.
       trim_padding: score and update only up to the batch's longest response (exact; at most 8
         more compiled shapes per prompt length; 2x faster steps on the arithmetic runs).
+      max_skipped_updates: stop the run (TrainingDiverged) after this many updates in a row
+        were skipped as non-finite (loss, gradient, update or params); the last checkpoint,
+        taken before them, is what gets exported.
     """
 
     steps: int = 500
@@ -179,6 +182,7 @@ class TrainConfig:
     export_final: bool = True
     log_every: int = 1
     trim_padding: bool = True
+    max_skipped_updates: int = 5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -238,6 +242,7 @@ class RunConfig:
         _positive(t.keep_last, "config.train.keep_last")
         _positive(t.log_every, "config.train.log_every")
         _positive(t.logits_chunk, "config.train.logits_chunk")
+        _positive(t.max_skipped_updates, "config.train.max_skipped_updates")
         if t.remat not in ("none", "full", "dots"):
             raise ConfigError(f"config.train.remat={t.remat!r} must be one of 'none', 'full', 'dots'.")
         if e.every < 0:

@@ -6,7 +6,12 @@ verifier runs on the host between them because math-verify is Python/sympy.
 
 Randomness: the key of step s is `fold_in(key(seed), s)` and the data order is the prompt
 iterator's seeded permutation, both stored in the checkpoint, so a run killed after step N
-and resumed reproduces the uninterrupted run bit for bit (tests/train/test_loop.py).
+and resumed reproduces the uninterrupted run bit for bit (tests/train/test_trainer.py).
+
+Faults: one process per workdir (`train.lock.WorkdirLock`); SIGTERM and Ctrl-C checkpoint at
+the next step boundary and return `interrupted` (a second Ctrl-C stops at once); a damaged
+newest checkpoint is moved aside and the newest intact one resumed; `train.max_skipped_updates`
+non-finite updates in a row stop the run (`TrainingDiverged`) with the last checkpoint exported.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sharpjax.errors import TrainingDiverged
 from sharpjax.models.hf import load_model, save_model
 from sharpjax.models.tokenizer import bucket_length, load_tokenizer
 from sharpjax.models.transformer import Params
@@ -34,6 +40,7 @@ from sharpjax.rollout.text import decode_responses, encode_prompts
 from sharpjax.tasks import Task, build_task
 from sharpjax.train.checkpoint import Checkpointer, abstract_like
 from sharpjax.train.config import ConfigError, RunConfig
+from sharpjax.train.lock import WorkdirLock
 from sharpjax.train.metrics import MetricsLogger, format_metrics
 from sharpjax.train.optim import make_optimizer
 from sharpjax.train.step import StepConfig, cast_params, compute_rewards, init_train_state, make_train_step
@@ -53,10 +60,14 @@ class TrainResult:
     validation: dict[int, dict[str, float]]
     export_dirs: dict[str, str]
     interrupted: bool = False
+    diverged: bool = False
 
 
 class _StopFlag:
-    """Set by SIGTERM so the loop checkpoints and exits at the next step boundary."""
+    """Set by SIGTERM or Ctrl-C so the loop checkpoints and exits at the next step boundary.
+
+    A second Ctrl-C raises KeyboardInterrupt at once (losing the work since the last checkpoint).
+    """
 
     def __init__(self):
         self.signum: int | None = None
@@ -64,12 +75,16 @@ class _StopFlag:
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():  # signal handlers: main thread only
-            for sig in (signal.SIGTERM,):
+            for sig in (signal.SIGTERM, signal.SIGINT):
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum, frame):
-        log.warning("received signal %d: checkpointing and stopping after this step", signum)
+        if signum == signal.SIGINT and self.signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        name = signal.Signals(signum).name
+        log.warning("received %s: checkpointing and stopping after this step%s", name,
+                    " (Ctrl-C again to stop now)" if signum == signal.SIGINT else "")
         self.signum = signum
 
     def __exit__(self, *exc):
@@ -100,7 +115,7 @@ def _sampling(config: RunConfig, model_config, tokenizer, prompt_len: int, *, ev
 
 
 # Settings a resumed run may change: extending a run is a resume with more steps.
-RESUMABLE_CHANGES = frozenset({"train.steps", "optim.total_steps"})
+RESUMABLE_CHANGES = frozenset({"train.steps", "optim.total_steps", "train.max_skipped_updates"})
 
 
 def _changed_settings(saved: dict, current: dict) -> list[tuple[str, Any, Any]]:
@@ -128,13 +143,27 @@ class Trainer:
         self.progress = progress
         self.config_dict = config_dict if config_dict is not None else config.to_dict()
         os.makedirs(workdir, exist_ok=True)
-        params = self._load_models()
-        self.task: Task = build_task(config, self.tokenizer)
-        self._build_step(params)
-        del params
-        self.iterator = self.task.train_iterator(config.rollout.prompts_per_step, config.train.seed)
-        self._open_checkpoints()
-        self.logger = MetricsLogger(workdir, resume_step=self.start_step if self.resumed else None)
+        # Before anything slow: a second process on this workdir stops here, in one line.
+        self._lock = WorkdirLock(workdir) if jax.process_index() == 0 else None
+        try:
+            params = self._load_models()
+            self.task: Task = build_task(config, self.tokenizer)
+            self._build_step(params)
+            del params
+            self.iterator = self.task.train_iterator(config.rollout.prompts_per_step, config.train.seed)
+            self._open_checkpoints()
+            # Records past the restored step (or all of them, when there is no checkpoint: a run
+            # killed before its first one) belong to work that is redone: dropped, not duplicated.
+            self.logger = MetricsLogger(workdir, resume_step=self.start_step if self.resumed else -1)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Releases the workdir lock (idempotent; the process exiting does the same)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     # ---- construction -------------------------------------------------------------
     def _load_models(self) -> Params:
@@ -190,29 +219,32 @@ class Trainer:
             best_metric=self.best_metric,
         )
         self.start_step = 0
-        latest = self.checkpointer.latest_step()
-        self.resumed = latest is not None
+        # The newest intact checkpoint: a damaged newer one (a kill mid-write, a full disk) is
+        # moved aside with a warning naming it, instead of blocking every rerun.
+        restored = self.checkpointer.restore_newest_intact(
+            abstract_state=abstract_like(self._checkpoint_tree()), check_meta=self._check_settings
+        )
+        self.resumed = restored is not None
         if self.resumed:
-            self._restore(latest)
+            step, tree, meta = restored
+            self.state, self.base_key = tree["train"], tree["key"]
+            self.iterator.restore(meta["iterator"])
+            self.start_step = int(meta["step"])
+            log.info("resumed from %s at step %d", self.checkpointer.directory, self.start_step)
 
     # ---- checkpoints --------------------------------------------------------------
     def _checkpoint_tree(self) -> dict:
         return {"train": self.state, "key": self.base_key}
 
-    def _restore(self, step: int) -> None:
-        # Checked on the small metadata file, before reading (possibly gigabytes of) state.
-        changed = _changed_settings(self.checkpointer.restore_meta(step).get("config", {}), self.config_dict)
+    def _check_settings(self, meta: dict) -> None:
+        """Checked on the small metadata file, before reading (possibly gigabytes of) state."""
+        changed = _changed_settings(meta.get("config", {}), self.config_dict)
         if changed:
             raise ConfigError(
                 f"{self.checkpointer.directory} holds checkpoints of a run with other settings ("
                 + "; ".join(f"{k}: {old!r} there, {new!r} now" for k, old, new in changed[:8])
                 + "). Resuming would mix the two runs: use a new --workdir, or delete its checkpoints/ to start over."
             )
-        tree, meta = self.checkpointer.restore(step, abstract_state=abstract_like(self._checkpoint_tree()))
-        self.state, self.base_key = tree["train"], tree["key"]
-        self.iterator.restore(meta["iterator"])
-        self.start_step = int(meta["step"])
-        log.info("resumed from %s at step %d", self.checkpointer.directory, self.start_step)
 
     def _save(self, step: int, metrics: dict | None) -> None:
         meta = {"step": step, "iterator": self.iterator.state(), "config": self.config_dict}
@@ -276,7 +308,7 @@ class Trainer:
             # Sequence-level KL(pi || base) estimate: E_pi[log pi(y) - log base(y)], y ~ pi.
             metrics["kl_to_base"] = metrics["reward/pol_logp_sum"] - metrics["reward/ref_logp_sum"]
         if metrics.get("update_skipped", 0.0) > 0:
-            log.warning("step %d: non-finite loss or gradient; update skipped (params unchanged)", step)
+            log.warning("step %d: non-finite loss, gradient or update; update skipped (params unchanged)", step)
         return {"scalars": metrics, "histograms": {"rewards": rewards, "response_lengths": lengths}}
 
     # ---- validation ---------------------------------------------------------------
@@ -307,7 +339,8 @@ class Trainer:
         cfg = self.config.train
         validation: dict[int, dict[str, float]] = {}
         every = self.config.eval.every
-        interrupted = False
+        interrupted = diverged = False
+        skipped_in_a_row = 0
         step = self.start_step
         if step == 0 and self.task.validation and self.config.eval.at_start:
             validation[0] = self.validate(0)
@@ -318,6 +351,12 @@ class Trainer:
                 out = self.rollout_and_update(step)
                 step += 1
                 self.logger.log(step, out["scalars"], histograms=out["histograms"])
+                skipped_in_a_row = skipped_in_a_row + 1 if out["scalars"].get("update_skipped", 0.0) > 0 else 0
+                if skipped_in_a_row >= cfg.max_skipped_updates:
+                    # No checkpoint of this step: the newest one predates the streak (params did not
+                    # move since, but a rerun must not count this step as done).
+                    diverged = True
+                    break
                 if step % cfg.log_every == 0 or step == cfg.steps:
                     self._print(step, out["scalars"])
                 val = None
@@ -334,17 +373,38 @@ class Trainer:
         self.checkpointer.wait()
         exports = {}
         if cfg.export_final and not interrupted:
-            exports = self.export()
+            # After a divergence "last" is the newest checkpoint (taken before the skipped updates).
+            exports = self.export(from_checkpoint=diverged)
         self.logger.close()
-        return TrainResult(
+        result = TrainResult(
             workdir=self.workdir, last_step=step, best_step=self.checkpointer.best_step(),
-            validation=validation, export_dirs=exports, interrupted=interrupted,
+            validation=validation, export_dirs=exports, interrupted=interrupted, diverged=diverged,
         )
+        if diverged:
+            latest = self.checkpointer.latest_step()
+            raise TrainingDiverged(
+                f"step {step}: {skipped_in_a_row} updates in a row were skipped as non-finite (loss, gradient, update "
+                f"or params; update_skipped in {self.workdir}/metrics.jsonl), run stopped. "
+                + (f"The last checkpoint (step {latest}) is exported to {exports.get('last')}. " if exports else "")
+                + "Lower config.optim.learning_rate (or raise config.train.max_skipped_updates) and use a new --workdir."
+            )
+        return result
 
-    def export(self) -> dict[str, str]:
-        """Writes the last (and the best, when validated) policy as HF directories."""
-        exports = {"last": os.path.join(self.workdir, "export", "last")}
-        self._export_params(self.state.params, exports["last"])
+    def export(self, *, from_checkpoint: bool = False) -> dict[str, str]:
+        """Writes the last (and the best, when validated) policy as HF directories.
+
+        from_checkpoint: "last" is the newest checkpoint's policy rather than the current one
+        (none is written when there is no checkpoint).
+        """
+        exports = {}
+        last = self.state.params
+        if from_checkpoint:
+            latest = self.checkpointer.latest_step()
+            last = None if latest is None else self.checkpointer.restore(
+                latest, abstract_state=abstract_like(self._checkpoint_tree()))[0]["train"].params
+        if last is not None:
+            exports["last"] = os.path.join(self.workdir, "export", "last")
+            self._export_params(last, exports["last"])
         best = self.checkpointer.best_step()
         if best is not None:
             tree, _ = self.checkpointer.restore(best, abstract_state=abstract_like(self._checkpoint_tree()))
@@ -370,9 +430,17 @@ def train(
     config: RunConfig, workdir: str, *, config_dict: dict | None = None, stop_after: int | None = None,
     progress: bool = True,
 ) -> TrainResult:
-    """Runs (or resumes, if `workdir` has checkpoints) one training run."""
+    """Runs (or resumes, if `workdir` has checkpoints) one training run.
+
+    Raises:
+      WorkdirLockedError: another live process trains in `workdir`.
+      TrainingDiverged: `config.train.max_skipped_updates` non-finite updates in a row.
+    """
     trainer = Trainer(config, workdir, config_dict=config_dict, progress=progress)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        json.dump(trainer.config_dict, f, indent=2, default=str)
-    return trainer.run(stop_after=stop_after)
+    try:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            json.dump(trainer.config_dict, f, indent=2, default=str)
+        return trainer.run(stop_after=stop_after)
+    finally:
+        trainer.close()
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -15,6 +16,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from sharpjax.models.config import ModelConfig
 from sharpjax.models.transformer import init_params
 from sharpjax.train.checkpoint import (
+    CheckpointError,
     Checkpointer,
     CheckpointExistsError,
     CheckpointNotFoundError,
@@ -352,3 +354,89 @@ def test_closed_checkpointer_refuses_work(tmp_path):
     ckpt.close()  # idempotent
     with pytest.raises(Exception, match="closed"):
         ckpt.save(1, {"w": jnp.zeros(1)})
+
+
+# ---- damaged checkpoints (issue 17.5): the damage a kill, a full disk or a killed cleanup leaves
+
+
+def _three_steps(directory, **kwargs):
+    """Steps 1, 2, 3 of w = [s, s, s] (keep every one), each with metric acc = s / 10."""
+    with Checkpointer(directory, keep_last=None, best_metric="acc", **kwargs) as ckpt:
+        for s in (1, 2, 3):
+            ckpt.save(s, {"w": jnp.full((64,), float(s))}, meta={"s": s}, metrics={"acc": s / 10})
+    return {"w": jnp.zeros((64,))}
+
+
+def _empty_dir(path):
+    for name in os.listdir(path):
+        full = os.path.join(path, name)
+        shutil.rmtree(full) if os.path.isdir(full) else os.remove(full)
+
+
+def _truncate_files(path):
+    for root, _, files in os.walk(path):
+        for name in files:
+            full = os.path.join(root, name)
+            with open(full, "r+b") as f:
+                f.truncate(os.path.getsize(full) // 2)
+
+
+def _corrupt_files(path):
+    for root, _, files in os.walk(path):
+        for name in files:
+            full = os.path.join(root, name)
+            size = os.path.getsize(full)
+            with open(full, "wb") as f:
+                f.write(bytes(range(256)) * (size // 256) + b"\xff" * (size % 256))
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda step_dir: _empty_dir(step_dir),  # killed right after mkdir
+        lambda step_dir: _truncate_files(os.path.join(step_dir, "state")),  # full disk mid-write
+        lambda step_dir: _corrupt_files(os.path.join(step_dir, "state")),
+        lambda step_dir: _truncate_files(os.path.join(step_dir, "meta")),  # raw JSON error
+    ],
+    ids=["empty", "truncated-state", "corrupt-state", "truncated-meta"],
+)
+def test_damaged_latest_step_falls_back_to_newest_intact(tmp_path, caplog, damage):
+    directory = tmp_path / "checkpoints"
+    template = _three_steps(directory)
+    damage(str(directory / "3"))
+    with Checkpointer(directory, keep_last=2, best_metric="acc") as ckpt:
+        with caplog.at_level("WARNING", logger="sharpjax.train.checkpoint"):
+            step, restored, meta = ckpt.restore_newest_intact(abstract_state=abstract_like(template))
+        assert step == 2 and meta == {"s": 2}
+        np.testing.assert_array_equal(restored["w"], np.full((64,), 2.0))
+        assert "checkpoint step 3" in caplog.text and "damaged" in caplog.text
+        # Moved aside, not deleted: the run redoes step 3 and saves it again.
+        assert ckpt.all_steps() == [1, 2] and os.path.isdir(str(directory) + ".damaged/3")
+        ckpt.save(3, {"w": jnp.full((64,), 33.0)}, metrics={"acc": 0.3})
+        assert ckpt.all_steps() == [2, 3] and ckpt.best_step() == 3
+
+
+def test_every_step_damaged_is_one_clear_error(tmp_path):
+    directory = tmp_path / "checkpoints"
+    template = _three_steps(directory)
+    for s in (1, 2, 3):
+        _empty_dir(str(directory / str(s)))
+    with Checkpointer(directory) as ckpt:
+        with pytest.raises(CheckpointError, match=r"no intact checkpoint in .*step 3: .*step 1: .*delete"):
+            ckpt.restore_newest_intact(abstract_state=abstract_like(template))
+    assert sorted(os.listdir(directory)) == ["1", "2", "3"]  # nothing moved or deleted
+
+
+def test_half_deleted_old_step_is_tolerated(tmp_path):
+    """A cleanup killed mid-delete: the old step has lost its info item and part of its state."""
+    directory = tmp_path / "checkpoints"
+    template = _three_steps(directory)
+    shutil.rmtree(directory / "1" / "info")
+    shutil.rmtree(directory / "1" / "state" / "ocdbt.process_0")
+    with Checkpointer(directory, keep_last=2, best_metric="acc") as ckpt:
+        step, _, meta = ckpt.restore_newest_intact(abstract_state=abstract_like(template))
+        assert step == 3 and meta == {"s": 3}
+        assert ckpt.best_step() == 3  # the unreadable step is never the best
+        ckpt.save(4, {"w": jnp.full((64,), 4.0)}, metrics={"acc": 0.0})
+        assert ckpt.all_steps() == [3, 4]  # and retention removed it
+    assert not (directory / "1").exists()
