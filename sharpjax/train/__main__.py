@@ -1,18 +1,24 @@
 """Launcher: `python -m sharpjax.train --config experiments/<file>.py[:arg] [--config.x.y=v ...] --workdir DIR`.
 
 The config is validated (`RunConfig.from_config_dict`) before any model is loaded or anything
-compiles; a bad field stops here with a message naming it. A workdir with checkpoints is
-resumed exactly. With JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID set (or
-SHARPJAX_DISTRIBUTED=1 under SLURM / Open MPI / TPU), every process runs this same command.
+compiles; a bad field, preset or config file stops here with one line naming it (exit status 2).
+A workdir with checkpoints is resumed exactly. SIGTERM or Ctrl-C checkpoints at the next step
+and exits with status 3 (`sharpjax.errors.EXIT_INTERRUPTED`): run the same command to resume.
+Library logs (orbax, absl, TensorBoard) are shown from WARNING up unless --verbosity is given.
+With JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID set (or SHARPJAX_DISTRIBUTED=1
+under SLURM / Open MPI / TPU), every process runs this same command.
 """
 
 import logging
+import os
+import re
 import sys
 
 from absl import app, flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from sharpjax.errors import SharpjaxError
+from sharpjax.errors import EXIT_INTERRUPTED, SharpjaxError
 from sharpjax.train.config import RunConfig
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file (experiments/*.py[:arg]).")
@@ -21,11 +27,60 @@ _STOP_AFTER = flags.DEFINE_integer("stop_after", None, "checkpoint and exit afte
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def _fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _config_arg(argv) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
+
+
+def _parse_flags(argv):
+    """absl's flag parsing, with a config file, preset or field that does not exist as one line."""
+    config = _config_arg(argv)
+    if config is not None and not os.path.isfile(config.split(":", 1)[0]):
+        _fail(f"--config {config}: no such config file {config.split(':', 1)[0]!r} (see experiments/*.py).")
+    try:
+        return flags.FLAGS(argv)
+    except Exception as e:  # noqa: BLE001 - config_flags raises AttributeError, KeyError, flags.Error, ...
+        # config_flags re-raises a config file's error as the same type with its traceback in the
+        # message: the innermost one is the user's.
+        chain, cause = [], e
+        while cause is not None and len(chain) < 20:
+            chain.append(cause)
+            cause = cause.__cause__ or cause.__context__
+        ours = [c for c in chain if isinstance(c, SharpjaxError)]
+        if ours:
+            _fail(str(ours[-1]))
+        if isinstance(e, (AttributeError, KeyError)):  # an override of a field that does not exist
+            quoted = re.findall(r"'([A-Za-z0-9_]+)", str(e))
+            name = quoted[0] if quoted else str(e)
+            flag = next((a.split("=", 1)[0] for a in argv if a.startswith("--config.")
+                         and name in a.split("=", 1)[0].split(".")), f"--config...{name}")
+            _fail(f"{flag}: no such config field {name!r} (the fields are the sections of "
+                  "sharpjax.train.config.RunConfig).")
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        # A config file that raised: its traceback is in the message; the last line is the error.
+        _fail(lines[-1] if any(line.startswith("Traceback") for line in lines) else " ".join(lines[:2]))
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    config_dict = _CONFIG.value
+    if not flags.FLAGS["verbosity"].present:  # absl raises it to INFO: ~70 orbax lines per checkpoint
+        absl_logging.set_verbosity(absl_logging.WARNING)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("sharpjax").setLevel(logging.INFO)
+    try:
+        config_dict = _CONFIG.value
+    except (OSError, SyntaxError, ImportError) as e:
+        _fail(f"--config {_config_arg(sys.argv)}: cannot load it ({str(e).strip().splitlines()[-1].strip()}).")
     try:
         from sharpjax.sft import check_model_dir, resolve_model_dirs
 
@@ -42,11 +97,18 @@ def main(argv):
         maybe_initialize_distributed()
         result = train(run, _WORKDIR.value, config_dict=config_dict.to_dict(), stop_after=_STOP_AFTER.value)
     except SharpjaxError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        _fail(str(e))
+    if result.interrupted:
+        # --stop_after is asked for: a success. A signal is not: a scheduler should requeue the job.
+        stopped_by_signal = _STOP_AFTER.value is None or result.last_step != _STOP_AFTER.value
+        print(f"interrupted: checkpointed at step {result.last_step} of {run.train.steps} in {_WORKDIR.value}; "
+              "run the same command to resume.", file=sys.stderr if stopped_by_signal else sys.stdout)
+        if stopped_by_signal:
+            sys.exit(EXIT_INTERRUPTED)
+        return
     print(f"done: step {result.last_step}, best step {result.best_step}, exports {result.export_dirs}, "
           f"logs in {_WORKDIR.value} (metrics.jsonl, TensorBoard)")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)
