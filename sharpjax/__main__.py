@@ -16,11 +16,8 @@ import logging
 import sys
 
 from sharpjax.configs.small_scale import SIZES
-from sharpjax.errors import SharpjaxError
+from sharpjax.errors import EXIT_INTERRUPTED, SharpjaxError  # 3: stopped by SIGTERM / Ctrl-C, checkpointed
 from sharpjax.reproduce import DEFAULT_MODES, ReproduceConfig, RunInterrupted, parse_seeds, run
-
-# Exit status of a job stopped by SIGTERM / Ctrl-C after checkpointing: a scheduler may requeue it.
-EXIT_INTERRUPTED = 3
 
 
 def main(argv=None) -> None:

@@ -116,6 +116,12 @@ def main(argv: list[str] | None = None) -> dict:
         if not sep or not name or not path:
             parser.error(f"--data_file {item!r}: expected NAME=PATH.")
         data_files[name] = path
+    # Checked before the data and the model load: a zero here would fail only after both.
+    for flag, value in (("--n", args.n), ("--batch_size", args.batch_size), ("--max_new_tokens", args.max_new_tokens)):
+        if value < 1:
+            parser.error(f"{flag} {value}: must be a positive integer.")
+    if args.limit is not None and args.limit < 1:
+        parser.error(f"--limit {args.limit}: must be a positive integer (leave it out for every problem).")
     ks = tuple(int(k) for k in args.ks.split(","))
     data_dir = args.data_dir or os.environ.get("SHARPJAX_DATA_DIR")
     # Data first: a bad benchmark name fails in a second, not after loading the model.

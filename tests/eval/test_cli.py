@@ -85,3 +85,16 @@ def test_loads_named_benchmarks_from_data_dir():
     got = cli.load_benchmarks(["aime24", "math500"], data_files={}, data_dir=DATA_DIR, limit=2)
     assert list(got) == ["aime24", "math500"] and [len(v) for v in got.values()] == [2, 2]
     assert got["aime24"][0].id == "2024_AIME_I-1" and got["aime24"][0].answer == "204"
+
+
+@pytest.mark.parametrize("flag, value", [("--n", "0"), ("--batch_size", "0"), ("--batch_size", "-2"),
+                                         ("--max_new_tokens", "0"), ("--limit", "0")])
+def test_non_positive_counts_fail_before_loading_the_model(bench_file, tmp_path, monkeypatch, capsys, flag, value):
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the arguments were checked")
+
+    monkeypatch.setattr("sharpjax.models.hf.load_model", no_model)
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--model", str(tmp_path), "--benchmarks", "toy", "--data_file", f"toy={bench_file}", flag, value])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"{flag} {value}: must be a positive integer" in err, err
