@@ -342,11 +342,11 @@ class Trainer:
         interrupted = diverged = False
         skipped_in_a_row = 0
         step = self.start_step
-        if step == 0 and self.task.validation and self.config.eval.at_start:
-            validation[0] = self.validate(0)
-            self.logger.log(0, validation[0])
-            self._print(0, validation[0], keys=tuple(validation[0]))
-        with _StopFlag() as stop:
+        with _StopFlag() as stop:  # from the first record on: a signal after it is never lost work
+            if step == 0 and self.task.validation and self.config.eval.at_start:
+                validation[0] = self.validate(0)
+                self.logger.log(0, validation[0])
+                self._print(0, validation[0], keys=tuple(validation[0]))
             while step < cfg.steps:
                 out = self.rollout_and_update(step)
                 step += 1

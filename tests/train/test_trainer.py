@@ -108,3 +108,27 @@ def test_checks_against_model_and_mesh(tiny_model_dir):
     config = RunConfig.from_config_dict(tiny_config(tiny_model_dir, rollout__max_total_length=4096))
     with pytest.raises(ConfigError, match="max_total_length=4096"):
         Trainer(config, "/tmp/unused-workdir-never-written", progress=False)
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("learning_rate", float("nan"), "config.optim.learning_rate=nan must be a finite number"),
+        ("learning_rate", float("inf"), "config.optim.learning_rate=inf must be a finite number"),
+        ("learning_rate", 0.0, "config.optim.learning_rate=0.0 must be > 0"),
+        ("weight_decay", float("nan"), "config.optim.weight_decay=nan must be a finite number"),
+        ("weight_decay", -1.0, "config.optim.weight_decay=-1.0 must be >= 0"),
+        ("max_grad_norm", float("nan"), "config.optim.max_grad_norm=nan must be a finite number"),
+        ("max_grad_norm", -1.0, "config.optim.max_grad_norm=-1.0 must be >= 0"),
+    ],
+)
+def test_optimizer_numbers_that_would_poison_the_weights_are_refused(tiny_model_dir, field, value, message):
+    c = tiny_config(tiny_model_dir)
+    c.optim[field] = value
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        RunConfig.from_config_dict(c)
+
+
+def test_max_skipped_updates_must_be_positive(tiny_model_dir):
+    with pytest.raises(ConfigError, match="config.train.max_skipped_updates=0 must be a positive integer"):
+        RunConfig.from_config_dict(tiny_config(tiny_model_dir, train__max_skipped_updates=0))
