@@ -56,12 +56,12 @@ def _wait_for(predicate, proc, timeout=300, what="the condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def _train_steps(workdir) -> list[int]:
-    """Steps of the training records (those with a reward) in workdir/metrics.jsonl."""
+def _train_steps(workdir, since: float = 0.0) -> list[int]:
+    """Steps of the training records (those with a reward) in workdir/metrics.jsonl, written after `since`."""
     path = os.path.join(workdir, "metrics.jsonl")
     if not os.path.exists(path):
         return []
-    return [r["step"] for r in read_metrics(path) if "reward/reward" in r]
+    return [r["step"] for r in read_metrics(path) if "reward/reward" in r and r["time"] >= since]
 
 
 def _comparable(records):
@@ -183,8 +183,9 @@ def test_launcher_lock_kill_ctrl_c_and_sigterm(tiny_model_dir, tmp_path):
     first.communicate()
     assert not os.path.exists(os.path.join(workdir, "checkpoints", "1"))
 
+    t_third = time.time()
     third = start()  # the lock of the killed process is gone
-    _wait_for(lambda: len(_train_steps(workdir)) >= 2, third, what="two steps of the rerun")
+    _wait_for(lambda: len(_train_steps(workdir, since=t_third)) >= 2, third, what="two steps of the rerun")
     third.send_signal(signal.SIGINT)  # Ctrl-C: checkpoint, exit 3
     out, err = third.communicate(timeout=300)
     assert third.returncode == EXIT_INTERRUPTED, err[-3000:]
@@ -194,8 +195,9 @@ def test_launcher_lock_kill_ctrl_c_and_sigterm(tiny_model_dir, tmp_path):
     steps = _train_steps(workdir)
     assert steps == list(range(1, ctrl_c_step + 1)), steps  # no step twice
 
+    t_fourth = time.time()
     fourth = start()  # resumes, and SIGTERM: checkpoint, exit 3 (a scheduler requeues)
-    _wait_for(lambda: len(_train_steps(workdir)) > ctrl_c_step, fourth, what="a step after resuming")
+    _wait_for(lambda: _train_steps(workdir, since=t_fourth), fourth, what="a step after resuming")
     fourth.send_signal(signal.SIGTERM)
     out, err = fourth.communicate(timeout=300)
     assert fourth.returncode == EXIT_INTERRUPTED, err[-3000:]
@@ -207,3 +209,43 @@ def test_launcher_lock_kill_ctrl_c_and_sigterm(tiny_model_dir, tmp_path):
     library_info = [line for line in err.splitlines() if line.startswith("I") and " trainer.py:" not in line]
     assert not library_info, err[-3000:]
     assert json.loads(open(os.path.join(workdir, "config.json")).read())["train"]["steps"] == 1000
+
+
+# ---- 1. the main job: SIGTERM during RL, then the same command finishes it ----------------
+
+
+@pytest.mark.slow
+def test_main_job_sigterm_during_rl_then_rerun_resumes(tmp_path, monkeypatch):
+    from sharpjax.reproduce import ROW_FILE, ReproduceConfig, run
+
+    cache = os.environ.get("SHARPJAX_TEST_CACHE") or str(tmp_path / "cache")
+    monkeypatch.setenv("SHARPJAX_CACHE_DIR", cache)
+    # The uninterrupted reference (in process; also trains the cached base model the job reuses).
+    reference = run(str(tmp_path / "reference"), ReproduceConfig(size="quick", modes=("task",), seeds=(0,),
+                                                                 test_problems=4, eval_samples=2), progress=False)
+
+    job = tmp_path / "job"
+    run_dir = job / "runs" / "task_seed0"
+    cmd = [sys.executable, "-m", "sharpjax", "--quick", "--workdir", str(job), "--modes", "task",
+           "--test-problems", "4", "--eval-samples", "2"]
+    env = _env() | {"SHARPJAX_CACHE_DIR": cache}
+    first = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = run_dir / "metrics.jsonl"
+    _wait_for(lambda: metrics.exists() and metrics.read_text().strip(), first, timeout=900,
+              what="the RL run's first metrics record")
+    first.send_signal(signal.SIGTERM)
+    out, err = first.communicate(timeout=600)
+    assert first.returncode == EXIT_INTERRUPTED, err[-3000:]
+    assert "interrupted: task_seed0 stopped at step" in err and "run the same command again" in err
+    assert not (run_dir / ROW_FILE).exists() and not (job / "results.json").exists()
+    with Checkpointer(run_dir / "checkpoints") as ckpt:
+        assert 1 <= ckpt.latest_step() < 4
+
+    second = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert second.returncode == 0, second.stderr[-3000:]
+    results = json.loads((job / "results.json").read_text())
+    assert _train_steps(str(run_dir)) == [1, 2, 3, 4]  # resumed, no step twice
+    got = {k: v for k, v in results["runs"]["task_seed0"].items() if k != "workdir"}
+    want = {k: v for k, v in reference["runs"]["task_seed0"].items() if k != "workdir"}
+    assert got == want
+    assert results["base"] == reference["base"]
