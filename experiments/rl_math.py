@@ -50,7 +50,8 @@ def get_config(arg: str = "llama3b:task") -> ml_collections.ConfigDict:
                      ignore_eos=len(parts) == 3)
     c.data = dict(task="math", train=m["train"], train_path=ml_collections.FieldReference(m["train_path"], field_type=str),
                   data_dir=ml_collections.FieldReference(None, field_type=str), validation=m["validation"],
-                  validation_limit=ml_collections.FieldReference(None, field_type=int))
+                  validation_limit=ml_collections.FieldReference(None, field_type=int),
+                  verifier="math_verify")  # The paper's reward: NeMo RL's hf_math_verify.
     c.eval = dict(every=20, num_samples=1, metric="pass@1", batch_size=64)
     c.train = dict(steps=m["steps"], seed=42, micro_batches=4, remat="full", logits_chunk=256,
                    checkpoint_every=20, keep_last=2, score_reference_always=True, export_final=True)

@@ -28,7 +28,7 @@ from sharpjax.models.sharding import to_host
 from sharpjax.models.tokenizer import bucket_length
 from sharpjax.models.transformer import Params
 from sharpjax.rewards import verify_batch
-from sharpjax.rewards.math import Fallback
+from sharpjax.rewards.math import Fallback, Verifier
 from sharpjax.rollout.sampler import SamplingConfig
 from sharpjax.rollout.text import DEFAULT_BUCKETS, generate_text
 
@@ -108,6 +108,7 @@ def evaluate(
     verify_timeout_s: float = 5.0,
     num_workers: int | None = None,
     fallback: Fallback = "none",
+    verifier: Verifier = "boxed",
     merge_correct: bool = True,
     maj_num_draws: int | None = None,
     buckets: tuple[int, ...] = DEFAULT_BUCKETS,
@@ -129,8 +130,9 @@ def evaluate(
       render_fn: Problem text -> model input string; default `default_render_fn(tokenizer)`.
       ks: The k of pass@k and maj@k (those above n are left out).
       keep_responses: Store the response texts in the records.
-      verify_timeout_s, num_workers, fallback: passed to `sharpjax.rewards.verify_batch`
-        (num_workers=0 verifies in this process).
+      verify_timeout_s, num_workers, fallback, verifier: passed to
+        `sharpjax.rewards.verify_batch` (num_workers=0 verifies in this process; verifier
+        "math_verify" is the paper's reward).
       merge_correct, maj_num_draws: passed to `metrics.maj_at_k` (exact by default).
       buckets: Prompt-length buckets of the sampler.
       progress: Show a tqdm progress bar (in prompts).
@@ -166,7 +168,9 @@ def evaluate(
             lengths = to_host(rollout.lengths)[: real * g]
             finished = to_host(rollout.finished)[: real * g]
             refs = [references[start + i // g] for i in range(real * g)]
-            results = verify_batch(texts, refs, timeout_s=verify_timeout_s, num_workers=num_workers, fallback=fallback)
+            results = verify_batch(
+                texts, refs, timeout_s=verify_timeout_s, num_workers=num_workers, fallback=fallback, verifier=verifier
+            )
             for i in range(real):
                 rows = slice(i * g, (i + 1) * g)
                 res = results[rows]

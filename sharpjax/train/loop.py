@@ -318,7 +318,7 @@ class Trainer:
                 num_samples=self.config.eval.num_samples, sampling=sampling,
                 key=_step_key(self.base_key, step, 1 + i), batch_size=self.config.eval.batch_size,
                 render_fn=self.task.render, progress=False, desc=name,
-                buckets=self.config.rollout.prompt_buckets,
+                buckets=self.config.rollout.prompt_buckets, verifier=self.config.data.verifier,
             )
             out |= {f"val/{name}/{k}": float(v) for k, v in result.summary.items() if _is_number(v)}
         return out

@@ -8,6 +8,7 @@ small-scale reproduction (`sharpjax.tasks.arithmetic`) and checks integers exact
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -38,10 +39,10 @@ class Task:
         return PromptIterator(self.train, batch_size=batch_size, seed=seed)
 
 
-def _math_score(responses: list[str], answers: list[str]) -> np.ndarray:
+def _math_score(responses: list[str], answers: list[str], *, verifier: str = "boxed") -> np.ndarray:
     from sharpjax.rewards import verify_batch
 
-    return np.asarray([r.score for r in verify_batch(responses, answers)], np.float32)
+    return np.asarray([r.score for r in verify_batch(responses, answers, verifier=verifier)], np.float32)
 
 
 def build_task(config: RunConfig, tokenizer) -> Task:
@@ -54,7 +55,8 @@ def build_task(config: RunConfig, tokenizer) -> Task:
         validation = {
             name: load_dataset(name, data_dir=data.data_dir, limit=data.validation_limit) for name in data.validation
         }
-        return Task(train, validation, lambda text: render_prompt(tokenizer, text), _math_score)
+        score = functools.partial(_math_score, verifier=data.verifier)
+        return Task(train, validation, lambda text: render_prompt(tokenizer, text), score)
     if data.task == "arithmetic":
         from sharpjax.models.tokenizer import render_chat
         from sharpjax.tasks import arithmetic
