@@ -521,14 +521,15 @@ def _verify_boxed(response, reference, fallback, timer, known, on_extracted) -> 
 
     def extract():
         ext = extract_answer(response, fallback=fallback)
-        return ext, (normalize_string(ext) if ext is not None else None)
+        if ext is None:
+            return None, None, None
+        return ext, normalize_string(ext), _clean_answer(ext)
 
-    extracted, normalized = timer.run(extract)
+    extracted, normalized, cleaned = timer.run(extract)
     _report(known, on_extracted, extracted, normalized)
     if extracted is None and fallback != "math_verify":
         return VerifyResult(0.0, VerifyReason.NO_ANSWER, None, None)
-    if extracted is not None:
-        cleaned = _clean_answer(extracted)
+    if cleaned is not None:
         pred_text = "\\boxed{" + cleaned + "}"
         canonical_fallback = cleaned
     else:
