@@ -41,6 +41,7 @@ def paper_config(model: str, reward: str = "task", *, fixed_length: bool = False
     c.data.train = m["train"]
     c.data.train_path = m["train_path"]
     c.data.validation = m["validation"]
+    c.data.verifier = "math_verify"  # the paper's reward: NeMo RL's hf_math_verify over the whole response
     c.train.steps = m["steps"]
     c.train.micro_batches = 4
     return c

@@ -3,7 +3,8 @@
     python -m sharpjax.eval --model DIR --benchmarks math500,aime24 --n 16 --out results.json
 
 Defaults are the paper's evaluation protocol (PAPER.md): 16 samples per problem at
-temperature 1.0, top-p 1.0, no top-k, pass@k and maj@k for k in 1, 2, 4, 8, 16. Benchmarks
+temperature 1.0, top-p 1.0, no top-k, pass@k and maj@k for k in 1, 2, 4, 8, 16, answers
+checked by the paper's verifier (--verifier math_verify; boxed: the last \\boxed{} only). Benchmarks
 are read with `sharpjax.data.load_dataset(name, data_dir=..., limit=...)` (names:
 math500, minerva_math, aime24, aime25, hmmt_feb25, gsm8k_test, ...; data directory:
 --data_dir or $SHARPJAX_DATA_DIR), or, under any name, from a JSONL file given with
@@ -59,6 +60,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--verify_timeout", type=float, default=5.0, help="seconds per answer check")
     p.add_argument("--num_workers", type=int, default=None, help="verifier processes (default: CPUs, at most 8)")
+    p.add_argument(
+        "--verifier",
+        choices=("math_verify", "boxed"),
+        default="math_verify",
+        help="answer checking: math_verify = the paper's (NeMo RL hf_math_verify: math-verify over the whole "
+        "response); boxed = the last \\boxed{} only",
+    )
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
     return p
 
@@ -158,6 +166,7 @@ def main(argv: list[str] | None = None) -> dict:
             keep_responses=args.save_responses,
             verify_timeout_s=args.verify_timeout,
             num_workers=args.num_workers,
+            verifier=args.verifier,
             maj_num_draws=args.maj_draws,
             progress=not args.no_progress,
             desc=name,
@@ -165,7 +174,12 @@ def main(argv: list[str] | None = None) -> dict:
         table[name] = {**result.summary, "seconds": round(time.perf_counter() - start, 2)}
         if args.save_responses:
             records[name] = [r.to_dict() for r in result.records]
-    meta = {"model": os.path.abspath(args.model), "sampling": dataclasses.asdict(sampling), "seed": args.seed}
+    meta = {
+        "model": os.path.abspath(args.model),
+        "sampling": dataclasses.asdict(sampling),
+        "seed": args.seed,
+        "verifier": args.verifier,
+    }
     extra = {**meta, **({"records": records} if args.save_responses else {})}
     text = results_to_json(table, args.out, **extra)
     print(results_to_markdown(table))

@@ -31,7 +31,7 @@ from sharpjax.models.tokenizer import bucket_length
 from sharpjax.models.transformer import Params
 from sharpjax.parallel import to_host
 from sharpjax.rewards import verify_batch
-from sharpjax.rewards.math import Fallback
+from sharpjax.rewards.math import Fallback, Verifier
 from sharpjax.rollout.sampler import SamplingConfig
 from sharpjax.rollout.text import DEFAULT_BUCKETS, generate_text
 from sharpjax.tasks.base import VerifyFn
@@ -113,6 +113,7 @@ def evaluate(
     verify_timeout_s: float = 5.0,
     num_workers: int | None = None,
     fallback: Fallback = "none",
+    verifier: Verifier = "boxed",
     merge_correct: bool = True,
     maj_num_draws: int | None = None,
     buckets: tuple[int, ...] = DEFAULT_BUCKETS,
@@ -136,8 +137,9 @@ def evaluate(
       keep_responses: Store the response texts in the records.
       verify_fn: (responses, references) -> `VerifyResult`s, e.g. a `Task`'s `verify`;
         None: math-verify (`sharpjax.rewards.verify_batch`) with the three settings below.
-      verify_timeout_s, num_workers, fallback: passed to `sharpjax.rewards.verify_batch`
-        when `verify_fn` is None (num_workers=0 verifies in this process).
+      verify_timeout_s, num_workers, fallback, verifier: passed to `sharpjax.rewards.verify_batch`
+        when `verify_fn` is None (num_workers=0 verifies in this process; verifier "math_verify"
+        is the paper's reward).
       merge_correct, maj_num_draws: passed to `metrics.maj_at_k` (exact by default).
       buckets: Prompt-length buckets of the sampler.
       progress: Show a tqdm progress bar (in prompts).
@@ -174,7 +176,10 @@ def evaluate(
             finished = to_host(rollout.finished)[: real * g]
             refs = [references[start + i // g] for i in range(real * g)]
             if verify_fn is None:
-                results = verify_batch(texts, refs, timeout_s=verify_timeout_s, num_workers=num_workers, fallback=fallback)
+                results = verify_batch(
+                    texts, refs, timeout_s=verify_timeout_s, num_workers=num_workers, fallback=fallback,
+                    verifier=verifier,
+                )
             else:
                 results = list(verify_fn(texts, refs))
             for i in range(real):

@@ -116,6 +116,10 @@ class DataConfig:
       validation: the held-out benchmarks evaluated every `eval.every` steps.
       num_train_problems / num_validation_problems: arithmetic task sizes (generated).
       difficulty: arithmetic task difficulty preset name.
+      verifier: how the "math" task scores answers (`sharpjax.rewards.Verifier`), in training
+        and validation: "boxed" (our last-`\\boxed{}` extraction) or "math_verify" (the
+        paper's reward: NeMo RL's `hf_math_verify`, math-verify over the whole response;
+        `experiments/rl_math.py` sets it).
     """
 
     task: str = "math"
@@ -127,6 +131,7 @@ class DataConfig:
     num_train_problems: int = 2000
     num_validation_problems: int = 64
     difficulty: str = "default"
+    verifier: str = "boxed"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -248,6 +253,10 @@ class RunConfig:
             raise ConfigError(f"config.eval.metric={e.metric!r} must be 'pass@k' or 'maj@k' (e.g. 'pass@1').")
         if self.data.task not in ("math", "arithmetic"):
             raise ConfigError(f"config.data.task={self.data.task!r} must be 'math' or 'arithmetic'.")
+        if self.data.verifier not in ("boxed", "math_verify"):
+            raise ConfigError(
+                f"config.data.verifier={self.data.verifier!r} must be 'boxed' or 'math_verify' (the paper's)."
+            )
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ConfigError(f"config.dtype={self.dtype!r} must be 'float32', 'bfloat16' or 'float16'.")
         batch = r.prompts_per_step * r.samples_per_prompt
