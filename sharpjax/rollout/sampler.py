@@ -20,7 +20,15 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
 from sharpjax.models.config import ModelConfig
-from sharpjax.models.transformer import KVCache, Params, decode_step, forward, logits, unstack_layers
+from sharpjax.models.transformer import (
+    DECODE_ATTENTION,
+    KVCache,
+    Params,
+    decode_step,
+    forward,
+    logits,
+    unstack_layers,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +45,10 @@ class SamplingConfig:
       ignore_eos: never stop early; every response has M tokens (fixed-length runs).
       stop_token_ids: ids that end a response (EOS / end-of-turn); included in the response.
       pad_id: id written after a response ends.
+      decode_attention: "auto" (on an NVIDIA GPU, a Pallas kernel that reads only each
+        row's filled cache slots; elsewhere, or when P + M is not a multiple of 16, the
+        dense XLA attention), "xla" (always dense), or "pallas_interpret" (the kernel in
+        Pallas' interpreter: slow, for tests). Prompts must be left-padded.
     """
 
     max_new_tokens: int = 64
@@ -48,6 +60,7 @@ class SamplingConfig:
     ignore_eos: bool = False
     stop_token_ids: tuple[int, ...] = ()
     pad_id: int = 0
+    decode_attention: str = "auto"
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
@@ -60,6 +73,8 @@ class SamplingConfig:
             raise ValueError(f"top_p={self.top_p} must be in (0, 1].")
         if self.top_k < 0:
             raise ValueError(f"top_k={self.top_k} must be >= 0 (0 disables it).")
+        if self.decode_attention not in DECODE_ATTENTION:
+            raise ValueError(f"decode_attention={self.decode_attention!r}; expected one of {DECODE_ATTENTION}.")
         if not self.ignore_eos and not self.stop_token_ids:
             raise ValueError("stop_token_ids is empty: give the EOS/end-of-turn ids, or set ignore_eos=True.")
 
@@ -204,6 +219,8 @@ def sample(
     cache = cache.repeat_rows(g)
     key_mask_BS = repeat(key_mask_BpS)
     prompt_len_B = repeat(prompt_len_Bp)
+    # Left padding: row b's real slots are [P - prompt_len_b, cache.index].
+    first_slot_B = p - prompt_len_B
     stop_ids = jnp.asarray(sampling.stop_token_ids or (-1,), jnp.int32)
     # Per-layer weights sliced once here: a w[i] inside the loop body is copied every step.
     layers = unstack_layers(params, config.num_layers)
@@ -226,6 +243,8 @@ def sample(
             positions_B=prompt_len_B + state.step,
             key_mask_BS=key_mask_BS,
             cache=state.cache,
+            first_slot_B=first_slot_B,
+            attention=sampling.decode_attention,
         )
         return _State(
             step=state.step + 1,

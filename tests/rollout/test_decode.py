@@ -117,3 +117,52 @@ def test_unstack_layers_slices_each_layer():
     assert len(layers) == config.num_layers
     for i, p_i in enumerate(layers):
         jax.tree.map(lambda w, s: np.testing.assert_array_equal(w, s[i]), p_i, params["layers"])
+
+
+def _left_padded_cache(b=3, k=2, g=2, s=32, h=8, seed=0):
+    rng = np.random.default_rng(seed)
+    q_B1NH = jnp.asarray(rng.normal(size=(b, 1, k * g, h)), jnp.float32)
+    k_BKSH = jnp.asarray(rng.normal(size=(b, k, s, h)), jnp.float32)
+    v_BKSH = jnp.asarray(rng.normal(size=(b, k, s, h)), jnp.float32)
+    return q_B1NH, k_BKSH, v_BKSH
+
+
+def test_pallas_decode_attention_matches_dense():
+    """The length-aware kernel (in Pallas' interpreter) == the dense masked attention.
+
+    Rows start at slot 0, inside the first block, and past a whole split; the filled length
+    ends mid-block, on a block edge, and at S. Unfilled slots hold garbage that must not leak.
+    """
+    from sharpjax.models.transformer import _decode_attention, _pallas_decode_blocks
+
+    q_B1NH, k_BKSH, v_BKSH = _left_padded_cache()
+    s = k_BKSH.shape[2]
+    assert _pallas_decode_blocks(s) == (32, 1) and _pallas_decode_blocks(48) == (16, 3)
+    assert _pallas_decode_blocks(769) is None
+    first_slot_B = jnp.array([0, 5, 19], jnp.int32)
+    for num_filled in (21, 32, 20):
+        slot_S = jnp.arange(s)
+        visible_B1S = ((slot_S >= first_slot_B[:, None]) & (slot_S < num_filled))[:, None, :]
+        kw = dict(first_slot_B=first_slot_B, num_filled=jnp.int32(num_filled))
+        dense = _decode_attention(q_B1NH, k_BKSH, v_BKSH, visible_B1S, 2, impl="xla", **kw)
+        kernel = _decode_attention(q_B1NH, k_BKSH, v_BKSH, visible_B1S, 2, impl="pallas_interpret", **kw)
+        # Blockwise online softmax vs one softmax: fp32 reordering only.
+        np.testing.assert_allclose(kernel, dense, rtol=1e-5, atol=1e-6)
+
+
+def test_sampler_with_pallas_decode_matches_dense():
+    """The whole sampler with the length-aware kernel: same tokens, log-probs to fp32 rounding."""
+    config = _config()
+    params = init_params(config, jax.random.key(4), init_std=0.4)
+    tokens = np.array([[5, 6, 7, 8, 9, 10], [0, 0, 0, 11, 12, 13], [0, 14, 15, 16, 17, 18]], np.int32)
+    mask = (tokens > 0).astype(np.int32)
+    outs = {}
+    for impl in ("xla", "pallas_interpret"):
+        # P + M = 16 slots: a multiple of 16, so the kernel path is taken.
+        sampling = SamplingConfig(max_new_tokens=10, num_samples=2, temperature=0.9, ignore_eos=True,
+                                  decode_attention=impl)
+        outs[impl] = sample(params, tokens, mask, jax.random.key(5), config=config, sampling=sampling)
+    dense, kernel = outs["xla"], outs["pallas_interpret"]
+    np.testing.assert_array_equal(kernel.tokens, dense.tokens)
+    np.testing.assert_allclose(kernel.logprobs, dense.logprobs, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(kernel.sampling_logprobs, dense.sampling_logprobs, rtol=1e-5, atol=1e-5)
