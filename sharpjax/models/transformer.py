@@ -372,7 +372,11 @@ def _decode_attention(q_B1NH, k_BKSH, v_BKSH, visible_B1S, num_kv_heads, *, firs
     visible keys, accumulated blockwise (equal up to fp32 rounding).
     """
     dense = lambda q, k, v: _attention(q, k, v, visible_B1S, num_kv_heads)  # noqa: E731
-    if impl == "xla" or _pallas_decode_blocks(k_BKSH.shape[2]) is None:
+    # Several devices: the rows are sharded, and XLA cannot partition the kernel's custom
+    # call, so it would all-gather every layer's cache at every step (seen in a compile for
+    # 4 H100s). Until the kernel is wrapped in a shard_map over the row axes, stay dense.
+    single_device = jax.device_count() == 1
+    if impl == "xla" or _pallas_decode_blocks(k_BKSH.shape[2]) is None or (impl == "auto" and not single_device):
         return dense(q_B1NH, k_BKSH, v_BKSH)
     pallas = lambda q, k, v, interpret: _pallas_decode_attention(  # noqa: E731
         q, k, v, first_slot_B, num_filled, num_kv_heads, interpret=interpret
@@ -455,7 +459,7 @@ def decode_step(
         exactly [first_slot_B, cache.index] (what the sampler builds). Required by the
         length-aware attention; `key_mask_BS` must agree with it.
       attention: "xla" (attend over all S slots, masked), "auto" (the length-aware Pallas
-        kernel when compiled for an NVIDIA GPU and S allows it, else "xla"), or
+        kernel when compiled for one NVIDIA GPU and S is a multiple of 16, else "xla"), or
         "pallas_interpret" (that kernel in Pallas' interpreter on any backend: tests).
 
     Returns:

@@ -45,10 +45,11 @@ class SamplingConfig:
       ignore_eos: never stop early; every response has M tokens (fixed-length runs).
       stop_token_ids: ids that end a response (EOS / end-of-turn); included in the response.
       pad_id: id written after a response ends.
-      decode_attention: "auto" (on an NVIDIA GPU, a Pallas kernel that reads only each
-        row's filled cache slots; elsewhere, or when P + M is not a multiple of 16, the
-        dense XLA attention), "xla" (always dense), or "pallas_interpret" (the kernel in
-        Pallas' interpreter: slow, for tests). Prompts must be left-padded.
+      decode_attention: "auto" (on a single NVIDIA GPU, a Pallas kernel that reads only
+        each row's filled cache slots; on several devices, on other backends, or when P + M
+        is not a multiple of 16, the dense XLA attention), "xla" (always dense), or
+        "pallas_interpret" (the kernel in Pallas' interpreter: slow, for tests). Prompts
+        must be left-padded.
     """
 
     max_new_tokens: int = 64
