@@ -223,7 +223,8 @@ def aot_report(config, batch, prompt, new, sampling, target_path):
         "step_bytes_xla": cost.get("bytes accessed", 0.0), "step_bytes_pallas_kv": kernel_kv_bytes,
         "step_bytes": step_bytes, "step_roofline_ms": 1e3 * step_bytes / bandwidth,
         # What the attention must read: every slot (dense) or the filled ones, mean over the decode.
-        "kv_bytes_all_slots": batch * (prompt + new) * kv_slot, "kv_bytes_filled_mean": batch * (prompt + (new + 1) / 2) * kv_slot,
+        "kv_bytes_all_slots": batch * (prompt + new) * kv_slot,
+        "kv_bytes_filled_mean": batch * (prompt + (new + 1) / 2) * kv_slot,
         "temp_GB": memory.temp_size_in_bytes / 1e9, "argument_GB": memory.argument_size_in_bytes / 1e9,
     }
 
