@@ -313,3 +313,173 @@ def apply(params: Params, tokens_BT, mask_BT, *, config: ModelConfig, remat: str
         params, tokens_BT, config=config, positions_BT=positions_BT, key_mask_BS=mask_BT.astype(bool), remat=remat
     )
     return logits(params, hidden_BTD)
+
+
+# ---- decode (one token per row against a KV cache) -------------------------------------
+
+
+def unstack_layers(params: Params, num_layers: int) -> tuple[Params, ...]:
+    """The stacked [L, ...] layer weights as L per-layer pytrees.
+
+    Call it once outside a decode loop and pass the result to `decode_step`: slicing w[i]
+    inside a `while_loop` body is loop-invariant, but XLA does not hoist a lone slice, so
+    every step would copy the whole layer stack (on the 3B shape, ~6 GB written and read
+    again per token). Costs one copy of the layer weights for the lifetime of the loop.
+    """
+    return tuple(jax.tree.map(lambda w, i=i: w[i], params["layers"]) for i in range(num_layers))
+
+
+DECODE_ATTENTION = ("xla", "auto", "pallas_interpret")
+
+
+def _pallas_decode_blocks(num_slots: int) -> tuple[int, int] | None:
+    """(block_k, k_splits) for the Pallas decode kernel over S slots, or None if S does not fit.
+
+    Triton blocks are powers of two >= 16 and must tile S. A few splits per row are enough:
+    the grid already has B * K rows; blocks past a row's length are skipped, not read.
+    """
+    block_k = next((b for b in (64, 32, 16) if num_slots % b == 0), None)
+    if block_k is None:
+        return None
+    blocks = num_slots // block_k
+    return block_k, max(d for d in range(1, 9) if blocks % d == 0)
+
+
+def _pallas_decode_attention(q_B1NH, k_BKSH, v_BKSH, first_slot_B, num_filled, num_kv_heads, *, interpret):
+    """JAX's Pallas GPU decode kernel: each (row, kv head) reads only slots [first, num_filled)."""
+    from jax.experimental.pallas.ops.gpu import decode_attention
+
+    b, _, n, h = q_B1NH.shape
+    k_heads, s = num_kv_heads, k_BKSH.shape[2]
+    block_k, k_splits = _pallas_decode_blocks(s)
+    # [B, K, S, H] -> [B*K, S, H] is a bitcast: the kernel reads the cache in place.
+    q_RGH = q_B1NH.reshape(b * k_heads, n // k_heads, h)
+    start_R = jnp.repeat(first_slot_B.astype(jnp.int32), k_heads)
+    length_R = jnp.broadcast_to(num_filled.astype(jnp.int32), (b * k_heads,))
+    out_RGH = decode_attention.mqa(
+        q_RGH, k_BKSH.reshape(b * k_heads, s, h), v_BKSH.reshape(b * k_heads, s, h), start_R, length_R,
+        block_k=block_k, k_splits=k_splits, interpret=interpret,
+    )
+    return out_RGH.astype(v_BKSH.dtype).reshape(b, 1, n, h)
+
+
+def _decode_attention(q_B1NH, k_BKSH, v_BKSH, visible_B1S, num_kv_heads, *, first_slot_B, num_filled, impl):
+    """Attention of one new query per row over the cache: dense XLA, or length-aware Pallas.
+
+    The XLA path attends over all S slots at every step (masking the unfilled ones), so a
+    decode reads the whole cache each token. The Pallas kernel takes each row's first real
+    slot and the filled length, and reads only those blocks: the same softmax over the same
+    visible keys, accumulated blockwise (equal up to fp32 rounding).
+    """
+    dense = lambda q, k, v: _attention(q, k, v, visible_B1S, num_kv_heads)  # noqa: E731
+    # Several devices: the rows are sharded, and XLA cannot partition the kernel's custom
+    # call, so it would all-gather every layer's cache at every step (seen in a compile for
+    # 4 H100s). Until the kernel is wrapped in a shard_map over the row axes, stay dense.
+    single_device = jax.device_count() == 1
+    if impl == "xla" or _pallas_decode_blocks(k_BKSH.shape[2]) is None or (impl == "auto" and not single_device):
+        return dense(q_B1NH, k_BKSH, v_BKSH)
+    pallas = lambda q, k, v, interpret: _pallas_decode_attention(  # noqa: E731
+        q, k, v, first_slot_B, num_filled, num_kv_heads, interpret=interpret
+    )
+    if impl == "pallas_interpret":
+        return pallas(q_B1NH, k_BKSH, v_BKSH, True)
+    # Chosen when lowering, so a CPU compile (tests) and a compile-only GPU target both get
+    # the right one.
+    return jax.lax.platform_dependent(
+        q_B1NH, k_BKSH, v_BKSH, cuda=lambda q, k, v: pallas(q, k, v, False), default=dense
+    )
+
+
+def _decode_layer(
+    config: ModelConfig, inv_freq, x_B1D, p, positions_B1, visible_B1S, k_cache_BKSH, v_cache_BKSH, start,
+    first_slot_B, attention: str,
+):
+    """`_layer` for one new token per row against the cache, with this layer's own params `p`.
+
+    The same operations in the same order as `_layer`'s cache branch (the sampler's
+    log-probs stay bitwise equal), kept separate so the decode path can change its
+    attention without touching the prefill/training path.
+    """
+    h_BTD = rms_norm(x_B1D, p["attn_norm"], config.rms_norm_eps)
+    q_BTNH = jnp.einsum("btd,dnh->btnh", h_BTD, p["q"])
+    k_BTKH = jnp.einsum("btd,dkh->btkh", h_BTD, p["k"])
+    v_BTKH = jnp.einsum("btd,dkh->btkh", h_BTD, p["v"])
+    if config.qkv_bias:
+        q_BTNH, k_BTKH, v_BTKH = q_BTNH + p["q_bias"], k_BTKH + p["k_bias"], v_BTKH + p["v_bias"]
+    if config.qk_norm:
+        q_BTNH = rms_norm(q_BTNH, p["q_norm"], config.rms_norm_eps)
+        k_BTKH = rms_norm(k_BTKH, p["k_norm"], config.rms_norm_eps)
+    q_BTNH = apply_rope(q_BTNH, positions_B1, inv_freq)
+    k_BTKH = apply_rope(k_BTKH, positions_B1, inv_freq)
+    k_BKTH, v_BKTH = k_BTKH.transpose(0, 2, 1, 3), v_BTKH.transpose(0, 2, 1, 3)
+    # Write first, then attend over the updated buffer: the write is in place.
+    k_cache_BKSH = jax.lax.dynamic_update_slice(k_cache_BKSH, k_BKTH.astype(k_cache_BKSH.dtype), (0, 0, start, 0))
+    v_cache_BKSH = jax.lax.dynamic_update_slice(v_cache_BKSH, v_BKTH.astype(v_cache_BKSH.dtype), (0, 0, start, 0))
+    attn_BTNH = _decode_attention(q_BTNH, k_cache_BKSH, v_cache_BKSH, visible_B1S, config.num_kv_heads,
+                                  first_slot_B=first_slot_B, num_filled=start + 1, impl=attention)
+    attn_BTD = jnp.einsum("btnh,nhd->btd", attn_BTNH, p["o"])
+    if config.o_bias:
+        attn_BTD = attn_BTD + p["o_bias"]
+    x_BTD = x_B1D + attn_BTD
+
+    h_BTD = rms_norm(x_BTD, p["mlp_norm"], config.rms_norm_eps)
+    gate_BTF = jnp.einsum("btd,df->btf", h_BTD, p["gate"])
+    up_BTF = jnp.einsum("btd,df->btf", h_BTD, p["up"])
+    if config.mlp_bias:
+        gate_BTF, up_BTF = gate_BTF + p["gate_bias"], up_BTF + p["up_bias"]
+    mlp_BTD = jnp.einsum("btf,fd->btd", jax.nn.silu(gate_BTF) * up_BTF, p["down"])
+    if config.mlp_bias:
+        mlp_BTD = mlp_BTD + p["down_bias"]
+    return x_BTD + mlp_BTD, (k_cache_BKSH, v_cache_BKSH)
+
+
+def decode_step(
+    params: Params,
+    layers: tuple[Params, ...],
+    tokens_B: Int[Array, " B"],
+    *,
+    config: ModelConfig,
+    positions_B: Int[Array, " B"],
+    key_mask_BS: Bool[Array, "B S"],
+    cache: KVCache,
+    first_slot_B: Int[Array, " B"] | None = None,
+    attention: str = "xla",
+) -> tuple[Float[Array, "B D"], KVCache]:
+    """One decode step: `forward` for a single new token per row, per-layer weights given.
+
+    Args:
+      params: the param pytree; only "embed" and "final_norm" are read here.
+      layers: `unstack_layers(params, L)`, computed outside the decode loop.
+      tokens_B: the new token of each row.
+      config: the architecture (static).
+      positions_B: the new token's RoPE position.
+      key_mask_BS: which cache slots hold real tokens (as in `forward`).
+      cache: the KV cache; the new key/value go to slot `cache.index`.
+      first_slot_B: each row's first real slot, for a left-padded cache whose real slots are
+        exactly [first_slot_B, cache.index] (what the sampler builds). Required by the
+        length-aware attention; `key_mask_BS` must agree with it.
+      attention: "xla" (attend over all S slots, masked), "auto" (the length-aware Pallas
+        kernel when compiled for one NVIDIA GPU and S is a multiple of 16, else "xla"), or
+        "pallas_interpret" (that kernel in Pallas' interpreter on any backend: tests).
+
+    Returns:
+      (hidden_BD after the final norm, the cache with index advanced by one).
+    """
+    if attention not in DECODE_ATTENTION:
+        raise ValueError(f"attention={attention!r}; expected one of {DECODE_ATTENTION}.")
+    if attention != "xla" and first_slot_B is None:
+        raise ValueError(f"attention={attention!r} needs first_slot_B (each row's first real cache slot).")
+    inv_freq = rope_inverse_frequencies(config)
+    x_BTD = jnp.take(params["embed"], tokens_B[:, None], axis=0)
+    start = cache.index
+    slot_S = jnp.arange(key_mask_BS.shape[1], dtype=jnp.int32)
+    visible_B1S = (slot_S <= start)[None, None, :] & key_mask_BS[:, None, :]
+    new_k, new_v = [], []
+    for p_i, k_i, v_i in zip(layers, cache.k, cache.v, strict=True):
+        x_BTD, (k_i, v_i) = _decode_layer(
+            config, inv_freq, x_BTD, p_i, positions_B[:, None], visible_B1S, k_i, v_i, start, first_slot_B, attention
+        )
+        new_k.append(k_i)
+        new_v.append(v_i)
+    hidden_BD = rms_norm(x_BTD, params["final_norm"], config.rms_norm_eps)[:, 0]
+    return hidden_BD, KVCache(k=tuple(new_k), v=tuple(new_v), index=start + 1)
