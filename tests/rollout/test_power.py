@@ -255,3 +255,107 @@ def test_mcmc_approaches_the_power_distribution():
     tv = _tv(_empirical(out), TARGET)
     assert tv < 2.5 * bound, (tv, bound)
     assert tv < 0.2 * _tv(P_BASE, TARGET) and tv < 0.2 * _tv(PROPOSAL, TARGET)
+
+
+def _reward(rows_tokens, lengths) -> np.ndarray:
+    """A toy task reward: 1 if the response contains token 1."""
+    return np.array([float(1 in row[:n]) for row, n in zip(rows_tokens, lengths)], np.float32)
+
+
+BETA_INV = 2.0
+REWARD = _reward(RESPONSES, [len(r) for r in RESPONSES])
+TILTED = TARGET * np.exp(BETA_INV * REWARD) / (TARGET * np.exp(BETA_INV * REWARD)).sum()
+
+
+def test_smc_approaches_the_power_distribution_and_its_reward_tilt():
+    # One particle: the draw is the proposal, whatever the weights.
+    one = power_smc(BASE, PROMPT, ONES, jax.random.key(0), config=MODEL, sampling=_sampling(4096),
+                    power=PowerConfig(alpha=ALPHA, block_size=1, num_particles=1))  # fmt: skip
+    assert _tv(_empirical(one), PROPOSAL) < 2.5 * _sampling_error(PROPOSAL, 4096)
+
+    n, particles = 2048, 64
+    power = PowerConfig(alpha=ALPHA, block_size=1, num_particles=particles)
+    cloud = power_smc_particles(BASE, PROMPT, ONES, jax.random.key(1), config=MODEL, sampling=_sampling(n), power=power)
+    assert cloud.rollout.tokens.shape == (n * particles, PROMPT.shape[1] + MAX_NEW)
+    draws = select(cloud, jax.random.key(2), group_size=particles)
+    tv = _tv(_empirical(draws), TARGET)
+    assert tv < 2.5 * _sampling_error(TARGET, n), tv
+    assert tv < 0.2 * _tv(P_BASE, TARGET) and tv < 0.2 * _tv(PROPOSAL, TARGET)
+    # Every particle draws each block's token (no EOS before) or stops: cost = N x mean length or so.
+    cost = np.asarray(draws.token_cost)
+    assert np.all(cost >= particles) and np.all(cost <= particles * MAX_NEW)
+
+    # The tilt pi^alpha exp(beta_inv r) with a host-side reward, from the same particles.
+    rewards = _reward(np.asarray(cloud.rollout.tokens)[:, PROMPT.shape[1] :], np.asarray(cloud.rollout.lengths))
+    tilted = select(cloud, jax.random.key(3), group_size=particles, rewards_B=jnp.asarray(rewards), beta_inv=BETA_INV)
+    assert _tv(TILTED, TARGET) > 0.2
+    assert _tv(_empirical(tilted), TILTED) < 2.5 * _sampling_error(TILTED, n)
+
+
+def test_mcmc_chains_tilted_by_reward():
+    """MCMC chains at pi^alpha, importance-resampled within groups by exp(beta_inv r)."""
+    n, group = 4096, 16
+    out = power_mcmc(BASE, PROMPT, ONES, jax.random.key(5), config=MODEL, sampling=_sampling(n),
+                     power=PowerConfig(alpha=ALPHA, block_size=MAX_NEW, mh_steps=64))  # fmt: skip
+    rewards = _reward(np.asarray(out.rollout.tokens)[:, PROMPT.shape[1] :], np.asarray(out.rollout.lengths))
+    tilted = select(out, jax.random.key(6), group_size=group, rewards_B=jnp.asarray(rewards), beta_inv=BETA_INV)
+    assert tilted.rollout.tokens.shape[0] == n // group
+    np.testing.assert_array_equal(np.asarray(tilted.token_cost), np.asarray(out.token_cost).reshape(-1, group).sum(1))
+    assert _tv(_empirical(tilted), TILTED) < 2.5 * _sampling_error(TILTED, n // group)
+
+
+@pytest.mark.parametrize("method,ignore_eos", [("mcmc", False), ("mcmc", True), ("smc", False), ("smc", True)])
+def test_outputs_are_consistent_responses(method, ignore_eos):
+    """Several left-padded prompts, EOS and fixed-length runs: every row is a valid response of
+    its prompt with pi / q log-probs equal to teacher-forced scoring, and the same key repeats."""
+    alpha = 4.0
+    prompts = np.array([[0, 1, 2], [2, 1, 1], [0, 0, 1]], np.int32)
+    masks = (np.arange(3)[None] >= np.array([[1], [0], [2]])).astype(np.int32)
+    sampling = dataclasses.replace(_sampling(4), max_new_tokens=5, ignore_eos=ignore_eos)
+    if method == "mcmc":
+        power = PowerConfig(alpha=alpha, block_size=2, mh_steps=3)
+        out = power_mcmc(BASE, prompts, masks, jax.random.key(0), config=MODEL, sampling=sampling, power=power)
+        again = power_mcmc(BASE, prompts, masks, jax.random.key(0), config=MODEL, sampling=sampling, power=power)
+    else:
+        power = PowerConfig(alpha=alpha, block_size=2, num_particles=3, ess_threshold=1.0)
+        out = power_smc(BASE, prompts, masks, jax.random.key(0), config=MODEL, sampling=sampling, power=power)
+        again = power_smc(BASE, prompts, masks, jax.random.key(0), config=MODEL, sampling=sampling, power=power)
+    assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), out, again))
+    r = out.rollout
+    tokens, lengths, finished = np.asarray(r.tokens), np.asarray(r.lengths), np.asarray(r.finished)
+    assert tokens.shape == (12, 8)
+    np.testing.assert_array_equal(np.asarray(r.prompt_index), np.repeat(np.arange(3), 4))
+    np.testing.assert_array_equal(tokens[:, :3], np.repeat(prompts, 4, axis=0))
+    for row, n, done in zip(tokens[:, 3:], lengths, finished):
+        eos_at = [j for j in range(n) if row[j] == EOS]
+        if ignore_eos:
+            assert n == 5 and not done
+        else:
+            assert eos_at in ([], [n - 1]) and done == (eos_at == [n - 1]) and (done or n == 5)
+        assert np.all(row[n:] == PAD)
+    resp = np.asarray(r.response_mask)
+    np.testing.assert_array_equal(resp.sum(1), lengths)
+    for temperature, got in ((1.0, r.logprobs), (1.0 / alpha, r.sampling_logprobs)):
+        want = score_tokens(BASE, r.tokens, r.attention_mask, config=MODEL, temperature=temperature)
+        np.testing.assert_allclose(np.asarray(got) * resp, np.asarray(want) * resp, atol=2e-5)
+    assert np.all(np.asarray(out.token_cost) >= lengths)
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="alpha"):
+        PowerConfig(alpha=0.0)
+    with pytest.raises(ValueError, match="block_size"):
+        PowerConfig(block_size=0)
+    with pytest.raises(ValueError, match="mh_steps"):
+        PowerConfig(mh_steps=-1)
+    with pytest.raises(ValueError, match="num_particles"):
+        PowerConfig(num_particles=0)
+    with pytest.raises(ValueError, match="ess_threshold"):
+        PowerConfig(ess_threshold=1.5)
+    with pytest.raises(ValueError, match="temperature 1/alpha"):
+        power_mcmc(BASE, PROMPT, ONES, jax.random.key(0), config=MODEL, sampling=_sampling(2, temperature=0.5),
+                   power=PowerConfig(alpha=2.0))  # fmt: skip
+    with pytest.raises(ValueError, match="group_size"):
+        out = power_mcmc(BASE, PROMPT, ONES, jax.random.key(0), config=MODEL, sampling=_sampling(3),
+                         power=PowerConfig(alpha=2.0, block_size=3, mh_steps=0))  # fmt: skip
+        select(out, jax.random.key(0), group_size=2)
