@@ -359,3 +359,57 @@ def test_config_errors():
         out = power_mcmc(BASE, PROMPT, ONES, jax.random.key(0), config=MODEL, sampling=_sampling(3),
                          power=PowerConfig(alpha=2.0, block_size=3, mh_steps=0))  # fmt: skip
         select(out, jax.random.key(0), group_size=2)
+
+
+@pytest.mark.slow  # two model compiles of each sampler (~40-80 s on a shared 2-core CPU)
+def test_eval_cli_with_power_samplers(hf_checkpoint, tmp_path, capsys):
+    """`python -m sharpjax.eval --sampler power-mcmc|power-smc` end to end on a tiny saved
+    model: the usual pass@k / maj@k summary plus the tokens drawn per problem."""
+    from sharpjax.eval import __main__ as cli
+
+    bench = tmp_path / "toy.jsonl"
+    bench.write_text("\n".join(json.dumps({"problem": q, "answer": a}) for q, a in [("1+1?", "2"), ("2+3?", "5")]))
+    common = ["--model", hf_checkpoint("llama"), "--benchmarks", "toy", "--data_file", f"toy={bench}", "--n", "2",
+              "--max_new_tokens", "4", "--batch_size", "2", "--ks", "1,2", "--num_workers", "0", "--no_progress",
+              "--save_responses", "--alpha", "4", "--block-size", "2"]  # fmt: skip
+    mcmc = cli.main([*common, "--sampler", "power-mcmc", "--mh-steps", "2"])
+    smc = cli.main([*common, "--sampler", "power-smc", "--particles", "3"])
+    for results, name in ((mcmc, "power-mcmc"), (smc, "power-smc")):
+        s = results["results"]["toy"]
+        assert s["num_problems"] == 2 and s["num_samples"] == 2 and "pass@2" in s and "maj@2" in s
+        assert results["power"]["sampler"] == name and results["power"]["alpha"] == 4.0
+        lengths = [sum(r["lengths"]) for r in results["records"]["toy"]]
+        # MCMC: every proposal counts (2 blocks x (1 extension + 2 MH steps)); SMC: 3 particles.
+        assert s["token_cost_per_problem"] >= (2 if name == "power-smc" else 1) * np.mean(lengths)
+    assert smc["results"]["toy"]["token_cost_per_problem"] >= 3 * 2  # 3 particles x 2 samples, >= 1 token each
+    assert "token cost per problem: toy" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        cli.main([*common, "--sampler", "power-mcmc", "--temperature", "0.7"])
+    assert e.value.code == 2 and "--temperature" in capsys.readouterr().err
+
+
+def tv_table(n: int = 8192) -> str:
+    """The TV rows BENCHMARKS.md records: `python -m tests.rollout.test_power`."""
+    lines = [f"toy: 40 responses, alpha={ALPHA}, TV(p, p^a)={_tv(P_BASE, TARGET):.3f}, "
+             f"TV(q, p^a)={_tv(PROPOSAL, TARGET):.3f}, sampling error of {n} exact draws <= "
+             f"{_sampling_error(TARGET, n):.4f}", "", "| sampler | setting | tokens / sample | TV exact law | TV empirical |",
+             "|---|---|---:|---:|---:|"]  # fmt: skip
+    for block_size in (1, MAX_NEW):
+        for steps in (0, 1, 2, 4, 8, 16, 32, 64):
+            power = PowerConfig(alpha=ALPHA, block_size=block_size, mh_steps=steps)
+            out = power_mcmc(BASE, PROMPT, ONES, jax.random.key(steps), config=MODEL, sampling=_sampling(n), power=power)
+            law = _tv(_exact_chain_law(ALPHA, block_size, steps), TARGET)
+            lines.append(f"| power-mcmc | block {block_size}, {steps} MH steps | {np.mean(out.token_cost):.1f} | "
+                         f"{law:.4f} | {_tv(_empirical(out), TARGET):.4f} |")  # fmt: skip
+    for particles in (1, 2, 4, 8, 16, 32, 64):
+        m = max(n // particles, 2048)
+        power = PowerConfig(alpha=ALPHA, block_size=1, num_particles=particles)
+        out = power_smc(BASE, PROMPT, ONES, jax.random.key(particles), config=MODEL, sampling=_sampling(m), power=power)
+        lines.append(f"| power-smc | block 1, {particles} particles ({m} draws, error <= "
+                     f"{_sampling_error(TARGET, m):.3f}) | {np.mean(out.token_cost):.1f} | | "
+                     f"{_tv(_empirical(out), TARGET):.4f} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(tv_table())
