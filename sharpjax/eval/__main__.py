@@ -68,15 +68,28 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--num_workers", type=int, default=None, help="verifier processes (default: CPUs, at most 8)")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
     # Inference-time power sampling (sharpjax.rollout.power): pi^alpha without training.
-    p.add_argument("--sampler", choices=("plain", "power-mcmc", "power-smc"), default="plain",
-                   help="plain: the base sampler; power-mcmc / power-smc: sample pi^alpha (needs --temperature 1)")
-    p.add_argument("--alpha", type=float, default=4.0, help="power samplers: the power (proposal at temperature 1/alpha)")
-    p.add_argument("--block-size", "--block_size", dest="block_size", type=int, default=192,
-                   help="power samplers: tokens per block")
-    p.add_argument("--mh-steps", "--mh_steps", dest="mh_steps", type=int, default=10,
-                   help="power-mcmc: MH steps after each block")
+    p.add_argument(
+        "--sampler",
+        choices=("plain", "power-mcmc", "power-smc"),
+        default="plain",
+        help="plain: the base sampler; power-mcmc / power-smc: sample pi^alpha (needs --temperature 1)",
+    )
+    p.add_argument(
+        "--alpha", type=float, default=4.0, help="power samplers: the power (proposal at temperature 1/alpha)"
+    )
+    p.add_argument(
+        "--block-size",
+        "--block_size",
+        dest="block_size",
+        type=int,
+        default=192,
+        help="power samplers: tokens per block",
+    )
+    p.add_argument(
+        "--mh-steps", "--mh_steps", dest="mh_steps", type=int, default=10, help="power-mcmc: MH steps after each block"
+    )
     p.add_argument("--particles", type=int, default=16, help="power-smc: particles per sample")
-    return p  # fmt: skip
+    return p
 
 
 def _read_jsonl(path: str, limit: int | None) -> list[types.SimpleNamespace]:
@@ -142,10 +155,13 @@ def main(argv: list[str] | None = None) -> dict:
         from sharpjax.rollout.power import PowerConfig
 
         if args.temperature != 1.0 or args.top_p != 1.0 or args.top_k != 0:
-            parser.error(f"--sampler {args.sampler} draws at temperature 1/--alpha: leave --temperature, --top_p, --top_k.")
+            parser.error(
+                f"--sampler {args.sampler} draws at temperature 1/--alpha: leave --temperature, --top_p, --top_k"
+            )
         try:
-            power = PowerConfig(alpha=args.alpha, block_size=args.block_size, mh_steps=args.mh_steps,
-                                num_particles=args.particles)  # fmt: skip
+            power = PowerConfig(
+                alpha=args.alpha, block_size=args.block_size, mh_steps=args.mh_steps, num_particles=args.particles
+            )
         except ValueError as e:
             parser.error(f"--sampler {args.sampler}: {e}")
 

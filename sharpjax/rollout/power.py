@@ -195,7 +195,7 @@ def _propose(
 
     Returns the spliced proposals and the number of tokens drawn per row.
     """
-    r, m = chains.tokens.shape
+    m = chains.tokens.shape[1]
     p = prompt_RP.shape[1]
     col_M = jnp.arange(m)
     # Prefix = prompt + y_{<start}, right-aligned (the sampler continues from the last column).

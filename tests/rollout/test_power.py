@@ -100,7 +100,7 @@ def _mh_kernel(states, lp, lq, alpha) -> np.ndarray:
     return k
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _exact_chain_law(alpha: float, block_size: int, steps: int) -> np.ndarray:
     """Law over RESPONSES of `power_mcmc`'s output: extend each block from q, then `steps` MH steps."""
     ends = [min((k + 1) * block_size, MAX_NEW) for k in range(-(-MAX_NEW // block_size))]
@@ -390,14 +390,21 @@ def test_eval_cli_with_power_samplers(hf_checkpoint, tmp_path, capsys):
 
 def tv_table(n: int = 8192) -> str:
     """The TV rows BENCHMARKS.md records: `python -m tests.rollout.test_power`."""
-    lines = [f"toy: 40 responses, alpha={ALPHA}, TV(p, p^a)={_tv(P_BASE, TARGET):.3f}, "
-             f"TV(q, p^a)={_tv(PROPOSAL, TARGET):.3f}, sampling error of {n} exact draws <= "
-             f"{_sampling_error(TARGET, n):.4f}", "", "| sampler | setting | tokens / sample | TV exact law | TV empirical |",
-             "|---|---|---:|---:|---:|"]  # fmt: skip
+    head = (f"toy: 40 responses, alpha={ALPHA}, TV(p, p^a)={_tv(P_BASE, TARGET):.3f}, "
+            f"TV(q, p^a)={_tv(PROPOSAL, TARGET):.3f}, sampling error of {n} exact draws <= "
+            f"{_sampling_error(TARGET, n):.4f}")  # fmt: skip
+    lines = [
+        head,
+        "",
+        "| sampler | setting | tokens / sample | TV exact law | TV empirical |",
+        "|---|---|---:|---:|---:|",
+    ]
     for block_size in (1, MAX_NEW):
         for steps in (0, 1, 2, 4, 8, 16, 32, 64):
             power = PowerConfig(alpha=ALPHA, block_size=block_size, mh_steps=steps)
-            out = power_mcmc(BASE, PROMPT, ONES, jax.random.key(steps), config=MODEL, sampling=_sampling(n), power=power)
+            out = power_mcmc(
+                BASE, PROMPT, ONES, jax.random.key(steps), config=MODEL, sampling=_sampling(n), power=power
+            )
             law = _tv(_exact_chain_law(ALPHA, block_size, steps), TARGET)
             lines.append(f"| power-mcmc | block {block_size}, {steps} MH steps | {np.mean(out.token_cost):.1f} | "
                          f"{law:.4f} | {_tv(_empirical(out), TARGET):.4f} |")  # fmt: skip
