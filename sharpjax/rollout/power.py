@@ -420,7 +420,7 @@ def select(
     rows_G = jnp.arange(groups) * group_size + jax.random.categorical(key, logits_GN, axis=-1)
     pick = lambda x: x[rows_G]  # noqa: E731
     return PowerSamples(
-        rollout=jax.tree.map(pick, samples.rollout).replace(prompt_index=samples.rollout.prompt_index[rows_G]),
+        rollout=jax.tree.map(pick, samples.rollout),
         log_weights=jnp.zeros((groups,), jnp.float32),
         token_cost=samples.token_cost.reshape(groups, group_size).sum(-1),
         accept_rate=samples.accept_rate.reshape(groups, group_size).mean(-1),

