@@ -119,6 +119,7 @@ def evaluate(
     buckets: tuple[int, ...] = DEFAULT_BUCKETS,
     progress: bool = True,
     desc: str = "eval",
+    generate_fn: Callable | None = None,
 ) -> EvalResult:
     """Samples n responses per problem, verifies them and computes pass@k / maj@k.
 
@@ -144,6 +145,10 @@ def evaluate(
       buckets: Prompt-length buckets of the sampler.
       progress: Show a tqdm progress bar (in prompts).
       desc: The progress bar's label (e.g. the benchmark name).
+      generate_fn: Replaces `generate_text` (same arguments and (texts, batch) return), e.g.
+        `functools.partial(sharpjax.rollout.power.generate_power_text, method=..., power=...)`;
+        a batch with a `token_cost` (tokens drawn per sample, rejected proposals and particles
+        included) sets the summary's `token_cost_per_problem`; otherwise that is the lengths.
 
     Returns:
       An `EvalResult`: per-problem records and their summary.
@@ -163,17 +168,21 @@ def evaluate(
     bs = min(batch_size, len(problems))
 
     records: list[ProblemRecord] = []
+    costs: list[int] = []  # tokens drawn per problem, all of its samples
+    generate = generate_fn or generate_text
     with tqdm.tqdm(total=len(problems), desc=desc, unit="prompt", disable=not progress) as bar:
         for batch_index, start in enumerate(range(0, len(problems), bs)):
             batch = prompts[start : start + bs]
             real = len(batch)
             batch = batch + [batch[-1]] * (bs - real)  # Static shape: one compile per bucket.
-            texts, rollout = generate_text(
+            texts, rollout = generate(
                 params, model_config, tokenizer, batch, jax.random.fold_in(key, batch_index), sampling, buckets=buckets
             )
             texts = texts[: real * g]
             lengths = to_host(rollout.lengths)[: real * g]
             finished = to_host(rollout.finished)[: real * g]
+            cost = to_host(getattr(rollout, "token_cost", rollout.lengths))[: real * g]
+            costs += [int(cost[i * g : (i + 1) * g].sum()) for i in range(real)]
             refs = [references[start + i // g] for i in range(real * g)]
             if verify_fn is None:
                 results = verify_batch(
@@ -200,4 +209,5 @@ def evaluate(
             bar.update(real)
             bar.set_postfix(acc=f"{np.mean([c for r in records for c in r.correct]):.3f}")
     summary = summarize(records, ks, merge_correct=merge_correct, maj_num_draws=maj_num_draws)
+    summary["token_cost_per_problem"] = float(np.mean(costs))
     return EvalResult(records=records, summary=summary)

@@ -223,6 +223,7 @@ def sample(
     *,
     config: ModelConfig,
     sampling: SamplingConfig,
+    max_new_tokens_B: Int[Array, " B"] | None = None,
 ) -> RolloutBatch:
     """Samples `sampling.num_samples` responses for each left-padded prompt.
 
@@ -233,6 +234,10 @@ def sample(
       key: PRNG key; the same key gives the same samples.
       config: the architecture.
       sampling: sampling parameters.
+      max_new_tokens_B: optional per-row budgets (<= M) over the B = Bp * G output rows: row b
+        stops after that many tokens (`finished` stays False unless a stop token ended it), and
+        the loop ends once every row is stopped or out of budget. Power sampling
+        (`sharpjax.rollout.power`) resamples suffixes of different lengths in one call.
 
     Returns:
       A `RolloutBatch` with B = Bp * G rows; rows i*G .. i*G+G-1 answer prompt i.
@@ -261,14 +266,15 @@ def sample(
     stop_ids = jnp.asarray(sampling.stop_token_ids or (-1,), jnp.int32)
     # Per-layer weights sliced once here: a w[i] inside the loop body is copied every step.
     layers = unstack_layers(params, config.num_layers)
+    budget_B = jnp.full((b,), m, jnp.int32) if max_new_tokens_B is None else jnp.asarray(max_new_tokens_B, jnp.int32)
 
     def cond(state: _State):
-        return (state.step < m) & ~jnp.all(state.done)
+        return (state.step < m) & ~jnp.all(state.done | (state.step >= budget_B))
 
     def body(state: _State):
         key, step_key = jax.random.split(state.key)
         token_B, logprob_B, sampling_logprob_B = _next_token(state.logits, step_key, sampling)
-        alive_B = ~state.done
+        alive_B = ~state.done & (state.step < budget_B)
         token_B = jnp.where(alive_B, token_B, sampling.pad_id)
         write = lambda buf, x: jax.lax.dynamic_update_slice(buf, x[:, None], (0, state.step))  # noqa: E731
         is_stop_B = jnp.isin(token_B, stop_ids) & (not sampling.ignore_eos)
