@@ -16,6 +16,7 @@ from typing import Any
 import flax.struct
 import jax
 import jax.numpy as jnp
+from jax.experimental.shard_alike import shard_alike
 from jaxtyping import Array, Bool, Float, Int
 
 from sharpjax.models.config import ModelConfig
@@ -232,6 +233,11 @@ def _causal_attention(
     all-padding one, has a query with nothing to attend to: no NaN in either pass. Their
     outputs are meaningless and never reach a real position.
     """
+    if implementation == "cudnn":
+        # cuDNN's SPMD partitioner needs q, k and v sharded alike. Sharding propagation
+        # gives q and k the batch sharding of the RoPE positions, but v (no RoPE) can come
+        # out batch-replicated under FSDP: tie it to k.
+        k_BTKH, v_BTKH = shard_alike(k_BTKH, v_BTKH)
     return jax.nn.dot_product_attention(q_BTNH, k_BTKH, v_BTKH, is_causal=True, implementation=implementation)
 
 
