@@ -170,6 +170,10 @@ class Trainer:
 
         data, fsdp, tensor = config.mesh_shape(jax.device_count())
         self.mesh = make_mesh(data, fsdp, tensor) if jax.device_count() > 1 else None
+        if self.model.num_kv_heads % tensor and self.model.attention == "auto":
+            # cuDNN flash attention needs q, k and v sharded alike, and a tensor axis that does
+            # not divide the kv heads leaves k and v replicated while q is split: use XLA's.
+            self.model = self.model.replace(attention="xla")
         shardings = param_shardings(self.model, self.mesh) if self.mesh is not None else None
         if shardings is not None:
             params = shard_params(params, shardings)
