@@ -137,8 +137,12 @@ def test_trimming_trailing_padding_changes_no_reward_loss_or_update():
     np.testing.assert_allclose(r_trim, r_full, rtol=1e-5, atol=1e-6)
     for k in ("loss", "grad_norm", "kl"):
         np.testing.assert_allclose(float(m_trim[k]), float(m_full[k]), rtol=1e-4, atol=1e-6)
+    # Gradients agree to ~2e-7 of the largest one (fp32 order: attention sums run over another
+    # number of slots), but Adam's first step moves a weight by lr * g / (|g| + eps): on the few
+    # weights whose clipped gradient is within a few orders of eps, that relative error is
+    # amplified; 1e-5 = lr * 1e-3 (as for micro-batching above), elsewhere the step is +-lr.
     for a, b in zip(jax.tree.leaves(p_trim), jax.tree.leaves(p_full)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
 
 
 def test_rows_per_micro_batch():
