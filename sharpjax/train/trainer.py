@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import signal
 import threading
@@ -28,7 +29,16 @@ import numpy as np
 from sharpjax.models.hf import load_model, save_model
 from sharpjax.models.tokenizer import bucket_length, load_tokenizer
 from sharpjax.models.transformer import Params
-from sharpjax.parallel import batch_sharding, make_mesh, param_shardings, put_global, replicated, shard_params, to_host
+from sharpjax.parallel import (
+    BATCH_AXES,
+    batch_sharding,
+    make_mesh,
+    param_shardings,
+    put_global,
+    replicated,
+    shard_params,
+    to_host,
+)
 from sharpjax.rollout.sampler import SamplingConfig, sample, sampling_config_for, trim_padding
 from sharpjax.rollout.text import decode_responses, encode_prompts
 from sharpjax.tasks import Task, build_task
@@ -100,7 +110,7 @@ def _sampling(config: RunConfig, model_config, tokenizer, prompt_len: int, *, ev
 
 
 # Settings a resumed run may change: extending a run is a resume with more steps.
-RESUMABLE_CHANGES = frozenset({"train.steps", "optim.total_steps"})
+RESUMABLE_CHANGES = frozenset({"train.steps", "optim.total_steps", "train.tokens_per_micro_batch"})
 
 
 def _changed_settings(saved: dict, current: dict) -> list[tuple[str, Any, Any]]:
@@ -145,6 +155,10 @@ class Trainer:
         config.check_against(context_length=self.model.max_position_embeddings, num_devices=jax.device_count())
         data, fsdp, tensor = config.mesh_shape(jax.device_count())
         self.mesh = make_mesh(data, fsdp, tensor) if jax.device_count() > 1 else None
+        if self.model.num_kv_heads % tensor and self.model.attention == "auto":
+            # cuDNN flash attention needs q, k and v sharded alike, and a tensor axis that does
+            # not divide the kv heads leaves k and v replicated while q is split: use XLA's.
+            self.model = self.model.replace(attention="xla")
         shardings = param_shardings(self.model, self.mesh) if self.mesh is not None else None
         if shardings is not None:
             params = shard_params(params, shardings)
@@ -173,7 +187,8 @@ class Trainer:
         self._train_step = make_train_step(self.step_config, self.state, self.mesh)
         self._rewards = jax.jit(
             compute_rewards,
-            static_argnames=("model", "reward", "loss", "group_size", "logits_chunk", "score_reference"),
+            static_argnames=("model", "reward", "loss", "group_size", "logits_chunk", "score_reference",
+                             "tokens_per_micro_batch", "row_shards"),
         )
         self.base_key = jax.random.key(config.train.seed)
         if self.mesh is not None:  # a global array, so every process checkpoints the same key
@@ -219,6 +234,9 @@ class Trainer:
         self.checkpointer.save(step, self._checkpoint_tree(), meta=meta, metrics=metrics)
 
     # ---- one step -----------------------------------------------------------------
+    def _row_shards(self) -> int:
+        return 1 if self.mesh is None else math.prod(self.mesh.shape[a] for a in BATCH_AXES)
+
     def _put_rows(self, x: np.ndarray) -> jax.Array:
         if self.mesh is None:
             return jnp.asarray(x)
@@ -252,6 +270,7 @@ class Trainer:
             self.ref_params if self.score_ref else None, rollout, task_reward, model=self.model,
             reward=self.config.reward, loss=self.config.loss, group_size=k,
             logits_chunk=self.config.train.logits_chunk, score_reference=self.score_ref,
+            tokens_per_micro_batch=self.config.train.tokens_per_micro_batch, row_shards=self._row_shards(),
         )
         self.state, step_metrics = self._train_step(self.state, scored.batch)
         jax.block_until_ready(self.state.params)
