@@ -1,10 +1,14 @@
-"""The paper's RL runs (PAPER.md): `python -m sharpjax.train --config experiments/rl_math.py:<model>:<reward>[:fixed]`.
+"""The paper's RL runs (PAPER.md): `python -m sharpjax.train --config experiments/rl_math.py:<model>:<reward>[:fixed][:<target>]`.
 
 <model>:  llama3b (Llama-3.2-3B-Instruct on Hendrycks MATH), qwen25_3b (Qwen2.5-3B-Instruct on
           Hendrycks MATH), qwen3_4b (Qwen3-4B-Instruct-2507 on DeepScaleR).
 <reward>: task | likelihood | power-a<alpha> | tilted-a<alpha>-b<beta_inv> (e.g. power-a2,
           tilted-a4-b100); see `sharpjax.train.config.reward_preset`.
 fixed:    the "fixed-length" variant: EOS ignored in training and evaluation.
+<target>: the hardware the run is sized for (mesh, micro-batches, sampler chunk), checked by
+          `python -m sharpjax.plan` and by the launcher before it loads weights: h100x4 (the
+          paper's 4x H100 80GB, default) or h200x1 for the 3B models; h100x8 (default) or h200x2
+          for qwen3_4b.
 
 `--config.model_dir` must point at a local Hugging Face directory of the model (weights are
 never downloaded at run time). `experiments/sweep.py` lists every run of the paper.
@@ -27,11 +31,35 @@ MODELS = {
 }
 
 
+# Per model and target: the mesh (FSDP shards the fp32 params, gradients and Adam state), the
+# gradient-accumulation steps and the prompts per sampler call, each sized with `sharpjax.plan`
+# to at most 90% of the device's memory (BENCHMARKS.md, "Memory and time plan").
+HARDWARE = {
+    "llama3b": {
+        "h100x4": dict(mesh=dict(data=1, fsdp=4, tensor=1), micro_batches=16, chunk_prompts=None),
+        "h200x1": dict(mesh=dict(data=1, fsdp=1, tensor=1), micro_batches=32, chunk_prompts=8),
+    },
+    "qwen25_3b": {
+        "h100x4": dict(mesh=dict(data=1, fsdp=4, tensor=1), micro_batches=16, chunk_prompts=None),
+        "h200x1": dict(mesh=dict(data=1, fsdp=1, tensor=1), micro_batches=32, chunk_prompts=8),
+    },
+    "qwen3_4b": {
+        "h100x8": dict(mesh=dict(data=1, fsdp=8, tensor=1), micro_batches=32, chunk_prompts=None),
+        "h200x2": dict(mesh=dict(data=1, fsdp=2, tensor=1), micro_batches=64, chunk_prompts=16),
+    },
+}
+
+
 def get_config(arg: str = "llama3b:task") -> ml_collections.ConfigDict:
     parts = arg.split(":")
+    targets = HARDWARE.get(parts[0], {})
+    target = parts.pop() if len(parts) > 2 and parts[-1] in targets else next(iter(targets), None)
     if parts[0] not in MODELS or len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] != "fixed"):
-        raise ValueError(f"config argument {arg!r}: expected <model>:<reward>[:fixed] with model in {sorted(MODELS)}.")
-    m = MODELS[parts[0]]
+        raise ValueError(
+            f"config argument {arg!r}: expected <model>:<reward>[:fixed][:<target>] with model in {sorted(MODELS)} "
+            f"and target in {sorted(targets)}."
+        )
+    m, hw = MODELS[parts[0]], targets[target]
     c = ml_collections.ConfigDict()
     c.model_dir = m["model_dir"]
     c.ref_model_dir = ml_collections.FieldReference(None, field_type=str)
@@ -47,12 +75,13 @@ def get_config(arg: str = "llama3b:task") -> ml_collections.ConfigDict:
                    warmup_steps=50, warmup_init_fraction=0.1, schedule="constant", total_steps=m["steps"])
     c.rollout = dict(prompts_per_step=m["prompts_per_step"], samples_per_prompt=8,
                      max_total_length=m["max_total_length"], temperature=1.0, top_p=1.0, top_k=0,
-                     ignore_eos=len(parts) == 3)
+                     ignore_eos=len(parts) == 3, chunk_prompts=ml_collections.FieldReference(hw["chunk_prompts"], field_type=int))
     c.data = dict(task="math", train=m["train"], train_path=ml_collections.FieldReference(m["train_path"], field_type=str),
                   data_dir=ml_collections.FieldReference(None, field_type=str), validation=m["validation"],
                   validation_limit=ml_collections.FieldReference(None, field_type=int))
     c.eval = dict(every=20, num_samples=1, metric="pass@1", batch_size=64)
-    c.train = dict(steps=m["steps"], seed=42, micro_batches=4, remat="full", logits_chunk=256,
+    c.train = dict(steps=m["steps"], seed=42, micro_batches=hw["micro_batches"], remat="full", logits_chunk=256,
                    checkpoint_every=20, keep_last=2, score_reference_always=True, export_final=True)
-    c.mesh = dict(data=-1, fsdp=1, tensor=1)
+    c.mesh = dict(hw["mesh"])
+    c.plan = dict(target=target, method="auto", max_memory_fraction=0.9)
     return c

@@ -39,7 +39,7 @@ from sharpjax.train.config import ConfigError, RunConfig
 
 __all__ = [
     "GiB", "GPUS", "Gpu", "Target", "parse_target", "PAPER_MODELS", "Plan", "ProgramPlan", "PlanShapes", "aot_available",
-    "check_fit", "model_config_for", "plan_run", "plan_shapes",
+    "check_fit", "local_target", "model_config_for", "plan_run", "plan_shapes", "preflight",
 ]
 
 GiB = 2**30
@@ -476,3 +476,43 @@ def _aot_programs(run: RunConfig, model: ModelConfig, target: Target, s: PlanSha
             phases=(), calls=s.rollout_calls if name == "rollout" else 1,
         ))
     return out
+
+
+# ---- the launcher's check ---------------------------------------------------------------
+
+def local_target() -> tuple[Target, int] | None:
+    """The local GPUs as a target (spec numbers of the closest known GPU), or None on CPU/TPU."""
+    import jax
+
+    devices = jax.local_devices()
+    if devices[0].platform != "gpu":
+        return None
+    kind = devices[0].device_kind.lower()
+    gpu = GPUS["h200"] if "h200" in kind else GPUS["h100"]
+    stats = devices[0].memory_stats() or {}
+    return Target(gpu, jax.device_count()), int(stats.get("bytes_limit", gpu.memory_bytes))
+
+
+def preflight(run: RunConfig, *, model: ModelConfig | None = None) -> str:
+    """The launcher's fit check, before any weights load: raises ConfigError naming the knob
+    when the run cannot fit, else returns a one-line summary that says which plan it used."""
+    p = run.plan
+    if p.method == "off":
+        return "fit check off (config.plan.method='off')"
+    memory = int(p.device_memory_gb * GiB) if p.device_memory_gb else None
+    if p.target:
+        try:
+            target = parse_target(p.target)
+        except ValueError as e:
+            raise ConfigError(f"config.plan.target: {e}") from None
+    else:
+        local = local_target()
+        if local is None:
+            return "fit check skipped: no config.plan.target and no local GPU"
+        target, local_memory = local
+        memory = memory or local_memory
+    plan = plan_run(run, target, method=p.method, model=model, memory_bytes=memory)
+    check_fit(plan, run, max_fraction=p.max_memory_fraction)
+    worst = max(plan.programs, key=lambda q: q.peak_bytes)
+    return (f"fit check ({plan.method} plan, {target.name}): peak {worst.peak_bytes / GiB:.1f} GiB per device "
+            f"({worst.name}) of {plan.memory_bytes / GiB:.1f} GiB, limit {p.max_memory_fraction:.0%}")

@@ -37,6 +37,9 @@ def main(argv):
 
     maybe_initialize_distributed()
     try:
+        from sharpjax.plan import preflight
+
+        print(preflight(run), flush=True)  # before any weights load: a run that cannot fit stops here
         result = train(run, _WORKDIR.value, config_dict=config_dict.to_dict(), stop_after=_STOP_AFTER.value)
     except ConfigError as e:
         print(f"error: bad config: {e}", file=sys.stderr)
