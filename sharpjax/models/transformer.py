@@ -172,6 +172,8 @@ def apply_rope(
 def _attention(
     q_BTNH, k_BKSH, v_BKSH, visible_BTS: Bool[Array, "B T S"], num_kv_heads: int
 ) -> Float[Array, "B T N H"]:
+    """Attention under an explicit [B, T, S] mask with fp32 scores: the decode step's path
+    (one query against the cache) and the reference the flash path is tested against."""
     b, t, n, h = q_BTNH.shape
     q_BKGTH = q_BTNH.reshape(b, t, num_kv_heads, n // num_kv_heads, h).transpose(0, 2, 3, 1, 4)
     scores_BKGTS = jnp.einsum("bkgth,bksh->bkgts", q_BKGTH, k_BKSH, preferred_element_type=jnp.float32)
@@ -182,10 +184,59 @@ def _attention(
     return out_BKGTH.transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
 
 
+def leading_padding(mask_BT: Bool[Array, "B T"]) -> Int[Array, " B"]:
+    """Padding slots before each row's first real token (0 for a row with none)."""
+    return jnp.argmax(mask_BT, axis=1).astype(jnp.int32)
+
+
+def roll_rows(x_BT: Array, shift_B: Int[Array, " B"]) -> Array:
+    """Rotates each row left by its shift along axis 1: out[b, t] = x[b, (t + shift[b]) % T].
+
+    With shift = `leading_padding(mask)`, a left-padded row [pad, real, (pad)] becomes right
+    padded [real, pad]; `roll_rows(x, -shift)` undoes it.
+    """
+    t = x_BT.shape[1]
+    index_BT = (jnp.arange(t, dtype=jnp.int32)[None, :] + shift_B[:, None]) % t
+    index = index_BT.reshape(index_BT.shape + (1,) * (x_BT.ndim - 2))
+    return jnp.take_along_axis(x_BT, index, axis=1)
+
+
+def attention_implementation(config: ModelConfig) -> str:
+    """What `config.attention` resolves to when tracing: "cudnn" or "xla".
+
+    "auto" picks cuDNN's fused flash attention when tracing for an NVIDIA GPU and the
+    dtype/head size is one it supports (bf16/fp16, head_dim a multiple of 8 up to 128), and
+    XLA's implementation otherwise. (jax's own `implementation=None` always means XLA, which
+    materialises the fp32 scores.) AOT compiles for a GPU from a CPU host must ask for "cudnn"
+    explicitly: tracing there sees the CPU backend.
+    """
+    if config.attention != "auto":
+        return config.attention
+    from jax.extend.backend import get_backend
+
+    on_cuda = jax.default_backend() == "gpu" and "cuda" in get_backend().platform_version.lower()
+    supported = config.jnp_dtype in (jnp.bfloat16, jnp.float16) and config.head_dim % 8 == 0 and config.head_dim <= 128
+    return "cudnn" if on_cuda and supported else "xla"
+
+
+def _causal_attention(
+    q_BTNH: Float[Array, "B T N H"], k_BTKH: Float[Array, "B T K H"], v_BTKH: Float[Array, "B T K H"], implementation: str
+) -> Float[Array, "B T N H"]:
+    """Causal (GQA) attention over right-padded rows through `jax.nn.dot_product_attention`.
+
+    Right padding makes the causal mask exact: a real query sees only the real keys before
+    it. Padding queries see real keys and padding keys (finite values), so no row, even an
+    all-padding one, has a query with nothing to attend to: no NaN in either pass. Their
+    outputs are meaningless and never reach a real position.
+    """
+    return jax.nn.dot_product_attention(q_BTNH, k_BTKH, v_BTKH, is_causal=True, implementation=implementation)
+
+
 def _layer(config: ModelConfig, inv_freq, x_BTD, p, positions_BT, visible_BTS, kv):
     """One pre-norm block.
 
-    Without a cache `kv` is None and `visible_BTS` is the [B, T, T] causal + padding mask.
+    Without a cache `kv` and `visible_BTS` are None: the rows are right padded (see
+    `roll_rows`), attention is causal, and it returns this block's new (k [B, T, K, H], v).
     With one, `kv` is (this layer's k cache [B, K, S, H], v cache, write slot) and
     `visible_BTS` is [B, T, S] over the cache slots; it returns the updated (k, v) buffers.
     """
@@ -202,8 +253,8 @@ def _layer(config: ModelConfig, inv_freq, x_BTD, p, positions_BT, visible_BTS, k
     k_BTKH = apply_rope(k_BTKH, positions_BT, inv_freq)
     k_BKTH, v_BKTH = k_BTKH.transpose(0, 2, 1, 3), v_BTKH.transpose(0, 2, 1, 3)
     if kv is None:
-        attn_BTNH = _attention(q_BTNH, k_BKTH, v_BKTH, visible_BTS, config.num_kv_heads)
-        new_kv = None
+        attn_BTNH = _causal_attention(q_BTNH, k_BTKH, v_BTKH, attention_implementation(config))
+        new_kv = (k_BTKH, v_BTKH)
     else:
         # Write first, then attend over the whole (updated) buffer: the write is in place and
         # every read comes after it, so XLA needs no copy of the cache.
@@ -247,9 +298,13 @@ def forward(
       positions_BT: RoPE positions; for a left-padded row, `cumsum(mask) - 1`.
       key_mask_BS: which key slots hold real tokens. Without a cache S == T; with a cache
         S is the number of cache slots and the mask covers every slot (future slots may be
-        True: causality is applied separately from slot order).
+        True: causality is applied separately from slot order). The real tokens of a row
+        must be one contiguous run (left padding, then tokens, then right padding): what
+        every caller builds.
       cache: optional KV cache; the T new keys/values are written at slots
-        [cache.index, cache.index + T) and the returned cache has index advanced by T.
+        [cache.index, cache.index + T) and the returned cache has index advanced by T. A
+        call with T > 1 is a prefill and must start from an empty cache (index 0): its
+        queries attend to its own T tokens only. T == 1 is a decode step.
       remat: "none", "full" or "dots": what `jax.checkpoint` saves per layer.
 
     Returns:
@@ -258,6 +313,8 @@ def forward(
     if remat not in REMAT_POLICIES:
         raise ValueError(f"remat={remat!r}; expected one of {sorted(REMAT_POLICIES)}.")
     b, t = tokens_BT.shape
+    if cache is None or t > 1:
+        return _forward_causal(params, tokens_BT, config, positions_BT, key_mask_BS[:, :t], cache, remat)
     inv_freq = rope_inverse_frequencies(config)
     x_BTD = jnp.take(params["embed"], tokens_BT, axis=0)
     layer_ids = jnp.arange(config.num_layers, dtype=jnp.int32)
@@ -292,6 +349,44 @@ def forward(
         new_cache = KVCache(k=tuple(new_k), v=tuple(new_v), index=start + t)
     hidden_BTD = rms_norm(x_BTD, params["final_norm"], config.rms_norm_eps)
     return hidden_BTD, new_cache
+
+
+def _forward_causal(params, tokens_BT, config, positions_BT, mask_BT, cache, remat):
+    """Training, scoring and prefill: T tokens attending causally to each other.
+
+    Each row is rotated so that its padding is on the right (`roll_rows`): the padding mask
+    is then implied by the causal one, which is the form cuDNN's flash attention takes
+    without materialising a [B, N, T, T] mask or fp32 scores. Everything but attention is
+    per position, so only the tokens, positions and final hidden states (and a prefill's
+    keys/values) are rotated, once per call.
+    """
+    inv_freq = rope_inverse_frequencies(config)
+    shift_B = leading_padding(mask_BT)
+    x_BTD = jnp.take(params["embed"], roll_rows(tokens_BT, shift_B), axis=0)
+    positions_BT = roll_rows(positions_BT, shift_B)
+    collect_kv = cache is not None
+
+    def body(x, p):
+        x, kv = _layer(config, inv_freq, x, p, positions_BT, None, None)
+        return x, (kv if collect_kv else None)
+
+    if remat != "none":
+        body = jax.checkpoint(body, policy=REMAT_POLICIES[remat])
+    x_BTD, kv_L = jax.lax.scan(body, x_BTD, params["layers"])
+    hidden_BTD = rms_norm(roll_rows(x_BTD, -shift_B), params["final_norm"], config.rms_norm_eps)
+    if cache is None:
+        return hidden_BTD, None
+    t = tokens_BT.shape[1]
+    start = cache.index
+
+    def write(buffers, new_LBTKH):
+        new_LBKTH = jax.vmap(lambda x: roll_rows(x, -shift_B))(new_LBTKH).transpose(0, 1, 3, 2, 4)
+        return tuple(
+            jax.lax.dynamic_update_slice(buf, new_LBKTH[i].astype(buf.dtype), (0, 0, start, 0))
+            for i, buf in enumerate(buffers)
+        )
+
+    return hidden_BTD, KVCache(k=write(cache.k, kv_L[0]), v=write(cache.v, kv_L[1]), index=start + t)
 
 
 def logits(params: Params, hidden_BTD: Float[Array, "B T D"], *, dtype=jnp.float32) -> Float[Array, "B T V"]:
