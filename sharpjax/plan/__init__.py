@@ -39,7 +39,7 @@ from sharpjax.train.config import ConfigError, RunConfig
 
 __all__ = [
     "GiB", "GPUS", "Gpu", "Target", "parse_target", "PAPER_MODELS", "Plan", "ProgramPlan", "PlanShapes", "aot_available",
-    "check_fit", "local_target", "model_config_for", "plan_run", "plan_shapes", "preflight",
+    "check_fit", "gpu_attention", "local_target", "model_config_for", "plan_run", "plan_shapes", "preflight",
 ]
 
 GiB = 2**30
@@ -270,6 +270,21 @@ def _knob(program: str, part: str, run: RunConfig) -> str:
 
 # ---- sizes ------------------------------------------------------------------------------
 
+def gpu_attention(model: ModelConfig) -> str:
+    """The attention a GPU run traces to: "cudnn" (flash: no [B, N, T, T] scores) or "xla".
+
+    `config.attention="auto"` resolves by the backend at trace time, which on this CPU host
+    would be "xla"; the plan resolves it as the GPU would (bf16/fp16, head_dim % 8 == 0, <= 128).
+    """
+    attention = getattr(model, "attention", None)
+    if attention is None:  # a model without the flash path
+        return "xla"
+    if attention != "auto":
+        return attention
+    supported = model.dtype in ("bfloat16", "float16") and model.head_dim % 8 == 0 and model.head_dim <= 128
+    return "cudnn" if supported else "xla"
+
+
 def _mesh_like(shapes: PlanShapes):
     return types.SimpleNamespace(shape=dict(zip(("data", "fsdp", "tensor"), shapes.mesh)))
 
@@ -316,6 +331,10 @@ def _analytic_parts(run: RunConfig, model: ModelConfig, s: PlanShapes) -> dict[s
     rows = s.rows // s.batch_shards
     rows_mb = max(rows // s.micro_batches, 1)
     chunk = run.train.logits_chunk
+    flash = gpu_attention(model) == "cudnn"
+    # Per query position, per layer: XLA's attention keeps fp32 scores and compute-dtype
+    # probabilities over every key; flash attention only its output and a log-sum-exp.
+    scores = (lambda keys: N * (H * c + 4)) if flash else (lambda keys: N * keys * (4 + c))  # noqa: E731
 
     # Rollout: one sampler call.
     r_rows = max(s.prompts_per_call * s.samples // s.batch_shards, 1)
@@ -324,12 +343,12 @@ def _analytic_parts(run: RunConfig, model: ModelConfig, s: PlanShapes) -> dict[s
     rollout = [
         ("policy copy", c * elems),
         ("KV cache", kv + kv // s.samples),  # the prefill's cache, then its repeat for the K samples
-        ("gathered weights", c * (model.num_params if f * t > 1 else 0)),
-        ("prefill activations", r_prompts * P * (N * T * 4 * 2 + Fl * c * 3 + D * 4 * 4)),
+        ("gathered weights", c * gathered_layer * 2),
+        ("prefill activations", r_prompts * P * (scores(T) + Fl * c * 3 + D * 4 * 4)),
         ("logits and outputs", r_rows * (V * 4 * 4 + T * 4 * 6)),
         ("train state", state), ("reference", ref),
     ]
-    layer_fwd = rows * T * (N * T * 4 * 2 + Fl * c * 3 + (N + 2 * K) * H * c + D * 4 * 3)
+    layer_fwd = rows * T * (scores(T) + Fl * c * 3 + (N + 2 * K) * H * c + D * 4 * 3)
     scoring = [
         ("reference", ref), ("train state", state),
         ("rollout arrays", rows * T * 4 * 10),
@@ -337,8 +356,8 @@ def _analytic_parts(run: RunConfig, model: ModelConfig, s: PlanShapes) -> dict[s
         ("gathered weights", c * gathered_layer * 2),
     ]
     saved_per_layer = {"full": D * c, "dots": ((N + 2 * K) * H + N * H + 3 * Fl + D) * c,
-                       "none": N * T * 4 * 2 + Fl * c * 3 + (N + 2 * K) * H * c + D * 4 * 3}[run.train.remat]
-    layer_bwd = rows_mb * T * (N * T * 4 * 3 + Fl * 4 * 4 + (N + 2 * K) * H * 4 * 3 + D * 4 * 6)
+                       "none": scores(T) + Fl * c * 3 + (N + 2 * K) * H * c + D * 4 * 3}[run.train.remat]
+    layer_bwd = rows_mb * T * (scores(T) * 3 // 2 + Fl * 4 * 4 + (N + 2 * K) * H * 4 * 3 + D * 4 * 6)
     train = [
         ("train state", state), ("reference", ref),
         ("gradients", 4 * elems * (2 if s.micro_batches > 1 else 1) + c * elems + 4 * elems * 2),
@@ -377,11 +396,14 @@ def _phases(name: str, run: RunConfig, model: ModelConfig, s: PlanShapes) -> tup
     T, P, M = s.width, s.prompt_len, s.new_tokens
     rows = s.rows / s.batch_shards
 
-    def fwd(r, q, k):  # r rows, q query positions each, k keys each
-        return 2 * mm * r * q / n_split + 4 * L * NH * r * q * k / n_split
+    flash = gpu_attention(model) == "cudnn"
 
-    def act_bytes(r, q, k):  # one forward's activation traffic (scores in fp32, written and read twice)
-        return L * r * q * (k * model.num_heads / n_split * 4 * 4 + (8 * D + 6 * model.intermediate_size / n_split) * c)
+    def fwd(r, q, k):  # r rows, q query positions each, k keys each (flash skips the causally masked half)
+        return 2 * mm * r * q / n_split + 4 * L * NH * r * q * k / n_split / (2 if flash and q > 1 else 1)
+
+    def act_bytes(r, q, k):  # one forward's activation traffic (XLA: fp32 scores written and read twice)
+        scores = 0 if flash else k * model.num_heads / n_split * 4 * 4
+        return L * r * q * (scores + (8 * D + 6 * model.intermediate_size / n_split) * c)
 
     if name == "rollout":
         rr = s.prompts_per_call * s.samples / s.batch_shards
@@ -412,6 +434,8 @@ def _aot_programs(run: RunConfig, model: ModelConfig, target: Target, s: PlanSha
         StepConfig, TrainBatch, TrainState, compute_rewards, make_optimizer, make_train_step,
     )
 
+    if getattr(model, "attention", None) == "auto":  # tracing on this CPU host would pick XLA's attention
+        model = model.replace(attention=gpu_attention(model))
     topology = get_topology_desc("aot", "cuda", target_config=target.gpu.target_config,
                                  topology=f"1x1x{target.count}")
     mesh = make_mesh(*s.mesh, devices=topology.devices)
