@@ -83,5 +83,6 @@ def get_config(arg: str = "llama3b:task") -> ml_collections.ConfigDict:
     c.train = dict(steps=m["steps"], seed=42, micro_batches=hw["micro_batches"], remat="full", logits_chunk=256,
                    checkpoint_every=20, keep_last=2, score_reference_always=True, export_final=True)
     c.mesh = dict(hw["mesh"])
-    c.plan = dict(target=target, method="auto", max_memory_fraction=0.9)
+    c.plan = dict(target=target, method="auto", max_memory_fraction=0.9,
+                  device_memory_gb=ml_collections.FieldReference(None, field_type=float))
     return c

@@ -55,6 +55,8 @@ def arithmetic_rl_config(size: str = "quick", reward: str = "task") -> ml_collec
     c.train = dict(steps=s["steps"], seed=0, micro_batches=1, remat="none", logits_chunk=128,
                    checkpoint_every=s["eval_every"], keep_last=1, score_reference_always=True, export_final=True)
     c.mesh = dict(data=-1, fsdp=1, tensor=1)
+    # The launcher's fit check (sharpjax.plan): off the GPU without a target it is skipped.
+    c.plan = dict(target=_none(str), method="auto", max_memory_fraction=0.9, device_memory_gb=_none(float))
     return c
 
 
