@@ -26,10 +26,12 @@ launcher runs it before loading any weights.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
+import re
 import types
 from typing import Any
 
@@ -179,6 +181,7 @@ class Plan:
     model: ModelConfig
     programs: tuple[ProgramPlan, ...]
     memory_bytes: int  # device memory planned against
+    notes: tuple[str, ...] = ()  # what the compile could not do as the GPU run would
 
     @property
     def peak_bytes(self) -> int:
@@ -201,6 +204,7 @@ class Plan:
                 f"{p.peak_bytes / GiB:9.1f} {p.peak_bytes / self.memory_bytes:9.0%} {p.time_s(self.target.gpu):8.2f}"
             )
         lines.append(f"  step (roofline, full-length responses): {self.step_time_s:.1f} s")
+        lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
 
 
@@ -225,15 +229,16 @@ def plan_run(
     shapes = plan_shapes(run, model, target.count, prompt_len=prompt_len)
     if method == "auto":
         method = "aot" if aot_available() else "analytic"
+    notes = ()
     if method == "aot":
-        programs = _aot_programs(run, model, target, shapes)
+        programs, notes = _aot_programs(run, model, target, shapes)
     elif method == "analytic":
         programs = _analytic_programs(run, model, shapes)
     else:
         raise ValueError(f"method={method!r}; expected 'aot', 'analytic' or 'auto'.")
     programs = tuple(dataclasses.replace(p, phases=_phases(p.name, run, model, shapes)) for p in programs)
     return Plan(target=target, method=method, shapes=shapes, model=model, programs=programs,
-                memory_bytes=memory_bytes or target.gpu.memory_bytes)
+                memory_bytes=memory_bytes or target.gpu.memory_bytes, notes=notes)
 
 
 def check_fit(plan: Plan, run: RunConfig, *, max_fraction: float = 0.9) -> None:
@@ -363,7 +368,7 @@ def _analytic_parts(run: RunConfig, model: ModelConfig, s: PlanShapes) -> dict[s
         ("gradients", 4 * elems * (2 if s.micro_batches > 1 else 1) + c * elems + 4 * elems * 2),
         ("activations", L * rows_mb * T * saved_per_layer + layer_bwd + rows_mb * chunk * V * 4 * 4),
         ("gathered weights", (2 * c + 4) * gathered_layer),
-        ("batch", rows * T * 4 * 6),
+        ("batch", rows * T * 4 * 5 + rows * 4),
     ]
     return {"rollout": rollout, "scoring": scoring, "train_step": train}
 
@@ -422,6 +427,45 @@ def _phases(name: str, run: RunConfig, model: ModelConfig, s: PlanShapes) -> tup
 # ---- AOT compile ------------------------------------------------------------------------
 
 def _aot_programs(run: RunConfig, model: ModelConfig, target: Target, s: PlanShapes) -> list[ProgramPlan]:
+    if getattr(model, "attention", None) == "auto":  # tracing on this CPU host would pick XLA's attention
+        model = model.replace(attention=gpu_attention(model))
+    out, notes = [], []
+    for name in ("rollout", "scoring", "train_step"):
+        try:
+            with _target_cudnn(target):
+                out.append(_aot_compile(run, model, target, s, name))
+        except Exception as e:  # noqa: BLE001 - reported in the plan, then planned with XLA's attention
+            if getattr(model, "attention", None) != "cudnn":
+                raise
+            lines = [ln.strip() for ln in str(e).splitlines() if re.match(r"\s*\w*Error: ", ln)] or [type(e).__name__]
+            first = lines[-1]
+            notes.append(f"{name}: cuDNN attention does not compile on this mesh ({first[:160]}); "
+                         "planned with XLA attention (config.attention='xla')")
+            out.append(_aot_compile(run, model.replace(attention="xla"), target, s, name))
+    return out, tuple(notes)
+
+
+@contextlib.contextmanager
+def _target_cudnn(target: Target):
+    """jax asks the local cuDNN library for its version when it traces cuDNN attention; a
+    compile-only host has none, so answer with the target description's (dnn_version_info)."""
+    try:
+        from jax._src.cudnn import fused_attention_stablehlo as fa
+    except ImportError:  # pragma: no cover - jax without cuDNN attention
+        yield
+        return
+    m = re.search(r"dnn_version_info\s*{\s*major:\s*(\d+)\s*minor:\s*(\d+)", target.gpu.target_config)
+    version = int(m.group(1)) * 10000 + int(m.group(2)) * 100 if m else 90000
+    original = fa.check_cudnn_version
+    fa.check_cudnn_version = lambda: version
+    try:
+        yield
+    finally:
+        fa.check_cudnn_version = original
+
+
+def _aot_compile(run: RunConfig, model: ModelConfig, target: Target, s: PlanShapes, name: str) -> ProgramPlan:
+    """Lowers and compiles one program (`name`) for the target's compile-only topology."""
     import jax
     import jax.numpy as jnp
     import optax
@@ -434,8 +478,6 @@ def _aot_programs(run: RunConfig, model: ModelConfig, target: Target, s: PlanSha
         StepConfig, TrainBatch, TrainState, compute_rewards, make_optimizer, make_train_step,
     )
 
-    if getattr(model, "attention", None) == "auto":  # tracing on this CPU host would pick XLA's attention
-        model = model.replace(attention=gpu_attention(model))
     topology = get_topology_desc("aot", "cuda", target_config=target.gpu.target_config,
                                  topology=f"1x1x{target.count}")
     mesh = make_mesh(*s.mesh, devices=topology.devices)
@@ -470,10 +512,9 @@ def _aot_programs(run: RunConfig, model: ModelConfig, target: Target, s: PlanSha
     sampling = SamplingConfig(max_new_tokens=M, num_samples=k, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
                               ignore_eos=r.ignore_eos, stop_token_ids=tuple(model.eos_token_ids) or (0,))
     prompts = sds((s.prompts_per_call, P), jnp.int32, sharding=rows2)
-    lowered = {
-        "rollout": sample.lower(compute, prompts, prompts, sds(key.shape, key.dtype, sharding=rep),
-                                config=model, sampling=sampling),
-    }
+    if name == "rollout":
+        low = sample.lower(compute, prompts, prompts, sds(key.shape, key.dtype, sharding=rep), config=model,
+                           sampling=sampling)
     i32, f32 = (lambda *shp: sds(shp, jnp.int32, sharding=rows2 if len(shp) == 2 else rows1),
                 lambda *shp: sds(shp, jnp.float32, sharding=rows2 if len(shp) == 2 else rows1))
     rollout = RolloutBatch(tokens=i32(B, T), attention_mask=i32(B, T), response_mask=i32(B, T), logprobs=f32(B, T),
@@ -481,25 +522,24 @@ def _aot_programs(run: RunConfig, model: ModelConfig, target: Target, s: PlanSha
                            prompt_index=i32(B))
     rewards = jax.jit(compute_rewards, static_argnames=("model", "reward", "loss", "group_size", "logits_chunk",
                                                         "score_reference"))
-    lowered["scoring"] = rewards.lower(compute if score_ref else None, rollout, f32(B), model=model, reward=run.reward,
+    if name == "scoring":
+        low = rewards.lower(compute if score_ref else None, rollout, f32(B), model=model, reward=run.reward,
                                        loss=run.loss, group_size=k, logits_chunk=run.train.logits_chunk,
                                        score_reference=score_ref)
     batch = TrainBatch(tokens=i32(B, T), attention_mask=i32(B, T), response_mask=i32(B, T),
                        rollout_logprobs=f32(B, T), advantages=f32(B), ref_logprobs=f32(B, T))
     cfg = StepConfig(model=model, loss=run.loss, optim=run.optim, micro_batches=run.train.micro_batches,
                      remat=run.train.remat, logits_chunk=run.train.logits_chunk, has_reference=score_ref)
-    lowered["train_step"] = make_train_step(cfg, state, mesh).lower(state, batch)
+    if name == "train_step":
+        low = make_train_step(cfg, state, mesh).lower(state, batch)
     resident = {"rollout": local_bytes(state) + local_bytes(compute), "scoring": local_bytes(state),
                 "train_step": local_bytes(compute)}
-    out = []
-    for name, low in lowered.items():
-        m = low.compile().memory_analysis()
-        out.append(ProgramPlan(
-            name=name, argument_bytes=m.argument_size_in_bytes, output_bytes=m.output_size_in_bytes,
-            alias_bytes=m.alias_size_in_bytes, temp_bytes=m.temp_size_in_bytes, resident_bytes=resident[name],
-            phases=(), calls=s.rollout_calls if name == "rollout" else 1,
-        ))
-    return out
+    m = low.compile().memory_analysis()
+    return ProgramPlan(
+        name=name, argument_bytes=m.argument_size_in_bytes, output_bytes=m.output_size_in_bytes,
+        alias_bytes=m.alias_size_in_bytes, temp_bytes=m.temp_size_in_bytes, resident_bytes=resident[name],
+        phases=(), calls=s.rollout_calls if name == "rollout" else 1,
+    )
 
 
 # ---- the launcher's check ---------------------------------------------------------------
