@@ -106,6 +106,10 @@ class TrainSettings:
       micro_batches: gradient accumulation inside the step.
       remat: per-layer activation checkpointing, "none" | "full" | "dots".
       logits_chunk: positions per chunk of the vocabulary projection.
+      tokens_per_micro_batch: tokens per device in one pass of the reference model's scoring
+        of a step (rows per pass = this // sequence length, at least 1): bounds its memory
+        whatever the batch; the result is the same up to fp32 summation order. The default
+        scores the toy presets' batches in one pass.
       checkpoint_every: steps between checkpoints (validation steps also checkpoint).
       keep_last: checkpoints kept besides the best one.
       score_reference_always: also score the frozen base model when the reward does not need
@@ -120,6 +124,7 @@ class TrainSettings:
     micro_batches: int = 1
     remat: str = "full"
     logits_chunk: int = 256
+    tokens_per_micro_batch: int = 65536
     checkpoint_every: int = 20
     keep_last: int = 2
     score_reference_always: bool = True
@@ -205,6 +210,7 @@ class RunConfig:
         _positive(t.keep_last, "config.train.keep_last")
         _positive(t.log_every, "config.train.log_every")
         _positive(t.logits_chunk, "config.train.logits_chunk")
+        _positive(t.tokens_per_micro_batch, "config.train.tokens_per_micro_batch")
         if t.remat not in ("none", "full", "dots"):
             raise ConfigError(f"config.train.remat={t.remat!r} must be one of 'none', 'full', 'dots'.")
         if e.every < 0:

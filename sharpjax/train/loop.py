@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import signal
 import threading
@@ -135,7 +136,7 @@ def _sampling(config: RunConfig, model_config, tokenizer, prompt_len: int, *, ev
 
 
 # Settings a resumed run may change: extending a run is a resume with more steps.
-RESUMABLE_CHANGES = frozenset({"train.steps", "optim.total_steps"})
+RESUMABLE_CHANGES = frozenset({"train.steps", "optim.total_steps", "train.tokens_per_micro_batch"})
 
 
 def _changed_settings(saved: dict, current: dict) -> list[tuple[str, Any, Any]]:
@@ -213,7 +214,8 @@ class Trainer:
         self._train_step = make_train_step(self.step_config, self.state, self.mesh)
         self._rewards = jax.jit(
             compute_rewards,
-            static_argnames=("model", "reward", "loss", "group_size", "logits_chunk", "score_reference"),
+            static_argnames=("model", "reward", "loss", "group_size", "logits_chunk", "score_reference",
+                             "tokens_per_micro_batch", "row_shards"),
         )
 
     # ---- checkpoints --------------------------------------------------------------
@@ -240,6 +242,9 @@ class Trainer:
         self.checkpointer.save(step, self._checkpoint_tree(), meta=meta, metrics=metrics)
 
     # ---- one step -----------------------------------------------------------------
+    def _row_shards(self) -> int:
+        return 1 if self.mesh is None else math.prod(self.mesh.shape[a] for a in BATCH_AXES)
+
     def _put_rows(self, x: np.ndarray) -> jax.Array:
         if self.mesh is None:
             return jnp.asarray(x)
@@ -284,6 +289,7 @@ class Trainer:
             self.ref_params if self.score_ref else None, rollout, task_reward, model=self.model,
             reward=self.config.reward, loss=self.config.loss, group_size=k,
             logits_chunk=self.config.train.logits_chunk, score_reference=self.score_ref,
+            tokens_per_micro_batch=self.config.train.tokens_per_micro_batch, row_shards=self._row_shards(),
         )
         self.state, step_metrics = self._train_step(self.state, scored.batch)
         jax.block_until_ready(self.state.params)
