@@ -32,20 +32,21 @@ MODELS = {
 
 
 # Per model and target: the mesh (FSDP shards the fp32 params, gradients and Adam state), the
-# gradient-accumulation steps and the prompts per sampler call, each sized with `sharpjax.plan`
+# gradient-accumulation steps, the prompts per sampler call and the tokens per device of a
+# reference-scoring pass, each sized with `sharpjax.plan`
 # to at most 90% of the device's memory (BENCHMARKS.md, "Memory and time plan").
 HARDWARE = {
     "llama3b": {
-        "h100x4": dict(mesh=dict(data=1, fsdp=4, tensor=1), micro_batches=16, chunk_prompts=None),
-        "h200x1": dict(mesh=dict(data=1, fsdp=1, tensor=1), micro_batches=32, chunk_prompts=8),
+        "h100x4": dict(mesh=dict(data=1, fsdp=4, tensor=1), micro_batches=16, chunk_prompts=None, tokens_per_micro_batch=32768),
+        "h200x1": dict(mesh=dict(data=1, fsdp=1, tensor=1), micro_batches=32, chunk_prompts=8, tokens_per_micro_batch=32768),
     },
     "qwen25_3b": {
-        "h100x4": dict(mesh=dict(data=1, fsdp=4, tensor=1), micro_batches=16, chunk_prompts=None),
-        "h200x1": dict(mesh=dict(data=1, fsdp=1, tensor=1), micro_batches=32, chunk_prompts=8),
+        "h100x4": dict(mesh=dict(data=1, fsdp=4, tensor=1), micro_batches=16, chunk_prompts=None, tokens_per_micro_batch=32768),
+        "h200x1": dict(mesh=dict(data=1, fsdp=1, tensor=1), micro_batches=32, chunk_prompts=8, tokens_per_micro_batch=32768),
     },
     "qwen3_4b": {
-        "h100x8": dict(mesh=dict(data=1, fsdp=8, tensor=1), micro_batches=32, chunk_prompts=None),
-        "h200x2": dict(mesh=dict(data=1, fsdp=2, tensor=1), micro_batches=64, chunk_prompts=16),
+        "h100x8": dict(mesh=dict(data=1, fsdp=8, tensor=1), micro_batches=32, chunk_prompts=None, tokens_per_micro_batch=32768),
+        "h200x2": dict(mesh=dict(data=1, fsdp=2, tensor=1), micro_batches=64, chunk_prompts=16, tokens_per_micro_batch=32768),
     },
 }
 
@@ -81,6 +82,7 @@ def get_config(arg: str = "llama3b:task") -> ml_collections.ConfigDict:
                   validation_limit=ml_collections.FieldReference(None, field_type=int))
     c.eval = dict(every=20, num_samples=1, metric="pass@1", batch_size=64)
     c.train = dict(steps=m["steps"], seed=42, micro_batches=hw["micro_batches"], remat="full", logits_chunk=256,
+                   tokens_per_micro_batch=hw["tokens_per_micro_batch"],
                    checkpoint_every=20, keep_last=2, score_reference_always=True, export_final=True)
     c.mesh = dict(hw["mesh"])
     c.plan = dict(target=target, method="auto", max_memory_fraction=0.9,

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import json
 import math
 import os
@@ -102,6 +103,7 @@ class PlanShapes:
       samples: K, samples per prompt.
       rows: B = prompts_per_step x K, rows of the scoring and of the train step.
       micro_batches: gradient accumulation steps.
+      scoring_rows: rows per pass of the reference scoring (`config.train.tokens_per_micro_batch`).
     """
 
     mesh: tuple[int, int, int]
@@ -111,6 +113,7 @@ class PlanShapes:
     samples: int
     rows: int
     micro_batches: int
+    scoring_rows: int = 0  # rows per pass of the reference scoring (all devices); 0: all rows
 
     @property
     def width(self) -> int:
@@ -135,10 +138,17 @@ def plan_shapes(run: RunConfig, model: ModelConfig, num_devices: int, *, prompt_
     if new_tokens < 1:
         raise ConfigError(f"a prompt of {prompt_len} tokens leaves no response budget in config.rollout.max_total_length.")
     chunk = getattr(r, "chunk_prompts", None) or r.prompts_per_step
+    mesh = run.mesh_shape(num_devices)
+    rows = r.prompts_per_step * r.samples_per_prompt
+    scoring_rows = rows
+    if getattr(run.train, "tokens_per_micro_batch", None):
+        from sharpjax.rollout.scoring import rows_per_micro_batch
+
+        scoring_rows = rows_per_micro_batch(rows, prompt_len + new_tokens, row_shards=mesh[0] * mesh[1],
+                                            tokens_per_micro_batch=run.train.tokens_per_micro_batch)
     return PlanShapes(
-        mesh=run.mesh_shape(num_devices), prompt_len=prompt_len, new_tokens=new_tokens, prompts_per_call=chunk,
-        samples=r.samples_per_prompt, rows=r.prompts_per_step * r.samples_per_prompt,
-        micro_batches=run.train.micro_batches,
+        mesh=mesh, prompt_len=prompt_len, new_tokens=new_tokens, prompts_per_call=chunk,
+        samples=r.samples_per_prompt, rows=rows, micro_batches=run.train.micro_batches, scoring_rows=scoring_rows,
     )
 
 
@@ -195,7 +205,8 @@ class Plan:
         s = self.shapes
         head = (f"{self.target.name} ({self.method}): mesh data x fsdp x tensor = {' x '.join(map(str, s.mesh))}, "
                 f"prompt {s.prompt_len} + response {s.new_tokens} tokens, {s.rows} rows in {s.micro_batches} "
-                f"micro-batches, {s.rollout_calls} sampler call(s) of {s.prompts_per_call * s.samples} rows; "
+                f"micro-batches (scoring {s.scoring_rows or s.rows} rows a pass), {s.rollout_calls} sampler call(s) of "
+                f"{s.prompts_per_call * s.samples} rows; "
                 f"device {self.memory_bytes / GiB:.1f} GiB")
         lines = [head, f"  {'program':<11} {'args':>8} {'temps':>8} {'resident':>9} {'peak GiB':>9} {'of device':>9} {'time s':>8}"]
         for p in self.programs:
@@ -269,8 +280,9 @@ def _knob(program: str, part: str, run: RunConfig) -> str:
         chunk = getattr(r, "chunk_prompts", None) or r.prompts_per_step
         return (f"lower config.rollout.chunk_prompts (now {chunk}: prompts per sampler call) or "
                 f"config.rollout.max_total_length (now {r.max_total_length})")
-    return (f"raise config.train.micro_batches (now {t.micro_batches}; scoring runs per micro-batch) or "
-            f"lower config.rollout.prompts_per_step (now {r.prompts_per_step})")
+    if hasattr(t, "tokens_per_micro_batch"):
+        return f"lower config.train.tokens_per_micro_batch (now {t.tokens_per_micro_batch}: tokens per scoring pass)"
+    return f"lower config.rollout.prompts_per_step (now {r.prompts_per_step}: the scoring takes every row at once)"
 
 
 # ---- sizes ------------------------------------------------------------------------------
@@ -353,11 +365,12 @@ def _analytic_parts(run: RunConfig, model: ModelConfig, s: PlanShapes) -> dict[s
         ("logits and outputs", r_rows * (V * 4 * 4 + T * 4 * 6)),
         ("train state", state), ("reference", ref),
     ]
-    layer_fwd = rows * T * (scores(T) + Fl * c * 3 + (N + 2 * K) * H * c + D * 4 * 3)
+    rows_sc = max((s.scoring_rows or s.rows) // s.batch_shards, 1)
+    layer_fwd = rows_sc * T * (scores(T) + Fl * c * 3 + (N + 2 * K) * H * c + D * 4 * 3)
     scoring = [
         ("reference", ref), ("train state", state),
         ("rollout arrays", rows * T * 4 * 10),
-        ("activations", layer_fwd + rows * chunk * V * 4 * 3 + rows * T * D * c * 2),
+        ("activations", layer_fwd + rows_sc * chunk * V * 4 * 3 + rows_sc * T * D * c * 2),
         ("gathered weights", c * gathered_layer * 2),
     ]
     saved_per_layer = {"full": D * c, "dots": ((N + 2 * K) * H + N * H + 3 * Fl + D) * c,
@@ -520,12 +533,15 @@ def _aot_compile(run: RunConfig, model: ModelConfig, target: Target, s: PlanShap
     rollout = RolloutBatch(tokens=i32(B, T), attention_mask=i32(B, T), response_mask=i32(B, T), logprobs=f32(B, T),
                            sampling_logprobs=f32(B, T), lengths=i32(B), finished=sds((B,), jnp.bool_, sharding=rows1),
                            prompt_index=i32(B))
-    rewards = jax.jit(compute_rewards, static_argnames=("model", "reward", "loss", "group_size", "logits_chunk",
-                                                        "score_reference"))
     if name == "scoring":
+        extra = {}
+        if "tokens_per_micro_batch" in inspect.signature(compute_rewards).parameters:
+            extra = dict(tokens_per_micro_batch=run.train.tokens_per_micro_batch, row_shards=s.batch_shards)
+        rewards = jax.jit(compute_rewards, static_argnames=(
+            "model", "reward", "loss", "group_size", "logits_chunk", "score_reference", *extra))
         low = rewards.lower(compute if score_ref else None, rollout, f32(B), model=model, reward=run.reward,
-                                       loss=run.loss, group_size=k, logits_chunk=run.train.logits_chunk,
-                                       score_reference=score_ref)
+                            loss=run.loss, group_size=k, logits_chunk=run.train.logits_chunk,
+                            score_reference=score_ref, **extra)
     batch = TrainBatch(tokens=i32(B, T), attention_mask=i32(B, T), response_mask=i32(B, T),
                        rollout_logprobs=f32(B, T), advantages=f32(B), ref_logprobs=f32(B, T))
     cfg = StepConfig(model=model, loss=run.loss, optim=run.optim, micro_batches=run.train.micro_batches,
