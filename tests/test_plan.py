@@ -170,3 +170,34 @@ def test_aot_plan_agrees_with_the_closed_forms(tmp_path):
         assert aot[name].resident_bytes == pytest.approx(analytic[name].resident_bytes, rel=0.01)
         assert 0 < aot[name].temp_bytes
         assert math.isfinite(aot[name].peak_bytes / GiB)
+
+
+@pytest.mark.slow  # a 2-step training run (~30 s on an idle 2-core CPU)
+def test_chunked_sampling_calls_the_sampler_per_chunk(tmp_path, monkeypatch):
+    """config.rollout.chunk_prompts: the loop samples the step's prompts a chunk at a time (the
+    plan's rollout program) and trains on all of them."""
+    import numpy as np
+
+    from sharpjax.train import loop
+    from tests.train._tiny_run import make_tiny_model, tiny_config
+
+    calls = []
+    real_sample = loop.sample
+
+    def counting_sample(params, tokens, mask, key, **kw):
+        calls.append(tokens.shape[0])
+        return real_sample(params, tokens, mask, key, **kw)
+
+    monkeypatch.setattr(loop, "sample", counting_sample)
+    model_dir = make_tiny_model(str(tmp_path / "model"))
+    c = tiny_config(model_dir, reward="power-a2", train__steps=2, data__validation=(), rollout__prompts_per_step=4)
+    c.rollout.chunk_prompts = 2
+    result = loop.train(RunConfig.from_config_dict(c), str(tmp_path / "run"), progress=False)
+    assert result.last_step == 2 and calls == [2, 2, 2, 2]
+    from sharpjax.train.metrics_log import read_metrics
+
+    rows = [r for r in read_metrics(str(tmp_path / "run")) if "loss" in r]
+    assert len(rows) == 2 and all(np.isfinite(r["loss"]) for r in rows)
+    with pytest.raises(ConfigError, match="chunk_prompts=3 must divide"):
+        c.rollout.chunk_prompts = 3
+        RunConfig.from_config_dict(c)
