@@ -102,7 +102,7 @@ class ModelConfig:
         if self.attention not in ("auto", "cudnn", "xla"):
             raise ConfigError(f"attention={self.attention!r}; expected 'auto', 'cudnn' or 'xla'.")
         if self.attention == "cudnn" and self.dtype == "float32":
-            raise ConfigError("attention='cudnn' needs dtype 'bfloat16' or 'float16' (cuDNN flash attention has no fp32).")
+            raise ConfigError("attention='cudnn' needs dtype 'bfloat16' or 'float16' (no fp32 cuDNN flash).")
 
     @property
     def jnp_dtype(self):

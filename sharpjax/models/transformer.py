@@ -220,7 +220,10 @@ def attention_implementation(config: ModelConfig) -> str:
 
 
 def _causal_attention(
-    q_BTNH: Float[Array, "B T N H"], k_BTKH: Float[Array, "B T K H"], v_BTKH: Float[Array, "B T K H"], implementation: str
+    q_BTNH: Float[Array, "B T N H"],
+    k_BTKH: Float[Array, "B T K H"],
+    v_BTKH: Float[Array, "B T K H"],
+    implementation: str,
 ) -> Float[Array, "B T N H"]:
     """Causal (GQA) attention over right-padded rows through `jax.nn.dot_product_attention`.
 
