@@ -411,3 +411,94 @@ def apply(params: Params, tokens_BT, mask_BT, *, config: ModelConfig, remat: str
         params, tokens_BT, config=config, positions_BT=positions_BT, key_mask_BS=mask_BT.astype(bool), remat=remat
     )
     return logits(params, hidden_BTD)
+
+
+# ---- decode (one token per row against a KV cache) -------------------------------------
+
+
+def unstack_layers(params: Params, num_layers: int) -> tuple[Params, ...]:
+    """The stacked [L, ...] layer weights as L per-layer pytrees.
+
+    Call it once outside a decode loop and pass the result to `decode_step`: slicing w[i]
+    inside a `while_loop` body is loop-invariant, but XLA does not hoist a lone slice, so
+    every step would copy the whole layer stack (on the 3B shape, ~6 GB written and read
+    again per token). Costs one copy of the layer weights for the lifetime of the loop.
+    """
+    return tuple(jax.tree.map(lambda w, i=i: w[i], params["layers"]) for i in range(num_layers))
+
+
+def _decode_layer(config: ModelConfig, inv_freq, x_B1D, p, positions_B1, visible_B1S, k_cache_BKSH, v_cache_BKSH, start):
+    """`_layer` for one new token per row against the cache, with this layer's own params `p`.
+
+    The same operations in the same order as `_layer`'s cache branch (the sampler's
+    log-probs stay bitwise equal), kept separate so the decode path can change its
+    attention without touching the prefill/training path.
+    """
+    h_BTD = rms_norm(x_B1D, p["attn_norm"], config.rms_norm_eps)
+    q_BTNH = jnp.einsum("btd,dnh->btnh", h_BTD, p["q"])
+    k_BTKH = jnp.einsum("btd,dkh->btkh", h_BTD, p["k"])
+    v_BTKH = jnp.einsum("btd,dkh->btkh", h_BTD, p["v"])
+    if config.qkv_bias:
+        q_BTNH, k_BTKH, v_BTKH = q_BTNH + p["q_bias"], k_BTKH + p["k_bias"], v_BTKH + p["v_bias"]
+    if config.qk_norm:
+        q_BTNH = rms_norm(q_BTNH, p["q_norm"], config.rms_norm_eps)
+        k_BTKH = rms_norm(k_BTKH, p["k_norm"], config.rms_norm_eps)
+    q_BTNH = apply_rope(q_BTNH, positions_B1, inv_freq)
+    k_BTKH = apply_rope(k_BTKH, positions_B1, inv_freq)
+    k_BKTH, v_BKTH = k_BTKH.transpose(0, 2, 1, 3), v_BTKH.transpose(0, 2, 1, 3)
+    # Write first, then attend over the updated buffer: the write is in place.
+    k_cache_BKSH = jax.lax.dynamic_update_slice(k_cache_BKSH, k_BKTH.astype(k_cache_BKSH.dtype), (0, 0, start, 0))
+    v_cache_BKSH = jax.lax.dynamic_update_slice(v_cache_BKSH, v_BKTH.astype(v_cache_BKSH.dtype), (0, 0, start, 0))
+    attn_BTNH = _attention(q_BTNH, k_cache_BKSH, v_cache_BKSH, visible_B1S, config.num_kv_heads)
+    attn_BTD = jnp.einsum("btnh,nhd->btd", attn_BTNH, p["o"])
+    if config.o_bias:
+        attn_BTD = attn_BTD + p["o_bias"]
+    x_BTD = x_B1D + attn_BTD
+
+    h_BTD = rms_norm(x_BTD, p["mlp_norm"], config.rms_norm_eps)
+    gate_BTF = jnp.einsum("btd,df->btf", h_BTD, p["gate"])
+    up_BTF = jnp.einsum("btd,df->btf", h_BTD, p["up"])
+    if config.mlp_bias:
+        gate_BTF, up_BTF = gate_BTF + p["gate_bias"], up_BTF + p["up_bias"]
+    mlp_BTD = jnp.einsum("btf,fd->btd", jax.nn.silu(gate_BTF) * up_BTF, p["down"])
+    if config.mlp_bias:
+        mlp_BTD = mlp_BTD + p["down_bias"]
+    return x_BTD + mlp_BTD, (k_cache_BKSH, v_cache_BKSH)
+
+
+def decode_step(
+    params: Params,
+    layers: tuple[Params, ...],
+    tokens_B: Int[Array, " B"],
+    *,
+    config: ModelConfig,
+    positions_B: Int[Array, " B"],
+    key_mask_BS: Bool[Array, "B S"],
+    cache: KVCache,
+) -> tuple[Float[Array, "B D"], KVCache]:
+    """One decode step: `forward` for a single new token per row, per-layer weights given.
+
+    Args:
+      params: the param pytree; only "embed" and "final_norm" are read here.
+      layers: `unstack_layers(params, L)`, computed outside the decode loop.
+      tokens_B: the new token of each row.
+      config: the architecture (static).
+      positions_B: the new token's RoPE position.
+      key_mask_BS: which cache slots hold real tokens (as in `forward`).
+      cache: the KV cache; the new key/value go to slot `cache.index`.
+
+    Returns:
+      (hidden_BD after the final norm, the cache with index advanced by one).
+    """
+    inv_freq = rope_inverse_frequencies(config)
+    x_BTD = jnp.take(params["embed"], tokens_B[:, None], axis=0)
+    start = cache.index
+    slot_S = jnp.arange(key_mask_BS.shape[1], dtype=jnp.int32)
+    visible_B1S = (slot_S <= start)[None, None, :] & key_mask_BS[:, None, :]
+    new_k, new_v = [], []
+    for p_i, k_i, v_i in zip(layers, cache.k, cache.v, strict=True):
+        x_BTD, (k_i, v_i) = _decode_layer(config, inv_freq, x_BTD, p_i, positions_B[:, None], visible_B1S, k_i, v_i, start)
+        new_k.append(k_i)
+        new_v.append(v_i)
+    hidden_BD = rms_norm(x_BTD, params["final_norm"], config.rms_norm_eps)[:, 0]
+    return hidden_BD, KVCache(k=tuple(new_k), v=tuple(new_v), index=start + 1)

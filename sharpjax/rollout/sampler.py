@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
 from sharpjax.models.config import ModelConfig
-from sharpjax.models.transformer import KVCache, Params, forward, logits
+from sharpjax.models.transformer import KVCache, Params, decode_step, forward, logits, unstack_layers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,6 +205,8 @@ def sample(
     key_mask_BS = repeat(key_mask_BpS)
     prompt_len_B = repeat(prompt_len_Bp)
     stop_ids = jnp.asarray(sampling.stop_token_ids or (-1,), jnp.int32)
+    # Per-layer weights sliced once here: a w[i] inside the loop body is copied every step.
+    layers = unstack_layers(params, config.num_layers)
 
     def cond(state: _State):
         return (state.step < m) & ~jnp.all(state.done)
@@ -216,11 +218,12 @@ def sample(
         token_B = jnp.where(alive_B, token_B, sampling.pad_id)
         write = lambda buf, x: jax.lax.dynamic_update_slice(buf, x[:, None], (0, state.step))  # noqa: E731
         is_stop_B = jnp.isin(token_B, stop_ids) & (not sampling.ignore_eos)
-        hidden_B1D, cache = forward(
+        hidden_BD, cache = decode_step(
             params,
-            token_B[:, None],
+            layers,
+            token_B,
             config=config,
-            positions_BT=(prompt_len_B + state.step)[:, None],
+            positions_B=prompt_len_B + state.step,
             key_mask_BS=key_mask_BS,
             cache=state.cache,
         )
@@ -228,7 +231,7 @@ def sample(
             step=state.step + 1,
             key=key,
             cache=cache,
-            logits=logits(params, hidden_B1D)[:, 0],
+            logits=logits(params, hidden_BD[:, None])[:, 0],
             tokens=write(state.tokens, token_B),
             logprobs=write(state.logprobs, jnp.where(alive_B, logprob_B, 0.0)),
             sampling_logprobs=write(state.sampling_logprobs, jnp.where(alive_B, sampling_logprob_B, 0.0)),
