@@ -1,4 +1,6 @@
-"""The paper's RL runs (PAPER.md): `python -m sharpjax.train --config experiments/rl_math.py:<model>:<reward>[:fixed][:<target>]`.
+"""The paper's RL runs (PAPER.md).
+
+    python -m sharpjax.train --config experiments/rl_math.py:<model>:<reward>[:fixed][:<target>]
 
 <model>:  llama3b (Llama-3.2-3B-Instruct on Hendrycks MATH), qwen25_3b (Qwen2.5-3B-Instruct on
           Hendrycks MATH), qwen3_4b (Qwen3-4B-Instruct-2507 on DeepScaleR).
@@ -33,22 +35,24 @@ MODELS = {
 
 # Per model and target: the mesh (FSDP shards the fp32 params, gradients and Adam state), the
 # gradient-accumulation steps, the prompts per sampler call and the tokens per device of a
-# reference-scoring pass, each sized with `sharpjax.plan`
-# to at most 90% of the device's memory (BENCHMARKS.md, "Memory and time plan").
+# reference-scoring pass, each sized with `sharpjax.plan` to at most 90% of the device's memory
+# (BENCHMARKS.md, "Memory and time plan"). Rows per device: 256 / fsdp for the 3B models, 512 / fsdp
+# for Qwen3-4B; per update micro-batch: that / micro_batches.
 HARDWARE = {
     "llama3b": {
-        "h100x4": dict(mesh=dict(data=1, fsdp=4, tensor=1), micro_batches=16, chunk_prompts=None, tokens_per_micro_batch=32768),
-        "h200x1": dict(mesh=dict(data=1, fsdp=1, tensor=1), micro_batches=32, chunk_prompts=8, tokens_per_micro_batch=32768),
-    },
-    "qwen25_3b": {
-        "h100x4": dict(mesh=dict(data=1, fsdp=4, tensor=1), micro_batches=16, chunk_prompts=None, tokens_per_micro_batch=32768),
-        "h200x1": dict(mesh=dict(data=1, fsdp=1, tensor=1), micro_batches=32, chunk_prompts=8, tokens_per_micro_batch=32768),
+        "h100x4": dict(mesh=dict(data=-1, fsdp=4, tensor=1), micro_batches=8, chunk_prompts=None,
+                       tokens_per_micro_batch=32768),
+        "h200x1": dict(mesh=dict(data=-1, fsdp=1, tensor=1), micro_batches=16, chunk_prompts=16,
+                       tokens_per_micro_batch=32768),
     },
     "qwen3_4b": {
-        "h100x8": dict(mesh=dict(data=1, fsdp=8, tensor=1), micro_batches=32, chunk_prompts=None, tokens_per_micro_batch=32768),
-        "h200x2": dict(mesh=dict(data=1, fsdp=2, tensor=1), micro_batches=64, chunk_prompts=16, tokens_per_micro_batch=32768),
+        "h100x8": dict(mesh=dict(data=-1, fsdp=8, tensor=1), micro_batches=16, chunk_prompts=None,
+                       tokens_per_micro_batch=32768),
+        "h200x2": dict(mesh=dict(data=-1, fsdp=2, tensor=1), micro_batches=32, chunk_prompts=32,
+                       tokens_per_micro_batch=32768),
     },
 }
+HARDWARE["qwen25_3b"] = HARDWARE["llama3b"]  # same size class (3.1B vs 3.2B parameters)
 
 
 def get_config(arg: str = "llama3b:task") -> ml_collections.ConfigDict:
@@ -76,7 +80,8 @@ def get_config(arg: str = "llama3b:task") -> ml_collections.ConfigDict:
                    warmup_steps=50, warmup_init_fraction=0.1, schedule="constant", total_steps=m["steps"])
     c.rollout = dict(prompts_per_step=m["prompts_per_step"], samples_per_prompt=8,
                      max_total_length=m["max_total_length"], temperature=1.0, top_p=1.0, top_k=0,
-                     ignore_eos=len(parts) == 3, chunk_prompts=ml_collections.FieldReference(hw["chunk_prompts"], field_type=int))
+                     ignore_eos=len(parts) == 3,
+                     chunk_prompts=ml_collections.FieldReference(hw["chunk_prompts"], field_type=int))
     c.data = dict(task="math", train=m["train"], train_path=ml_collections.FieldReference(m["train_path"], field_type=str),
                   data_dir=ml_collections.FieldReference(None, field_type=str), validation=m["validation"],
                   validation_limit=ml_collections.FieldReference(None, field_type=int))

@@ -201,3 +201,22 @@ def test_chunked_sampling_calls_the_sampler_per_chunk(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="chunk_prompts=3 must divide"):
         c.rollout.chunk_prompts = 3
         RunConfig.from_config_dict(c)
+
+
+@pytest.mark.parametrize("model, target", [("llama3b", "h100x4"), ("llama3b", "h200x1"), ("qwen25_3b", "h100x4"),
+                                           ("qwen25_3b", "h200x1"), ("qwen3_4b", "h100x8"), ("qwen3_4b", "h200x2")])
+def test_paper_configs_fit_their_targets(model, target):
+    """experiments/rl_math.py:<model>:task:<target> fits at <= 90% of the device (analytic plan;
+    BENCHMARKS.md has XLA's compile-only numbers), and the default target is the paper's."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("rl_math", os.path.join(ROOT, "experiments", "rl_math.py"))
+    rl_math = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rl_math)
+    run = RunConfig.from_config_dict(rl_math.get_config(f"{model}:task:{target}"))
+    assert run.plan.target == target
+    plan = plan_run(run, target, method="analytic")
+    check_fit(plan, run, max_fraction=0.9)
+    assert plan.shapes.width == run.rollout.max_total_length
+    default = RunConfig.from_config_dict(rl_math.get_config(f"{model}:task:fixed")).plan.target
+    assert default == ("h100x8" if model == "qwen3_4b" else "h100x4")
