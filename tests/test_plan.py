@@ -12,10 +12,10 @@ import pytest
 
 from sharpjax.models.config import ModelConfig
 from sharpjax.plan import (
-    GiB,
     PAPER_MODELS,
-    check_fit,
+    GiB,
     aot_available,
+    check_fit,
     model_config_for,
     parse_target,
     plan_run,
@@ -34,7 +34,8 @@ def tiny_run(tmp_path, **sections) -> RunConfig:
     with open(tmp_path / "tiny" / "config.json", "w") as f:
         json.dump(TINY_HF, f)
     config = dict(model_dir=str(tmp_path / "tiny"), dtype="bfloat16",
-                  rollout=dict(prompts_per_step=8, samples_per_prompt=4, max_total_length=512, prompt_buckets=(64, 128)),
+                  rollout=dict(prompts_per_step=8, samples_per_prompt=4, max_total_length=512,
+                               prompt_buckets=(64, 128)),
                   train=dict(micro_batches=2, remat="full", logits_chunk=64), mesh=dict(data=-1, fsdp=1, tensor=1))
     for k, v in sections.items():
         config[k] = {**config.get(k, {}), **v}
@@ -81,7 +82,8 @@ def test_analytic_state_and_kv_cache_closed_forms(tmp_path):
     kv = 32 * 512 * model.num_layers * 2 * model.num_kv_heads * model.head_dim * 2
     assert parts["KV cache"] == kv + kv // 4
     # Sharding: fsdp=2 halves every param the rules shard (all but the norms here).
-    sharded = dict(plan_run(tiny_run(tmp_path, mesh=dict(data=1, fsdp=2)), "h100x2", method="analytic").programs[0].parts)
+    fsdp2 = plan_run(tiny_run(tmp_path, mesh=dict(data=1, fsdp=2)), "h100x2", method="analytic")
+    sharded = dict(fsdp2.programs[0].parts)
     norms = model.hidden_size * (2 * model.num_layers + 1)
     assert sharded["train state"] == 12 * ((n - norms) // 2 + norms)
     # Chunked sampling: the cache scales with the prompts per call, the time with the calls.

@@ -41,7 +41,8 @@ from sharpjax.plan.targets import GPUS, Gpu, Target, parse_target
 from sharpjax.train.config import ConfigError, RunConfig
 
 __all__ = [
-    "GiB", "GPUS", "Gpu", "Target", "parse_target", "PAPER_MODELS", "Plan", "ProgramPlan", "PlanShapes", "aot_available",
+    "GiB", "GPUS", "Gpu", "Target", "parse_target", "PAPER_MODELS", "Plan", "ProgramPlan", "PlanShapes",
+    "aot_available",
     "check_fit", "gpu_attention", "local_target", "model_config_for", "plan_run", "plan_shapes", "preflight",
 ]
 
@@ -136,7 +137,9 @@ def plan_shapes(run: RunConfig, model: ModelConfig, num_devices: int, *, prompt_
         prompt_len = max(fits) if fits else min(r.prompt_buckets)
     new_tokens = r.max_new_tokens if r.max_new_tokens is not None else r.max_total_length - prompt_len
     if new_tokens < 1:
-        raise ConfigError(f"a prompt of {prompt_len} tokens leaves no response budget in config.rollout.max_total_length.")
+        raise ConfigError(
+            f"a prompt of {prompt_len} tokens leaves no response budget in config.rollout.max_total_length."
+        )
     chunk = getattr(r, "chunk_prompts", None) or r.prompts_per_step
     mesh = run.mesh_shape(num_devices)
     rows = r.prompts_per_step * r.samples_per_prompt
@@ -208,7 +211,10 @@ class Plan:
                 f"micro-batches (scoring {s.scoring_rows or s.rows} rows a pass), {s.rollout_calls} sampler call(s) of "
                 f"{s.prompts_per_call * s.samples} rows; "
                 f"device {self.memory_bytes / GiB:.1f} GiB")
-        lines = [head, f"  {'program':<11} {'args':>8} {'temps':>8} {'resident':>9} {'peak GiB':>9} {'of device':>9} {'time s':>8}"]
+        columns = f"  {'program':<11} " + " ".join(
+            f"{name:>{width}}" for name, width in (("args", 8), ("temps", 8), ("resident", 9), ("peak GiB", 9),
+                                                   ("of device", 9), ("time s", 8)))
+        lines = [head, columns]
         for p in self.programs:
             lines.append(
                 f"  {p.name:<11} {p.argument_bytes / GiB:8.1f} {p.temp_bytes / GiB:8.1f} {p.resident_bytes / GiB:9.1f} "
@@ -264,7 +270,8 @@ def check_fit(plan: Plan, run: RunConfig, *, max_fraction: float = 0.9) -> None:
     raise ConfigError(
         f"the run does not fit on {plan.target.name}: {p.name} needs {p.peak_bytes / GiB:.1f} GiB per device "
         f"({plan.method} plan), over {max_fraction:.0%} of {plan.memory_bytes / GiB:.1f} GiB "
-        f"(largest part: {big}, {parts[big] / GiB:.1f} GiB); {_knob(p.name, big, run)}."
+        f"(largest part{' by the closed form' if plan.method != 'analytic' else ''}: {big}, "
+        f"{parts[big] / GiB:.1f} GiB); {_knob(p.name, big, run)}."
     )
 
 
@@ -344,7 +351,7 @@ def _analytic_parts(run: RunConfig, model: ModelConfig, s: PlanShapes) -> dict[s
     gathered_layer = (model.num_params - model.vocab_size * D) // L if f * t > 1 else 0
     state = 12 * elems  # fp32 master params + Adam mu, nu
     ref = c * elems
-    T, P, M = s.width, s.prompt_len, s.new_tokens
+    T, P = s.width, s.prompt_len
     rows = s.rows // s.batch_shards
     rows_mb = max(rows // s.micro_batches, 1)
     chunk = run.train.logits_chunk
@@ -386,8 +393,11 @@ def _analytic_parts(run: RunConfig, model: ModelConfig, s: PlanShapes) -> dict[s
     return {"rollout": rollout, "scoring": scoring, "train_step": train}
 
 
-_RESIDENT = {"rollout": ("train state", "reference"), "scoring": ("train state",), "train_step": ("reference",)}
-_ARGS = {"rollout": ("policy copy",), "scoring": ("reference", "rollout arrays"), "train_step": ("train state", "batch")}
+# Arrays the loop keeps alive beside each program, and the program's own arguments.
+_RESIDENT = {"rollout": ("train state", "reference"), "scoring": ("train state",),
+             "train_step": ("reference",)}
+_ARGS = {"rollout": ("policy copy",), "scoring": ("reference", "rollout arrays"),
+         "train_step": ("train state", "batch")}
 
 
 def _analytic_programs(run: RunConfig, model: ModelConfig, s: PlanShapes) -> list[ProgramPlan]:
@@ -488,7 +498,12 @@ def _aot_compile(run: RunConfig, model: ModelConfig, target: Target, s: PlanShap
     from sharpjax.models.transformer import param_shapes
     from sharpjax.rollout.sampler import RolloutBatch, SamplingConfig, sample
     from sharpjax.train.step import (
-        StepConfig, TrainBatch, TrainState, compute_rewards, make_optimizer, make_train_step,
+        StepConfig,
+        TrainBatch,
+        TrainState,
+        compute_rewards,
+        make_optimizer,
+        make_train_step,
     )
 
     topology = get_topology_desc("aot", "cuda", target_config=target.gpu.target_config,
