@@ -271,13 +271,15 @@ def check_fit(plan: Plan, run: RunConfig, *, max_fraction: float = 0.9) -> None:
         f"the run does not fit on {plan.target.name}: {p.name} needs {p.peak_bytes / GiB:.1f} GiB per device "
         f"({plan.method} plan), over {max_fraction:.0%} of {plan.memory_bytes / GiB:.1f} GiB "
         f"(largest part{' by the closed form' if plan.method != 'analytic' else ''}: {big}, "
-        f"{parts[big] / GiB:.1f} GiB); {_knob(p.name, big, run)}."
+        f"{parts[big] / GiB:.1f} GiB); {_knob(p.name, big, run, plan.target)}."
     )
 
 
-def _knob(program: str, part: str, run: RunConfig) -> str:
+def _knob(program: str, part: str, run: RunConfig, target: Target) -> str:
     t, m, r = run.train, run.mesh, run.rollout
     shard = f"raise config.mesh.fsdp (now {m.fsdp}) to shard params, gradients and Adam state over more devices"
+    if run.mesh_shape(target.count)[1] >= target.count:
+        shard += f"; {target.name} has no GPU left to shard over: use a target with more GPUs"
     if part in ("train state", "reference", "policy copy", "gradients", "gathered weights"):
         return shard
     if program == "train_step":
