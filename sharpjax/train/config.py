@@ -25,6 +25,7 @@ __all__ = [
     "EvalConfig",
     "MeshConfig",
     "OptimConfig",
+    "PlanConfig",
     "RolloutConfig",
     "RunConfig",
     "TrainConfig",
@@ -90,6 +91,8 @@ class RolloutConfig:
       max_new_tokens: fixed response budget (None: derived from `max_total_length`).
       ignore_eos: the paper's "fixed-length" variant: every response has the maximum length.
       prompt_buckets: prompt lengths are padded up to one of these (one compile per bucket).
+      chunk_prompts: prompts per sampler call (None: all of the step's prompts in one call);
+        the KV cache scales with it, so a smaller chunk fits a long budget on fewer devices.
     """
 
     prompts_per_step: int = 32
@@ -101,6 +104,7 @@ class RolloutConfig:
     top_k: int = 0
     ignore_eos: bool = False
     prompt_buckets: tuple[int, ...] = (64, 128, 256, 512, 1024)
+    chunk_prompts: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,6 +205,25 @@ class MeshConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class PlanConfig:
+    """The launcher's fit check (`sharpjax.plan`), run before any weights are loaded.
+
+    Attributes:
+      target: GPU target the run is sized for, e.g. "h100x4" (None: the local GPU's memory;
+        no check on a CPU).
+      method: "auto" (XLA's compile-only GPU plan when the jax-cuda12 plugin imports, else
+        analytic), "aot", "analytic", or "off".
+      max_memory_fraction: refuse the run above this fraction of the device's memory.
+      device_memory_gb: override of the device's memory in GiB (None: the target's).
+    """
+
+    target: str | None = None
+    method: str = "auto"
+    max_memory_fraction: float = 0.9
+    device_memory_gb: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class RunConfig:
     """Everything a training run needs, validated. Build with `from_config_dict`."""
 
@@ -215,6 +238,7 @@ class RunConfig:
     eval: EvalConfig = EvalConfig()
     train: TrainConfig = TrainConfig()
     mesh: MeshConfig = MeshConfig()
+    plan: PlanConfig = PlanConfig()
 
     @classmethod
     def from_config_dict(cls, config: Mapping[str, Any]) -> RunConfig:
@@ -265,6 +289,17 @@ class RunConfig:
             )
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ConfigError(f"config.dtype={self.dtype!r} must be 'float32', 'bfloat16' or 'float16'.")
+        if r.chunk_prompts is not None:
+            _positive(r.chunk_prompts, "config.rollout.chunk_prompts")
+            if r.prompts_per_step % r.chunk_prompts:
+                raise ConfigError(
+                    f"config.rollout.chunk_prompts={r.chunk_prompts} must divide "
+                    f"config.rollout.prompts_per_step={r.prompts_per_step}."
+                )
+        if self.plan.method not in ("auto", "aot", "analytic", "off"):
+            raise ConfigError(f"config.plan.method={self.plan.method!r} must be 'auto', 'aot', 'analytic' or 'off'.")
+        if not 0 < self.plan.max_memory_fraction <= 1:
+            raise ConfigError(f"config.plan.max_memory_fraction={self.plan.max_memory_fraction} must be in (0, 1].")
         batch = r.prompts_per_step * r.samples_per_prompt
         if batch % t.micro_batches:
             raise ConfigError(
@@ -305,6 +340,11 @@ class RunConfig:
         if r.prompts_per_step % (data * fsdp):
             raise ConfigError(
                 f"config.rollout.prompts_per_step={r.prompts_per_step} is not divisible by the mesh's "
+                f"data x fsdp = {data * fsdp} (the sampler shards prompts over them)."
+            )
+        if r.chunk_prompts is not None and r.chunk_prompts % (data * fsdp):
+            raise ConfigError(
+                f"config.rollout.chunk_prompts={r.chunk_prompts} is not divisible by the mesh's "
                 f"data x fsdp = {data * fsdp} (the sampler shards prompts over them)."
             )
 

@@ -249,10 +249,20 @@ class Trainer:
         tokens, mask = encode_prompts(self.tokenizer, prompts, buckets=self.config.rollout.prompt_buckets)
         sampling = _sampling(self.config, self.model, self.tokenizer, tokens.shape[1])
         policy = cast_params(self.state.params, self.model.jnp_dtype)
-        rollout = sample(
-            policy, self._put_rows(tokens), self._put_rows(mask), _step_key(self.base_key, step, 0),
-            config=self.model, sampling=sampling,
-        )
+        chunk = self.config.rollout.chunk_prompts or len(tokens)
+        # One sampler call per chunk of prompts: the KV cache is per call (config.rollout.chunk_prompts).
+        parts = [
+            sample(
+                policy, self._put_rows(tokens[i : i + chunk]), self._put_rows(mask[i : i + chunk]),
+                _step_key(self.base_key, step, 0) if i == 0 else _step_key(self.base_key, step, 1000 + i // chunk),
+                config=self.model, sampling=sampling,
+            )
+            for i in range(0, len(tokens), chunk)
+        ]
+        del policy  # the bf16 copy would otherwise stay alive through the scoring and the update
+        if len(parts) > 1:
+            parts = [p.replace(prompt_index=p.prompt_index + j * chunk) for j, p in enumerate(parts)]
+        rollout = parts[0] if len(parts) == 1 else jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts)
         jax.block_until_ready(rollout.tokens)
         lengths = to_host(rollout.lengths)
         if self.config.train.trim_padding:
