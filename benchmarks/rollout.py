@@ -8,6 +8,12 @@ step time.
 
     python benchmarks/rollout.py --size 3b            # GPU: the DESIGN.md setting
     python benchmarks/rollout.py --size tiny          # CPU smoke run
+
+Without a GPU, `--aot-target h100.pbtxt` compiles `sample` for that GPU on the CPU (the
+compile-only topology of /work/shared/tools/aot/README.md; needs jax-cuda12-plugin and
+-pjrt on PYTHONPATH, JAX_PLATFORMS=cpu JAX_SKIP_CUDA_CONSTRAINTS_CHECK=1) and prints, for
+one decode step (the while body), XLA's cost analysis (FLOPs, bytes), the HBM roofline
+time, and how many slices of the stacked [L, ...] layer weights the body still makes.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import time
 
 # JAX and PyTorch share the GPU in one process: allocate on demand, not 75% up front.
@@ -126,6 +133,101 @@ def time_hf(config, params, tokens, mask, new_tokens, repeats, device):
     return min(times)
 
 
+_COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s+\(.*\{\s*$")
+_DEFINITION = re.compile(r"%([\w.\-]+)\s*=\s*\w+\[([\d,]*)\]")
+_SLICE = re.compile(r"\b(slice|dynamic-slice)\(\s*%([\w.\-]+)")
+
+
+def _decode_body(hlo: str) -> tuple[str, str]:
+    """(name, text with every computation it calls) of the largest while body: the decode loop."""
+    comps, name, lines = {}, None, []
+    for line in hlo.splitlines():
+        match = _COMPUTATION.match(line)
+        if match and name is None:
+            name, lines = match.group(1), []
+        elif name is not None and line.strip() == "}":
+            comps[name], name = "\n".join(lines), None
+        elif name is not None:
+            lines.append(line)
+    best = ("", "")
+    for body in re.findall(r"while\(.*?body=%?([\w.\-]+)", hlo):
+        seen, todo = set(), [body]
+        while todo:
+            c = todo.pop()
+            if c not in seen and c in comps:
+                seen.add(c)
+                todo += [n for n in re.findall(r"%([\w.\-]+)", comps[c]) if n in comps]
+        text = "\n".join(comps[c] for c in seen)
+        best = max(best, (body, text), key=lambda x: len(x[1]))
+    return best
+
+
+def _body_cost(hlo: str, body: str) -> dict:
+    """XLA's HloCostAnalysis of one while body (the compile-only target has no cost analysis of
+    its own): the optimized module re-parsed with that body as its entry, analysed on the CPU client."""
+    from jax._src.lib import _jax
+    from jaxlib import _hlo
+
+    lines = ["HloModule decode_body"]
+    for line in hlo.splitlines()[1:]:
+        line = line.removeprefix("ENTRY ")
+        match = _COMPUTATION.match(line)
+        lines.append("ENTRY " + line if match and match.group(1) == body else line)
+    module = _hlo.hlo_module_from_text("\n".join(lines))
+    return _jax.hlo_module_cost_analysis(jax.devices("cpu")[0].client, module)
+
+
+def aot_report(config, batch, prompt, new, sampling, target_path):
+    """Compiles `sample` for the GPU in `target_path` (compile-only) and reports one decode step."""
+    from jax.experimental.topologies import get_topology_desc
+    from jax.sharding import SingleDeviceSharding
+
+    from sharpjax.models.transformer import init_params, param_shapes
+
+    with open(target_path) as f:
+        topology = get_topology_desc("aot", "cuda", target_config=f.read(), topology="1x1x1")
+    sharding = SingleDeviceSharding(topology.devices[0])
+    abstract = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)  # noqa: E731
+    params = jax.tree.map(abstract, jax.eval_shape(lambda: init_params(config, jax.random.key(0))))
+    tokens = jax.ShapeDtypeStruct((batch // sampling.num_samples, prompt), jnp.int32, sharding=sharding)
+    key = abstract(jax.eval_shape(lambda: jax.random.key(0)))
+    start = time.perf_counter()
+    compiled = sample.lower(params, tokens, tokens, key, config=config, sampling=sampling).compile()
+    hlo = compiled.as_text()
+    body, text = _decode_body(hlo)
+    stacked = set(jax.tree.leaves(param_shapes(config)["layers"], is_leaf=lambda x: isinstance(x, tuple)))
+    dims = {m.group(1): tuple(int(d) for d in m.group(2).split(",") if d) for m in _DEFINITION.finditer(text)}
+    weight_slices = sum(dims.get(m.group(2)) in stacked for m in _SLICE.finditer(text))
+    cost = _body_cost(hlo, body)
+    memory = compiled.memory_analysis()
+    name = os.path.basename(target_path).split(".")[0].upper()
+    bandwidth = next((v for k, v in HBM_BANDWIDTH.items() if k in name), HBM_BANDWIDTH["H100"])
+    itemsize = jnp.dtype(config.jnp_dtype).itemsize
+    kv_slot = 2 * config.num_layers * config.num_kv_heads * config.head_dim * itemsize  # one token, all layers
+    pallas_calls = text.count("__gpu$xla.gpu.triton")
+    kernel_kv_bytes = 0.0
+    if pallas_calls:
+        # XLA's cost analysis counts a Pallas (Triton) custom call as no memory traffic: add what
+        # the kernel reads, the filled slots rounded up to its blocks, averaged over the decode.
+        from sharpjax.models.transformer import _pallas_decode_blocks
+
+        block_k, _ = _pallas_decode_blocks(prompt + new)
+        slots = np.mean([-(-(prompt + t + 1) // block_k) * block_k for t in range(new)])
+        kernel_kv_bytes = batch * slots * kv_slot
+    step_bytes = cost.get("bytes accessed", 0.0) + kernel_kv_bytes
+    return {
+        "target": name, "compile_s": time.perf_counter() - start, "decode_attention": sampling.decode_attention,
+        "num_samples": sampling.num_samples, "weight_slices_per_step": weight_slices,
+        "pallas_calls_per_step": pallas_calls, "step_flops": cost.get("flops", 0.0),
+        "step_bytes_xla": cost.get("bytes accessed", 0.0), "step_bytes_pallas_kv": kernel_kv_bytes,
+        "step_bytes": step_bytes, "step_roofline_ms": 1e3 * step_bytes / bandwidth,
+        # What the attention must read: every slot (dense) or the filled ones, mean over the decode.
+        "kv_bytes_all_slots": batch * (prompt + new) * kv_slot,
+        "kv_bytes_filled_mean": batch * (prompt + (new + 1) / 2) * kv_slot,
+        "temp_GB": memory.temp_size_in_bytes / 1e9, "argument_GB": memory.argument_size_in_bytes / 1e9,
+    }
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
@@ -137,6 +239,10 @@ def main():
     parser.add_argument("--skip-hf", action="store_true")
     parser.add_argument("--json", default=None, help="also write the results to this file")
     parser.add_argument("--profile", default=None, help="trace one sharpjax call into this dir; print top kernels")
+    parser.add_argument("--samples", type=int, default=1, help="G samples per prompt (batch // G prompts)")
+    parser.add_argument("--decode-attention", default="auto", help="SamplingConfig.decode_attention")
+    parser.add_argument("--aot-target", default=None,
+                        help="a GPU target .pbtxt: compile for it on the CPU and print the per-step estimate")
     args = parser.parse_args()
     on_cpu = jax.default_backend() == "cpu"
     tiny = args.size == "tiny"
@@ -144,7 +250,20 @@ def main():
     prompt = args.prompt or (32 if tiny else 256)
     new = args.new_tokens or (32 if tiny else 512)
     dtype = args.dtype or ("float32" if on_cpu else "bfloat16")
+    if batch % args.samples:
+        parser.error(f"--batch {batch} must be a multiple of --samples {args.samples}.")
+    if args.aot_target:
+        dtype = args.dtype or "bfloat16"
     config = model_config(args.size, dtype)
+    sampling = SamplingConfig(max_new_tokens=new, ignore_eos=True, temperature=1.0, num_samples=args.samples,
+                              decode_attention=args.decode_attention)
+    if args.aot_target:
+        report = aot_report(config, batch, prompt, new, sampling, args.aot_target)
+        print(json.dumps(report, indent=2))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(report, f, indent=2)
+        return
     device_kind = jax.devices()[0].device_kind
     print(f"device: {device_kind} x{jax.device_count()}  model: {args.size} ({config.num_params / 1e9:.2f}B params, {dtype})")
     print(f"batch {batch}, prompt {prompt}, new tokens {new} (EOS ignored)")
@@ -152,9 +271,8 @@ def main():
     mesh = make_mesh(data=-1)
     params = init_params_sharded(config, jax.random.key(0), mesh)
     rng = np.random.default_rng(0)
-    tokens = rng.integers(3, config.vocab_size, (batch, prompt)).astype(np.int32)
+    tokens = rng.integers(3, config.vocab_size, (batch // args.samples, prompt)).astype(np.int32)
     mask = np.ones_like(tokens)
-    sampling = SamplingConfig(max_new_tokens=new, ignore_eos=True, temperature=1.0)
 
     if args.profile:
         profile_sharpjax(config, params, tokens, mask, sampling, args.profile)
@@ -176,7 +294,8 @@ def main():
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        t_hf = time_hf(config, params, tokens, mask, new, args.repeats, device)
+        rows = lambda x: np.repeat(x, args.samples, axis=0)  # noqa: E731  (HF: the same B rows)
+        t_hf = time_hf(config, params, rows(tokens), rows(mask), new, args.repeats, device)
         hf_tps = batch * new / t_hf
         results |= {"hf_s": t_hf, "hf_tok_s": hf_tps, "ratio": jax_tps / hf_tps}
         print(f"HF generate (static cache, {device}): {t_hf:.3f}s  {hf_tps:,.0f} new tok/s")

@@ -11,7 +11,7 @@ import ml_collections
 from sharpjax.configs.base import base_config, reward_preset
 from sharpjax.errors import ConfigError
 
-__all__ = ["MODELS", "paper_config"]
+__all__ = ["HARDWARE", "MODELS", "paper_config"]
 
 MODELS = {
     # 3B models: MATH train (7,500), 32 x 8 per step, 500 steps, total length 2048, MATH test validation.
@@ -26,11 +26,40 @@ MODELS = {
 }
 
 
-def paper_config(model: str, reward: str = "task", *, fixed_length: bool = False) -> ml_collections.ConfigDict:
-    """One run of the paper's sweep: `model` in MODELS, `reward` a `reward_preset` name."""
+# Per model and target: the mesh (FSDP shards the fp32 params, gradients and Adam state), the
+# gradient-accumulation steps, the prompts per sampler call and the tokens per device of a
+# reference-scoring pass, each sized with `sharpjax.plan` to at most 90% of the device's memory
+# (BENCHMARKS.md, "Memory and time plan"). Rows per device: 256 / fsdp for the 3B models, 512 / fsdp
+# for Qwen3-4B; per update micro-batch: that / micro_batches. The first target is the default.
+HARDWARE = {
+    "llama3b": {
+        "h100x4": dict(mesh=dict(data=-1, fsdp=4, tensor=1), micro_batches=8, chunk_prompts=None,
+                       tokens_per_micro_batch=32768),
+        "h200x1": dict(mesh=dict(data=-1, fsdp=1, tensor=1), micro_batches=16, chunk_prompts=16,
+                       tokens_per_micro_batch=32768),
+    },
+    "qwen3_4b": {
+        "h100x8": dict(mesh=dict(data=-1, fsdp=8, tensor=1), micro_batches=16, chunk_prompts=None,
+                       tokens_per_micro_batch=32768),
+        "h200x2": dict(mesh=dict(data=-1, fsdp=2, tensor=1), micro_batches=32, chunk_prompts=32,
+                       tokens_per_micro_batch=32768),
+    },
+}
+HARDWARE["qwen25_3b"] = HARDWARE["llama3b"]  # same size class (3.1B vs 3.2B parameters)
+
+
+def paper_config(
+    model: str, reward: str = "task", *, fixed_length: bool = False, target: str | None = None
+) -> ml_collections.ConfigDict:
+    """One run of the paper's sweep: `model` in MODELS, `reward` a `reward_preset` name, sized for
+    `target` (a key of HARDWARE[model]; None: the model's first, the paper's setup)."""
     if model not in MODELS:
         raise ConfigError(f"unknown paper model {model!r}; expected one of {', '.join(sorted(MODELS))}.")
-    m = MODELS[model]
+    targets = HARDWARE[model]
+    target = target or next(iter(targets))
+    if target not in targets:
+        raise ConfigError(f"unknown target {target!r} for {model}; expected one of {', '.join(targets)}.")
+    m, hw = MODELS[model], targets[target]
     c = base_config(m["model_dir"])
     c.reward.update(reward_preset(reward))
     c.optim.total_steps = m["steps"]
@@ -41,6 +70,11 @@ def paper_config(model: str, reward: str = "task", *, fixed_length: bool = False
     c.data.train = m["train"]
     c.data.train_path = m["train_path"]
     c.data.validation = m["validation"]
+    c.data.verifier = "math_verify"  # the paper's reward: NeMo RL's hf_math_verify over the whole response
     c.train.steps = m["steps"]
-    c.train.micro_batches = 4
+    c.train.micro_batches = hw["micro_batches"]
+    c.train.tokens_per_micro_batch = hw["tokens_per_micro_batch"]
+    c.rollout.chunk_prompts = hw["chunk_prompts"]
+    c.mesh.update(hw["mesh"])
+    c.plan.target = target
     return c

@@ -3,18 +3,26 @@
     python -m sharpjax.eval --model DIR --benchmarks math500,aime24 --n 16 --out results.json
 
 Defaults are the paper's evaluation protocol (PAPER.md): 16 samples per problem at
-temperature 1.0, top-p 1.0, no top-k, pass@k and maj@k for k in 1, 2, 4, 8, 16. Benchmarks
+temperature 1.0, top-p 1.0, no top-k, pass@k and maj@k for k in 1, 2, 4, 8, 16, answers
+checked by the paper's verifier (--verifier math_verify; boxed: the last \\boxed{} only). Benchmarks
 are read with `sharpjax.data.load_dataset(name, data_dir=..., limit=...)` (names:
 math500, minerva_math, aime24, aime25, hmmt_feb25, gsm8k_test, ...; data directory:
 --data_dir or $SHARPJAX_DATA_DIR), or, under any name, from a JSONL file given with
 --data_file NAME=PATH (one {"problem", "answer"[, "id"]} object per line). Writes the summaries (and optionally
 every response) as JSON and prints a Markdown table.
+
+Inference-time power sampling instead of plain sampling (`sharpjax.rollout.power`), with the
+tokens drawn per problem reported (rejected proposals and all particles included):
+
+    python -m sharpjax.eval --model DIR --sampler power-mcmc --alpha 4 --block-size 192 --mh-steps 10
+    python -m sharpjax.eval --model DIR --sampler power-smc --alpha 4 --block-size 192 --particles 16
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -59,7 +67,36 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--verify_timeout", type=float, default=5.0, help="seconds per answer check")
     p.add_argument("--num_workers", type=int, default=None, help="verifier processes (default: CPUs, at most 8)")
+    p.add_argument(
+        "--verifier",
+        choices=("math_verify", "boxed"),
+        default="math_verify",
+        help="answer checking: math_verify = the paper's (NeMo RL hf_math_verify: math-verify over the whole "
+        "response); boxed = the last \\boxed{} only",
+    )
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    # Inference-time power sampling (sharpjax.rollout.power): pi^alpha without training.
+    p.add_argument(
+        "--sampler",
+        choices=("plain", "power-mcmc", "power-smc"),
+        default="plain",
+        help="plain: the base sampler; power-mcmc / power-smc: sample pi^alpha (needs --temperature 1)",
+    )
+    p.add_argument(
+        "--alpha", type=float, default=4.0, help="power samplers: the power (proposal at temperature 1/alpha)"
+    )
+    p.add_argument(
+        "--block-size",
+        "--block_size",
+        dest="block_size",
+        type=int,
+        default=192,
+        help="power samplers: tokens per block",
+    )
+    p.add_argument(
+        "--mh-steps", "--mh_steps", dest="mh_steps", type=int, default=10, help="power-mcmc: MH steps after each block"
+    )
+    p.add_argument("--particles", type=int, default=16, help="power-smc: particles per sample")
     return p
 
 
@@ -127,6 +164,21 @@ def main(argv: list[str] | None = None) -> dict:
     # Data first: a bad benchmark name fails in a second, not after loading the model.
     benchmarks = load_benchmarks(names, data_files=data_files, data_dir=data_dir, limit=args.limit)
 
+    power = None
+    if args.sampler != "plain":
+        from sharpjax.rollout.power import PowerConfig
+
+        if args.temperature != 1.0 or args.top_p != 1.0 or args.top_k != 0:
+            parser.error(
+                f"--sampler {args.sampler} draws at temperature 1/--alpha: leave --temperature, --top_p, --top_k"
+            )
+        try:
+            power = PowerConfig(
+                alpha=args.alpha, block_size=args.block_size, mh_steps=args.mh_steps, num_particles=args.particles
+            )
+        except ValueError as e:
+            parser.error(f"--sampler {args.sampler}: {e}")
+
     import jax
 
     from sharpjax.eval.harness import check_context, default_render_fn, evaluate
@@ -146,6 +198,11 @@ def main(argv: list[str] | None = None) -> dict:
             check_context(config, tokenizer, [render(p.problem) for p in problems], sampling)
         except ValueError as e:
             raise SystemExit(f"error: benchmark {name!r}: {e}") from None
+    generate_fn = None
+    if power is not None:
+        from sharpjax.rollout.power import generate_power_text
+
+        generate_fn = functools.partial(generate_power_text, method=args.sampler, power=power)
     key = jax.random.key(args.seed)
     table, records = {}, {}
     for name, problems in benchmarks.items():
@@ -164,17 +221,27 @@ def main(argv: list[str] | None = None) -> dict:
             keep_responses=args.save_responses,
             verify_timeout_s=args.verify_timeout,
             num_workers=args.num_workers,
+            verifier=args.verifier,
             maj_num_draws=args.maj_draws,
             progress=not args.no_progress,
             desc=name,
+            generate_fn=generate_fn,
         )
         table[name] = {**result.summary, "seconds": round(time.perf_counter() - start, 2)}
         if args.save_responses:
             records[name] = [r.to_dict() for r in result.records]
-    meta = {"model": os.path.abspath(args.model), "sampling": dataclasses.asdict(sampling), "seed": args.seed}
+    meta = {
+        "model": os.path.abspath(args.model),
+        "sampling": dataclasses.asdict(sampling),
+        "seed": args.seed,
+        "verifier": args.verifier,
+    }
+    if power is not None:
+        meta["power"] = {"sampler": args.sampler, **dataclasses.asdict(power)}
     extra = {**meta, **({"records": records} if args.save_responses else {})}
     text = results_to_json(table, args.out, **extra)
     print(results_to_markdown(table))
+    print("token cost per problem: " + ", ".join(f"{n} {s['token_cost_per_problem']:.0f}" for n, s in table.items()))
     if args.out:
         print(f"wrote {args.out}", file=sys.stderr)
     return json.loads(text)

@@ -31,7 +31,7 @@ from sharpjax.models.tokenizer import bucket_length
 from sharpjax.models.transformer import Params
 from sharpjax.parallel import to_host
 from sharpjax.rewards import verify_batch
-from sharpjax.rewards.math import Fallback
+from sharpjax.rewards.math import Fallback, Verifier
 from sharpjax.rollout.sampler import SamplingConfig
 from sharpjax.rollout.text import DEFAULT_BUCKETS, generate_text
 from sharpjax.tasks.base import VerifyFn
@@ -113,11 +113,13 @@ def evaluate(
     verify_timeout_s: float = 5.0,
     num_workers: int | None = None,
     fallback: Fallback = "none",
+    verifier: Verifier = "boxed",
     merge_correct: bool = True,
     maj_num_draws: int | None = None,
     buckets: tuple[int, ...] = DEFAULT_BUCKETS,
     progress: bool = True,
     desc: str = "eval",
+    generate_fn: Callable | None = None,
 ) -> EvalResult:
     """Samples n responses per problem, verifies them and computes pass@k / maj@k.
 
@@ -136,12 +138,17 @@ def evaluate(
       keep_responses: Store the response texts in the records.
       verify_fn: (responses, references) -> `VerifyResult`s, e.g. a `Task`'s `verify`;
         None: math-verify (`sharpjax.rewards.verify_batch`) with the three settings below.
-      verify_timeout_s, num_workers, fallback: passed to `sharpjax.rewards.verify_batch`
-        when `verify_fn` is None (num_workers=0 verifies in this process).
+      verify_timeout_s, num_workers, fallback, verifier: passed to `sharpjax.rewards.verify_batch`
+        when `verify_fn` is None (num_workers=0 verifies in this process; verifier "math_verify"
+        is the paper's reward).
       merge_correct, maj_num_draws: passed to `metrics.maj_at_k` (exact by default).
       buckets: Prompt-length buckets of the sampler.
       progress: Show a tqdm progress bar (in prompts).
       desc: The progress bar's label (e.g. the benchmark name).
+      generate_fn: Replaces `generate_text` (same arguments and (texts, batch) return), e.g.
+        `functools.partial(sharpjax.rollout.power.generate_power_text, method=..., power=...)`;
+        a batch with a `token_cost` (tokens drawn per sample, rejected proposals and particles
+        included) sets the summary's `token_cost_per_problem`; otherwise that is the lengths.
 
     Returns:
       An `EvalResult`: per-problem records and their summary.
@@ -161,20 +168,27 @@ def evaluate(
     bs = min(batch_size, len(problems))
 
     records: list[ProblemRecord] = []
+    costs: list[int] = []  # tokens drawn per problem, all of its samples
+    generate = generate_fn or generate_text
     with tqdm.tqdm(total=len(problems), desc=desc, unit="prompt", disable=not progress) as bar:
         for batch_index, start in enumerate(range(0, len(problems), bs)):
             batch = prompts[start : start + bs]
             real = len(batch)
             batch = batch + [batch[-1]] * (bs - real)  # Static shape: one compile per bucket.
-            texts, rollout = generate_text(
+            texts, rollout = generate(
                 params, model_config, tokenizer, batch, jax.random.fold_in(key, batch_index), sampling, buckets=buckets
             )
             texts = texts[: real * g]
             lengths = to_host(rollout.lengths)[: real * g]
             finished = to_host(rollout.finished)[: real * g]
+            cost = to_host(getattr(rollout, "token_cost", rollout.lengths))[: real * g]
+            costs += [int(cost[i * g : (i + 1) * g].sum()) for i in range(real)]
             refs = [references[start + i // g] for i in range(real * g)]
             if verify_fn is None:
-                results = verify_batch(texts, refs, timeout_s=verify_timeout_s, num_workers=num_workers, fallback=fallback)
+                results = verify_batch(
+                    texts, refs, timeout_s=verify_timeout_s, num_workers=num_workers, fallback=fallback,
+                    verifier=verifier,
+                )
             else:
                 results = list(verify_fn(texts, refs))
             for i in range(real):
@@ -195,4 +209,5 @@ def evaluate(
             bar.update(real)
             bar.set_postfix(acc=f"{np.mean([c for r in records for c in r.correct]):.3f}")
     summary = summarize(records, ks, merge_correct=merge_correct, maj_num_draws=maj_num_draws)
+    summary["token_cost_per_problem"] = float(np.mean(costs))
     return EvalResult(records=records, summary=summary)

@@ -58,6 +58,8 @@ class ModelConfig:
       max_position_embeddings: the model's context length; responses must fit in it.
       dtype: parameter and activation dtype name ("bfloat16" on accelerators).
       bos_token_id, eos_token_ids, pad_token_id: special tokens from config.json.
+      attention: how training, scoring and prefill attention runs: "auto" (cuDNN flash
+        attention on an NVIDIA GPU when bf16/fp16, else XLA), "cudnn" or "xla" to force one.
       hf_config: the original config.json as a tuple of items, kept so export round-trips.
     """
 
@@ -81,6 +83,7 @@ class ModelConfig:
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
     pad_token_id: int | None = None
+    attention: str = "auto"
     hf_config: tuple[tuple[str, Any], ...] = dataclasses.field(default=(), compare=False, hash=False, repr=False)
 
     def __post_init__(self):
@@ -94,6 +97,10 @@ class ModelConfig:
             )
         if self.dtype not in _DTYPES:
             raise ConfigError(f"dtype={self.dtype!r}; expected one of {sorted(_DTYPES)}.")
+        if self.attention not in ("auto", "cudnn", "xla"):
+            raise ConfigError(f"attention={self.attention!r}; expected 'auto', 'cudnn' or 'xla'.")
+        if self.attention == "cudnn" and self.dtype == "float32":
+            raise ConfigError("attention='cudnn' needs dtype 'bfloat16' or 'float16' (no fp32 cuDNN flash).")
 
     @property
     def jnp_dtype(self):

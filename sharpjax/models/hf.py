@@ -22,7 +22,6 @@ import safetensors.numpy
 from sharpjax.errors import ConfigError, ModelFileError
 from sharpjax.models.config import ModelConfig
 from sharpjax.models.transformer import Params, param_logical_axes
-from sharpjax.parallel import put_global
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -148,6 +147,8 @@ def load_params(
         value = value.astype(dtype) if value.dtype != dtype else value
         if shardings is None:
             return jnp.asarray(value)
+        from sharpjax.parallel import put_global  # parallel imports the models package: import here
+
         sharding = shardings
         for key in where:
             sharding = sharding[key]

@@ -16,6 +16,7 @@ from typing import Any
 import flax.struct
 import jax
 import jax.numpy as jnp
+from jax.experimental.shard_alike import shard_alike
 from jaxtyping import Array, Bool, Float, Int
 
 from sharpjax.models.config import ModelConfig
@@ -172,6 +173,8 @@ def apply_rope(
 def _attention(
     q_BTNH, k_BKSH, v_BKSH, visible_BTS: Bool[Array, "B T S"], num_kv_heads: int
 ) -> Float[Array, "B T N H"]:
+    """Attention under an explicit [B, T, S] mask with fp32 scores: the decode step's path
+    (one query against the cache) and the reference the flash path is tested against."""
     b, t, n, h = q_BTNH.shape
     q_BKGTH = q_BTNH.reshape(b, t, num_kv_heads, n // num_kv_heads, h).transpose(0, 2, 3, 1, 4)
     scores_BKGTS = jnp.einsum("bkgth,bksh->bkgts", q_BKGTH, k_BKSH, preferred_element_type=jnp.float32)
@@ -182,10 +185,67 @@ def _attention(
     return out_BKGTH.transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
 
 
+def leading_padding(mask_BT: Bool[Array, "B T"]) -> Int[Array, " B"]:
+    """Padding slots before each row's first real token (0 for a row with none)."""
+    return jnp.argmax(mask_BT, axis=1).astype(jnp.int32)
+
+
+def roll_rows(x_BT: Array, shift_B: Int[Array, " B"]) -> Array:
+    """Rotates each row left by its shift along axis 1: out[b, t] = x[b, (t + shift[b]) % T].
+
+    With shift = `leading_padding(mask)`, a left-padded row [pad, real, (pad)] becomes right
+    padded [real, pad]; `roll_rows(x, -shift)` undoes it.
+    """
+    t = x_BT.shape[1]
+    index_BT = (jnp.arange(t, dtype=jnp.int32)[None, :] + shift_B[:, None]) % t
+    index = index_BT.reshape(index_BT.shape + (1,) * (x_BT.ndim - 2))
+    return jnp.take_along_axis(x_BT, index, axis=1)
+
+
+def attention_implementation(config: ModelConfig) -> str:
+    """What `config.attention` resolves to when tracing: "cudnn" or "xla".
+
+    "auto" picks cuDNN's fused flash attention when tracing for an NVIDIA GPU and the
+    dtype/head size is one it supports (bf16/fp16, head_dim a multiple of 8 up to 128), and
+    XLA's implementation otherwise. (jax's own `implementation=None` always means XLA, which
+    materialises the fp32 scores.) AOT compiles for a GPU from a CPU host must ask for "cudnn"
+    explicitly: tracing there sees the CPU backend.
+    """
+    if config.attention != "auto":
+        return config.attention
+    from jax.extend.backend import get_backend
+
+    on_cuda = jax.default_backend() == "gpu" and "cuda" in get_backend().platform_version.lower()
+    supported = config.jnp_dtype in (jnp.bfloat16, jnp.float16) and config.head_dim % 8 == 0 and config.head_dim <= 128
+    return "cudnn" if on_cuda and supported else "xla"
+
+
+def _causal_attention(
+    q_BTNH: Float[Array, "B T N H"],
+    k_BTKH: Float[Array, "B T K H"],
+    v_BTKH: Float[Array, "B T K H"],
+    implementation: str,
+) -> Float[Array, "B T N H"]:
+    """Causal (GQA) attention over right-padded rows through `jax.nn.dot_product_attention`.
+
+    Right padding makes the causal mask exact: a real query sees only the real keys before
+    it. Padding queries see real keys and padding keys (finite values), so no row, even an
+    all-padding one, has a query with nothing to attend to: no NaN in either pass. Their
+    outputs are meaningless and never reach a real position.
+    """
+    if implementation == "cudnn":
+        # cuDNN's SPMD partitioner needs q, k and v sharded alike. Sharding propagation
+        # gives q and k the batch sharding of the RoPE positions, but v (no RoPE) can come
+        # out batch-replicated under FSDP: tie it to k.
+        k_BTKH, v_BTKH = shard_alike(k_BTKH, v_BTKH)
+    return jax.nn.dot_product_attention(q_BTNH, k_BTKH, v_BTKH, is_causal=True, implementation=implementation)
+
+
 def _layer(config: ModelConfig, inv_freq, x_BTD, p, positions_BT, visible_BTS, kv):
     """One pre-norm block.
 
-    Without a cache `kv` is None and `visible_BTS` is the [B, T, T] causal + padding mask.
+    Without a cache `kv` and `visible_BTS` are None: the rows are right padded (see
+    `roll_rows`), attention is causal, and it returns this block's new (k [B, T, K, H], v).
     With one, `kv` is (this layer's k cache [B, K, S, H], v cache, write slot) and
     `visible_BTS` is [B, T, S] over the cache slots; it returns the updated (k, v) buffers.
     """
@@ -202,8 +262,8 @@ def _layer(config: ModelConfig, inv_freq, x_BTD, p, positions_BT, visible_BTS, k
     k_BTKH = apply_rope(k_BTKH, positions_BT, inv_freq)
     k_BKTH, v_BKTH = k_BTKH.transpose(0, 2, 1, 3), v_BTKH.transpose(0, 2, 1, 3)
     if kv is None:
-        attn_BTNH = _attention(q_BTNH, k_BKTH, v_BKTH, visible_BTS, config.num_kv_heads)
-        new_kv = None
+        attn_BTNH = _causal_attention(q_BTNH, k_BTKH, v_BTKH, attention_implementation(config))
+        new_kv = (k_BTKH, v_BTKH)
     else:
         # Write first, then attend over the whole (updated) buffer: the write is in place and
         # every read comes after it, so XLA needs no copy of the cache.
@@ -247,9 +307,13 @@ def forward(
       positions_BT: RoPE positions; for a left-padded row, `cumsum(mask) - 1`.
       key_mask_BS: which key slots hold real tokens. Without a cache S == T; with a cache
         S is the number of cache slots and the mask covers every slot (future slots may be
-        True: causality is applied separately from slot order).
+        True: causality is applied separately from slot order). The real tokens of a row
+        must be one contiguous run (left padding, then tokens, then right padding): what
+        every caller builds.
       cache: optional KV cache; the T new keys/values are written at slots
-        [cache.index, cache.index + T) and the returned cache has index advanced by T.
+        [cache.index, cache.index + T) and the returned cache has index advanced by T. A
+        call with T > 1 is a prefill and must start from an empty cache (index 0): its
+        queries attend to its own T tokens only. T == 1 is a decode step.
       remat: "none", "full" or "dots": what `jax.checkpoint` saves per layer.
 
     Returns:
@@ -258,6 +322,8 @@ def forward(
     if remat not in REMAT_POLICIES:
         raise ValueError(f"remat={remat!r}; expected one of {sorted(REMAT_POLICIES)}.")
     b, t = tokens_BT.shape
+    if cache is None or t > 1:
+        return _forward_causal(params, tokens_BT, config, positions_BT, key_mask_BS[:, :t], cache, remat)
     inv_freq = rope_inverse_frequencies(config)
     x_BTD = jnp.take(params["embed"], tokens_BT, axis=0)
     layer_ids = jnp.arange(config.num_layers, dtype=jnp.int32)
@@ -294,6 +360,44 @@ def forward(
     return hidden_BTD, new_cache
 
 
+def _forward_causal(params, tokens_BT, config, positions_BT, mask_BT, cache, remat):
+    """Training, scoring and prefill: T tokens attending causally to each other.
+
+    Each row is rotated so that its padding is on the right (`roll_rows`): the padding mask
+    is then implied by the causal one, which is the form cuDNN's flash attention takes
+    without materialising a [B, N, T, T] mask or fp32 scores. Everything but attention is
+    per position, so only the tokens, positions and final hidden states (and a prefill's
+    keys/values) are rotated, once per call.
+    """
+    inv_freq = rope_inverse_frequencies(config)
+    shift_B = leading_padding(mask_BT)
+    x_BTD = jnp.take(params["embed"], roll_rows(tokens_BT, shift_B), axis=0)
+    positions_BT = roll_rows(positions_BT, shift_B)
+    collect_kv = cache is not None
+
+    def body(x, p):
+        x, kv = _layer(config, inv_freq, x, p, positions_BT, None, None)
+        return x, (kv if collect_kv else None)
+
+    if remat != "none":
+        body = jax.checkpoint(body, policy=REMAT_POLICIES[remat])
+    x_BTD, kv_L = jax.lax.scan(body, x_BTD, params["layers"])
+    hidden_BTD = rms_norm(roll_rows(x_BTD, -shift_B), params["final_norm"], config.rms_norm_eps)
+    if cache is None:
+        return hidden_BTD, None
+    t = tokens_BT.shape[1]
+    start = cache.index
+
+    def write(buffers, new_LBTKH):
+        new_LBKTH = jax.vmap(lambda x: roll_rows(x, -shift_B))(new_LBTKH).transpose(0, 1, 3, 2, 4)
+        return tuple(
+            jax.lax.dynamic_update_slice(buf, new_LBKTH[i].astype(buf.dtype), (0, 0, start, 0))
+            for i, buf in enumerate(buffers)
+        )
+
+    return hidden_BTD, KVCache(k=write(cache.k, kv_L[0]), v=write(cache.v, kv_L[1]), index=start + t)
+
+
 def logits(params: Params, hidden_BTD: Float[Array, "B T D"], *, dtype=jnp.float32) -> Float[Array, "B T V"]:
     """Projects hidden states to vocabulary logits, accumulated and returned in `dtype`."""
     if "lm_head" in params:
@@ -313,3 +417,173 @@ def apply(params: Params, tokens_BT, mask_BT, *, config: ModelConfig, remat: str
         params, tokens_BT, config=config, positions_BT=positions_BT, key_mask_BS=mask_BT.astype(bool), remat=remat
     )
     return logits(params, hidden_BTD)
+
+
+# ---- decode (one token per row against a KV cache) -------------------------------------
+
+
+def unstack_layers(params: Params, num_layers: int) -> tuple[Params, ...]:
+    """The stacked [L, ...] layer weights as L per-layer pytrees.
+
+    Call it once outside a decode loop and pass the result to `decode_step`: slicing w[i]
+    inside a `while_loop` body is loop-invariant, but XLA does not hoist a lone slice, so
+    every step would copy the whole layer stack (on the 3B shape, ~6 GB written and read
+    again per token). Costs one copy of the layer weights for the lifetime of the loop.
+    """
+    return tuple(jax.tree.map(lambda w, i=i: w[i], params["layers"]) for i in range(num_layers))
+
+
+DECODE_ATTENTION = ("xla", "auto", "pallas_interpret")
+
+
+def _pallas_decode_blocks(num_slots: int) -> tuple[int, int] | None:
+    """(block_k, k_splits) for the Pallas decode kernel over S slots, or None if S does not fit.
+
+    Triton blocks are powers of two >= 16 and must tile S. A few splits per row are enough:
+    the grid already has B * K rows; blocks past a row's length are skipped, not read.
+    """
+    block_k = next((b for b in (64, 32, 16) if num_slots % b == 0), None)
+    if block_k is None:
+        return None
+    blocks = num_slots // block_k
+    return block_k, max(d for d in range(1, 9) if blocks % d == 0)
+
+
+def _pallas_decode_attention(q_B1NH, k_BKSH, v_BKSH, first_slot_B, num_filled, num_kv_heads, *, interpret):
+    """JAX's Pallas GPU decode kernel: each (row, kv head) reads only slots [first, num_filled)."""
+    from jax.experimental.pallas.ops.gpu import decode_attention
+
+    b, _, n, h = q_B1NH.shape
+    k_heads, s = num_kv_heads, k_BKSH.shape[2]
+    block_k, k_splits = _pallas_decode_blocks(s)
+    # [B, K, S, H] -> [B*K, S, H] is a bitcast: the kernel reads the cache in place.
+    q_RGH = q_B1NH.reshape(b * k_heads, n // k_heads, h)
+    start_R = jnp.repeat(first_slot_B.astype(jnp.int32), k_heads)
+    length_R = jnp.broadcast_to(num_filled.astype(jnp.int32), (b * k_heads,))
+    out_RGH = decode_attention.mqa(
+        q_RGH, k_BKSH.reshape(b * k_heads, s, h), v_BKSH.reshape(b * k_heads, s, h), start_R, length_R,
+        block_k=block_k, k_splits=k_splits, interpret=interpret,
+    )
+    return out_RGH.astype(v_BKSH.dtype).reshape(b, 1, n, h)
+
+
+def _decode_attention(q_B1NH, k_BKSH, v_BKSH, visible_B1S, num_kv_heads, *, first_slot_B, num_filled, impl):
+    """Attention of one new query per row over the cache: dense XLA, or length-aware Pallas.
+
+    The XLA path attends over all S slots at every step (masking the unfilled ones), so a
+    decode reads the whole cache each token. The Pallas kernel takes each row's first real
+    slot and the filled length, and reads only those blocks: the same softmax over the same
+    visible keys, accumulated blockwise (equal up to fp32 rounding).
+    """
+    dense = lambda q, k, v: _attention(q, k, v, visible_B1S, num_kv_heads)  # noqa: E731
+    # Several devices: the rows are sharded, and XLA cannot partition the kernel's custom
+    # call, so it would all-gather every layer's cache at every step (seen in a compile for
+    # 4 H100s). Until the kernel is wrapped in a shard_map over the row axes, stay dense.
+    single_device = jax.device_count() == 1
+    if impl == "xla" or _pallas_decode_blocks(k_BKSH.shape[2]) is None or (impl == "auto" and not single_device):
+        return dense(q_B1NH, k_BKSH, v_BKSH)
+    pallas = lambda q, k, v, interpret: _pallas_decode_attention(  # noqa: E731
+        q, k, v, first_slot_B, num_filled, num_kv_heads, interpret=interpret
+    )
+    if impl == "pallas_interpret":
+        return pallas(q_B1NH, k_BKSH, v_BKSH, True)
+    # Chosen when lowering, so a CPU compile (tests) and a compile-only GPU target both get
+    # the right one.
+    return jax.lax.platform_dependent(
+        q_B1NH, k_BKSH, v_BKSH, cuda=lambda q, k, v: pallas(q, k, v, False), default=dense
+    )
+
+
+def _decode_layer(
+    config: ModelConfig, inv_freq, x_B1D, p, positions_B1, visible_B1S, k_cache_BKSH, v_cache_BKSH, start,
+    first_slot_B, attention: str,
+):
+    """`_layer` for one new token per row against the cache, with this layer's own params `p`.
+
+    The same operations in the same order as `_layer`'s cache branch (the sampler's
+    log-probs stay bitwise equal), kept separate so the decode path can change its
+    attention without touching the prefill/training path.
+    """
+    h_BTD = rms_norm(x_B1D, p["attn_norm"], config.rms_norm_eps)
+    q_BTNH = jnp.einsum("btd,dnh->btnh", h_BTD, p["q"])
+    k_BTKH = jnp.einsum("btd,dkh->btkh", h_BTD, p["k"])
+    v_BTKH = jnp.einsum("btd,dkh->btkh", h_BTD, p["v"])
+    if config.qkv_bias:
+        q_BTNH, k_BTKH, v_BTKH = q_BTNH + p["q_bias"], k_BTKH + p["k_bias"], v_BTKH + p["v_bias"]
+    if config.qk_norm:
+        q_BTNH = rms_norm(q_BTNH, p["q_norm"], config.rms_norm_eps)
+        k_BTKH = rms_norm(k_BTKH, p["k_norm"], config.rms_norm_eps)
+    q_BTNH = apply_rope(q_BTNH, positions_B1, inv_freq)
+    k_BTKH = apply_rope(k_BTKH, positions_B1, inv_freq)
+    k_BKTH, v_BKTH = k_BTKH.transpose(0, 2, 1, 3), v_BTKH.transpose(0, 2, 1, 3)
+    # Write first, then attend over the updated buffer: the write is in place.
+    k_cache_BKSH = jax.lax.dynamic_update_slice(k_cache_BKSH, k_BKTH.astype(k_cache_BKSH.dtype), (0, 0, start, 0))
+    v_cache_BKSH = jax.lax.dynamic_update_slice(v_cache_BKSH, v_BKTH.astype(v_cache_BKSH.dtype), (0, 0, start, 0))
+    attn_BTNH = _decode_attention(q_BTNH, k_cache_BKSH, v_cache_BKSH, visible_B1S, config.num_kv_heads,
+                                  first_slot_B=first_slot_B, num_filled=start + 1, impl=attention)
+    attn_BTD = jnp.einsum("btnh,nhd->btd", attn_BTNH, p["o"])
+    if config.o_bias:
+        attn_BTD = attn_BTD + p["o_bias"]
+    x_BTD = x_B1D + attn_BTD
+
+    h_BTD = rms_norm(x_BTD, p["mlp_norm"], config.rms_norm_eps)
+    gate_BTF = jnp.einsum("btd,df->btf", h_BTD, p["gate"])
+    up_BTF = jnp.einsum("btd,df->btf", h_BTD, p["up"])
+    if config.mlp_bias:
+        gate_BTF, up_BTF = gate_BTF + p["gate_bias"], up_BTF + p["up_bias"]
+    mlp_BTD = jnp.einsum("btf,fd->btd", jax.nn.silu(gate_BTF) * up_BTF, p["down"])
+    if config.mlp_bias:
+        mlp_BTD = mlp_BTD + p["down_bias"]
+    return x_BTD + mlp_BTD, (k_cache_BKSH, v_cache_BKSH)
+
+
+def decode_step(
+    params: Params,
+    layers: tuple[Params, ...],
+    tokens_B: Int[Array, " B"],
+    *,
+    config: ModelConfig,
+    positions_B: Int[Array, " B"],
+    key_mask_BS: Bool[Array, "B S"],
+    cache: KVCache,
+    first_slot_B: Int[Array, " B"] | None = None,
+    attention: str = "xla",
+) -> tuple[Float[Array, "B D"], KVCache]:
+    """One decode step: `forward` for a single new token per row, per-layer weights given.
+
+    Args:
+      params: the param pytree; only "embed" and "final_norm" are read here.
+      layers: `unstack_layers(params, L)`, computed outside the decode loop.
+      tokens_B: the new token of each row.
+      config: the architecture (static).
+      positions_B: the new token's RoPE position.
+      key_mask_BS: which cache slots hold real tokens (as in `forward`).
+      cache: the KV cache; the new key/value go to slot `cache.index`.
+      first_slot_B: each row's first real slot, for a left-padded cache whose real slots are
+        exactly [first_slot_B, cache.index] (what the sampler builds). Required by the
+        length-aware attention; `key_mask_BS` must agree with it.
+      attention: "xla" (attend over all S slots, masked), "auto" (the length-aware Pallas
+        kernel when compiled for one NVIDIA GPU and S is a multiple of 16, else "xla"), or
+        "pallas_interpret" (that kernel in Pallas' interpreter on any backend: tests).
+
+    Returns:
+      (hidden_BD after the final norm, the cache with index advanced by one).
+    """
+    if attention not in DECODE_ATTENTION:
+        raise ValueError(f"attention={attention!r}; expected one of {DECODE_ATTENTION}.")
+    if attention != "xla" and first_slot_B is None:
+        raise ValueError(f"attention={attention!r} needs first_slot_B (each row's first real cache slot).")
+    inv_freq = rope_inverse_frequencies(config)
+    x_BTD = jnp.take(params["embed"], tokens_B[:, None], axis=0)
+    start = cache.index
+    slot_S = jnp.arange(key_mask_BS.shape[1], dtype=jnp.int32)
+    visible_B1S = (slot_S <= start)[None, None, :] & key_mask_BS[:, None, :]
+    new_k, new_v = [], []
+    for p_i, k_i, v_i in zip(layers, cache.k, cache.v, strict=True):
+        x_BTD, (k_i, v_i) = _decode_layer(
+            config, inv_freq, x_BTD, p_i, positions_B[:, None], visible_B1S, k_i, v_i, start, first_slot_B, attention
+        )
+        new_k.append(k_i)
+        new_v.append(v_i)
+    hidden_BD = rms_norm(x_BTD, params["final_norm"], config.rms_norm_eps)[:, 0]
+    return hidden_BD, KVCache(k=tuple(new_k), v=tuple(new_v), index=start + 1)

@@ -6,7 +6,9 @@ loaded lazily so verifier worker processes, which import this package, stay ligh
 
 from sharpjax.rewards.config import RewardConfig
 from sharpjax.rewards.math import (
+    VERIFIERS,
     Fallback,
+    Verifier,
     VerifyReason,
     VerifyResult,
     extract_answer,
@@ -18,9 +20,11 @@ from sharpjax.rewards.pool import VerifierPool, default_num_workers, verify, ver
 _LAZY = {"RewardOutput", "make_reward"}
 
 __all__ = [
+    "VERIFIERS",
     "Fallback",
     "RewardConfig",
     "RewardOutput",
+    "Verifier",
     "VerifierPool",
     "VerifyReason",
     "VerifyResult",

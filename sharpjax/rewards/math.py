@@ -1,13 +1,22 @@
 """Math answer extraction and verification (the task reward r(x, y) in {0, 1}).
 
-The reward is math-verify (HuggingFace's sympy-based verifier) applied to the final answer
-of a response against a reference answer. This module holds the pure-Python pieces:
+The reward is math-verify (HuggingFace's sympy-based verifier) applied to a response against
+a reference answer, in one of two modes (`Verifier`):
+
+* "boxed": our extraction of the final answer (the last complete `\\boxed{...}` /
+  `\\fbox{...}`), compared by math-verify, plus fixes for code-style references and tiny
+  numbers (the library default).
+* "math_verify": the paper's reward, NeMo RL's `hf_math_verify`: math-verify's own extraction
+  over the whole response, the reference wrapped as `"\\boxed{" + reference + "}"`.
+
+This module holds the pure-Python pieces:
 
 * `extract_answer`: the final answer of a response (the last complete `\\boxed{...}` or
   `\\fbox{...}`, nested braces allowed; optional fallbacks to "answer is ..." and to the
-  last number).
+  last number). Linear time in the response length.
 * `verify_one`: extraction + math-verify comparison of one (response, reference) pair,
   returning a `VerifyResult` (score, reason, extracted answer, canonical form for voting).
+  Everything it does, extraction included, runs under its deadline.
 
 Timeouts and parallelism live in `sharpjax.rewards.pool` (`verify_batch`, `verify`):
 math-verify's own timeouts use `signal.alarm`, which only works in the main thread and
@@ -21,13 +30,18 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import numbers
 import re
 import signal
 import threading
+import time
+from collections.abc import Callable
 from typing import Literal
 
 __all__ = [
+    "VERIFIERS",
     "Fallback",
+    "Verifier",
     "VerifyReason",
     "VerifyResult",
     "extract_answer",
@@ -35,13 +49,23 @@ __all__ = [
     "verify_one",
 ]
 
-# How to find an answer when the response has no complete \boxed{...}:
+# How the reward is computed:
+#   "boxed":       our extraction (the last complete \\boxed{...}, then `Fallback`), the
+#                  reference as written (code-style literals like `3.83e35` read as numbers),
+#                  math-verify's comparison plus a relative check on numbers below 1.
+#   "math_verify": the paper's reward, NeMo RL's `hf_math_verify` (the authors' code):
+#                  math-verify's own extraction over the whole response (plain expressions
+#                  and LaTeX, boxed first), the reference wrapped as "\\boxed{" + ref + "}"
+#                  and parsed as LaTeX, `math_verify.verify` at 6 decimals, nothing else.
+Verifier = Literal["boxed", "math_verify"]
+VERIFIERS = ("boxed", "math_verify")
+
+# How to find an answer when the response has no complete \boxed{...} (verifier "boxed"):
 #   "none":        boxed only (the paper's prompt asks for \boxed{}; default).
 #   "answer_is":   then the text after the last "answer is" / "answer:".
 #   "last_number": then "answer is", then the last number in the response.
-#   "math_verify": no extraction of ours; math-verify's own extraction over the whole
-#                  response (boxed first, then any final LaTeX/plain expression). This is
-#                  what NeMo-RL's math verifier does, i.e. the paper's reward.
+#   "math_verify": then math-verify's own extraction over the whole response. A hybrid, not
+#                  the paper's reward: that is verifier="math_verify".
 Fallback = Literal["none", "answer_is", "last_number", "math_verify"]
 _FALLBACKS = ("none", "answer_is", "last_number", "math_verify")
 
@@ -79,6 +103,10 @@ class VerifyResult:
 # --------------------------------------------------------------------------- extraction
 
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)\b")
+# What brace matching looks at: a backslash with the character it escapes, or a brace.
+_BRACE_TOKEN_RE = re.compile(r"\\.|[{}]", re.DOTALL)
+_SPACES_RE = re.compile(r" *")
+_TEX_TOKEN_RE = re.compile(r"[^\s$]+")
 
 
 def _match_braces(text: str, start: int) -> int | None:
@@ -89,21 +117,34 @@ def _match_braces(text: str, start: int) -> int | None:
     break followed by a group (`\\\\{2}` in a matrix) still opens a group.
     """
     depth = 0
-    i = start
-    n = len(text)
-    while i < n:
-        ch = text[i]
-        if ch == "\\":
-            i += 2
-            continue
+    for m in _BRACE_TOKEN_RE.finditer(text, start):
+        ch = m.group()
         if ch == "{":
             depth += 1
         elif ch == "}":
             depth -= 1
             if depth == 0:
-                return i + 1
-        i += 1
+                return m.end()
     return None
+
+
+def _closing_braces(text: str) -> dict[int, int]:
+    """Every '{' of `text` that is closed -> the index just past its '}', in one pass.
+
+    The same matching as `_match_braces` from each '{' (a '{' that `_match_braces` would
+    start from is never escaped, so one left-to-right scan sees it too), but linear in
+    len(text) instead of linear per group: scanning from every unclosed `\\boxed{` of a
+    truncated response was quadratic (84 KB took 50 s).
+    """
+    stack: list[int] = []
+    close: dict[int, int] = {}
+    for m in _BRACE_TOKEN_RE.finditer(text):
+        ch = m.group()
+        if ch == "{":
+            stack.append(m.start())
+        elif ch == "}" and stack:
+            close[stack.pop()] = m.end()
+    return close
 
 
 def extract_boxed(text: str) -> str | None:
@@ -111,7 +152,7 @@ def extract_boxed(text: str) -> str | None:
 
     Handles nested braces and the brace-less form `\\boxed 5`. A box left unclosed (a
     response truncated at the length limit) is skipped in favour of the previous complete
-    one.
+    one. Time is linear in len(text), whatever it holds.
 
     Args:
       text: A model response or reference solution.
@@ -119,18 +160,21 @@ def extract_boxed(text: str) -> str | None:
     Returns:
       The stripped box content, or None if there is no complete, non-empty box.
     """
-    for m in reversed(list(_BOX_RE.finditer(text))):
-        i = m.end()
-        while i < len(text) and text[i] == " ":
-            i += 1
+    boxes = list(_BOX_RE.finditer(text))
+    close: dict[int, int] | None = None  # Built on the first box with a brace group.
+    for m in reversed(boxes):
+        # The spaces after each box end at the next box, so these scans add up to len(text).
+        i = _SPACES_RE.match(text, m.end()).end()
         if i < len(text) and text[i] == "{":
-            end = _match_braces(text, i)
+            if close is None:
+                close = _closing_braces(text)
+            end = close.get(i)
             if end is None:
                 continue
             content = text[i + 1 : end - 1].strip()
-        elif m.end() < len(text) and text[m.end()] == " ":
+        elif i > m.end():
             # `\boxed 5`: TeX takes the next token.
-            tok = re.match(r"[^\s$]+", text[i:])
+            tok = _TEX_TOKEN_RE.match(text, i)
             content = tok.group(0).rstrip(".,;") if tok else ""
         else:
             continue
@@ -140,13 +184,19 @@ def extract_boxed(text: str) -> str | None:
 
 
 _ANSWER_IS_RE = re.compile(
-    r"(?:final answer|answer)\s*(?:is|:)\s*:?\s*(.+?)(?:\.\s|\.?$|\n)", re.IGNORECASE | re.MULTILINE
+    # `(?:\s*:)?\s*`, not `\s*:?\s*`: two adjacent `\s*` split a long whitespace run in
+    # quadratically many ways before failing.
+    r"(?:final answer|answer)\s*(?:is|:)(?:\s*:)?\s*(.+?)(?:\.\s|\.?$|\n)",
+    re.IGNORECASE | re.MULTILINE,
 )
 _NUMBER_RE = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:\s*/\s*\d+)?|-?\.\d+")
 
 
 def extract_answer(response: str, *, fallback: Fallback = "none") -> str | None:
     """The final answer of a response.
+
+    Time is linear in len(response) (it runs in the caller: `verify_one` and the pool call it
+    under the item's deadline).
 
     Args:
       response: The model's response text.
@@ -206,7 +256,9 @@ def _clean_answer(ans: str) -> str:
 # `-1./3`, `np.arcsin(10/13)`): LaTeX parsing would read `e` as Euler's number and `np.` as
 # variables, so `3.83 \\times 10^{35}` would never match `3.83e35`. Only a whole answer that
 # is one such literal is rewritten.
-_SCI_RE = re.compile(r"^([-+]?(?:\d+\.?\d*|\.\d+))[eE]([-+]?\d+)$")
+# `\d+(?:\.\d*)?`, not `\d+\.?\d*`: the latter splits a digit run in quadratically many ways
+# before failing on a string with no exponent (30K digits took 16 s).
+_SCI_RE = re.compile(r"^([-+]?(?:\d+(?:\.\d*)?|\.\d+))[eE]([-+]?\d+)$")
 _CODE_FRACTION_RE = re.compile(r"^([-+]?\d+)\.?\s*/\s*(\d+)\.?$")
 _NUMPY_FN_RE = re.compile(r"\bnp\.(arcsin|arccos|arctan|sin|cos|tan|exp|log|pi)\b")
 
@@ -349,51 +401,150 @@ def wrap_reference(reference: str) -> str:
     return "\\boxed{" + _code_literal_to_latex(ref) + "}"
 
 
+def as_reference(reference) -> str:
+    """A reference answer as the string the verifier compares with.
+
+    Data sets often store integer answers as numbers (GSM8K, AIME): an int or float is
+    converted with `str()`; anything else that is not a string is an error (it used to score
+    0 without a word).
+
+    Raises:
+      TypeError: For a reference that is neither a string nor a real number.
+    """
+    if isinstance(reference, str):
+        return reference
+    if isinstance(reference, numbers.Real) and not isinstance(reference, bool):
+        return str(reference)
+    raise TypeError(
+        f"reference {reference!r} is a {type(reference).__name__}; pass the reference answer "
+        "as a string (an int or float is converted with str())."
+    )
+
+
+def check_modes(verifier: str, fallback: str) -> None:
+    """Raises ValueError for an unknown verifier or fallback, or a fallback the verifier ignores."""
+    if verifier not in VERIFIERS:
+        raise ValueError(f"verifier={verifier!r} is not one of {VERIFIERS}.")
+    if fallback not in _FALLBACKS:
+        raise ValueError(f"fallback={fallback!r} is not one of {_FALLBACKS}.")
+    if verifier == "math_verify" and fallback != "none":
+        raise ValueError(
+            f"fallback={fallback!r} applies to verifier='boxed' only; verifier='math_verify' "
+            "extracts with math-verify itself (use fallback='none')."
+        )
+
+
+class _Timer:
+    """One deadline shared by the phases of `verify_one` (None: no deadline)."""
+
+    def __init__(self, timeout_s: float | None) -> None:
+        self.end = None if timeout_s is None else time.monotonic() + timeout_s
+
+    def run(self, fn):
+        if self.end is None:
+            return fn()
+        left = self.end - time.monotonic()
+        if left <= 0:
+            raise _SoftTimeout()
+        return _call_with_alarm(fn, left)
+
+
+def _answer_of(pred: list) -> str | None:
+    """The answer string math-verify extracted (the last element of a parse), if any."""
+    for p in reversed(pred):
+        if isinstance(p, str) and p:
+            return p
+    return str(pred[0]) if pred else None
+
+
 def verify_one(
     response: str,
     reference: str,
     *,
+    verifier: Verifier = "boxed",
     fallback: Fallback = "none",
     timeout_s: float | None = 5.0,
-    extracted: str | None = None,
+    on_extracted: Callable[[str | None, str | None], None] | None = None,
 ) -> VerifyResult:
     """Verify one response against a bare reference answer, in this process.
 
-    The soft deadline (SIGALRM) only works in the main thread and cannot stop a long C-level
+    Everything runs under the deadline, extraction included: a phase that overruns it
+    (a 1 MB response, a pathological expression) ends with reason TIMEOUT. The soft
+    deadline (SIGALRM) only works in the main thread and cannot stop a long C-level
     computation; use `verify_batch` (worker processes with a hard kill) in training loops.
 
     Args:
       response: The model's full response.
-      reference: The reference answer as stored in the data files (not boxed).
-      fallback: Answer extraction fallback (see `Fallback`).
-      timeout_s: Soft per-item deadline in seconds for parsing + comparison; None: none.
-      extracted: A precomputed `extract_answer(response, fallback=fallback)` (the pool
-        extracts in the parent so a timed-out item still reports its answer).
+      reference: The reference answer as stored in the data files (not boxed); an int or
+        float is converted with `str()`.
+      verifier: "boxed" or "math_verify" (the paper's reward); see `Verifier`.
+      fallback: Answer extraction fallback of verifier "boxed" (see `Fallback`).
+      timeout_s: Soft per-item deadline in seconds for extraction + parsing + comparison;
+        None: none.
+      on_extracted: Called (outside the deadline's signal) with (extracted answer, its
+        normalized form) once the answer is extracted and before it is parsed and compared,
+        so a caller that kills this process at its hard deadline still knows the answer.
 
     Returns:
       The `VerifyResult`.
+
+    Raises:
+      TypeError: For a reference that is neither a string nor a number, or a non-string
+        response.
+      ValueError: For an unknown verifier or fallback.
     """
-    if extracted is None:
-        extracted = extract_answer(response, fallback=fallback)
+    if not isinstance(response, str):
+        raise TypeError(f"response is a {type(response).__name__}; pass the response text (str).")
+    reference = as_reference(reference)
+    check_modes(verifier, fallback)
+    timer = _Timer(timeout_s)
+    known: list = [None, None]  # (extracted, canonical) once known: what a timeout reports.
+
+    try:
+        if verifier == "math_verify":
+            return _verify_paper(response, reference, timer, known, on_extracted)
+        return _verify_boxed(response, reference, fallback, timer, known, on_extracted)
+    except _SoftTimeout:
+        return VerifyResult(0.0, VerifyReason.TIMEOUT, known[0], known[1])
+    except RecursionError:
+        return VerifyResult(0.0, VerifyReason.PARSE_ERROR, known[0], known[1])
+
+
+def _report(known: list, on_extracted, extracted: str | None, canonical: str | None) -> None:
+    known[0], known[1] = extracted, canonical
+    if on_extracted is not None:
+        on_extracted(extracted, canonical)
+
+
+def _verify_boxed(response, reference, fallback, timer, known, on_extracted) -> VerifyResult:
+    """Verifier "boxed": our extraction, then math-verify on the cleaned answer."""
+
+    def extract():
+        ext = extract_answer(response, fallback=fallback)
+        if ext is None:
+            return None, None, None
+        return ext, normalize_string(ext), _clean_answer(ext)
+
+    extracted, normalized, cleaned = timer.run(extract)
+    _report(known, on_extracted, extracted, normalized)
     if extracted is None and fallback != "math_verify":
         return VerifyResult(0.0, VerifyReason.NO_ANSWER, None, None)
-    if extracted is not None:
-        cleaned = _clean_answer(extracted)
+    if cleaned is not None:
         pred_text = "\\boxed{" + cleaned + "}"
         canonical_fallback = cleaned
     else:
-        pred_text = response  # math_verify mode, no box: math-verify extracts.
+        pred_text = response  # fallback "math_verify", no box: math-verify extracts.
         canonical_fallback = None
 
     def work() -> VerifyResult:
-        if extracted is not None and normalize_string(extracted) == normalize_string(reference):
+        if extracted is not None and normalized == normalize_string(reference):
             # Identical up to formatting: correct even when sympy cannot parse it (text).
             canon = _canonical(_parse(pred_text), extracted)
             return VerifyResult(1.0, VerifyReason.CORRECT, extracted, canon)
         pred = _parse(pred_text)
         if canonical_fallback is None and not pred:
             return VerifyResult(0.0, VerifyReason.NO_ANSWER, None, None)
-        ext = extracted if extracted is not None else (str(pred[-1]) if pred else None)
+        ext = extracted if extracted is not None else _answer_of(pred)
         canon = _canonical(pred, canonical_fallback if canonical_fallback is not None else ext)
         gold = _parse(wrap_reference(reference))
         if not pred or not gold:
@@ -402,11 +553,47 @@ def verify_one(
             return VerifyResult(1.0, VerifyReason.CORRECT, ext, canon)
         return VerifyResult(0.0, VerifyReason.MISMATCH, ext, canon)
 
+    return timer.run(work)
+
+
+def _verify_paper(response, reference, timer, known, on_extracted) -> VerifyResult:
+    """Verifier "math_verify": NeMo RL's `hf_math_verify`, which the paper's runs used.
+
+    `math_metric(gold_extraction_target=(LatexExtractionConfig(),),
+    pred_extraction_target=(ExprExtractionConfig(), LatexExtractionConfig()))` called on
+    (["\\boxed{" + ground_truth + "}"], [response]): the same parses and `verify` at 6
+    decimals here, with our deadline instead of math-verify's own (its SIGALRM would cancel
+    ours). An exception scores 0, as there.
+    """
+    mv = _mv()
+    from math_verify.parser import ExprExtractionConfig, LatexExtractionConfig
+
+    def extract():
+        pred = mv.parse(
+            response, (ExprExtractionConfig(), LatexExtractionConfig()), parsing_timeout=None
+        )
+        # str() of a sympy expression can be slow too (math_metric bounds it with a timeout).
+        return pred, _answer_of(pred), (str(pred[0]) if pred else None)
+
     try:
-        return _call_with_alarm(work, timeout_s)
-    except _SoftTimeout:
-        canon = normalize_string(extracted) if extracted is not None else None
-        return VerifyResult(0.0, VerifyReason.TIMEOUT, extracted, canon)
-    except RecursionError:
-        canon = normalize_string(extracted) if extracted is not None else None
+        pred, extracted, canon = timer.run(extract)
+    except Exception:
+        return VerifyResult(0.0, VerifyReason.PARSE_ERROR, None, None)
+    _report(known, on_extracted, extracted, canon)
+    if not pred:
+        return VerifyResult(0.0, VerifyReason.NO_ANSWER, None, None)
+
+    def work() -> VerifyResult:
+        gold = mv.parse(
+            "\\boxed{" + reference + "}", (LatexExtractionConfig(),), parsing_timeout=None
+        )
+        if not gold:  # math_metric raises here; NeMo RL scores the exception 0.
+            return VerifyResult(0.0, VerifyReason.PARSE_ERROR, extracted, canon)
+        if mv.verify(gold, pred, 6, timeout_seconds=None):
+            return VerifyResult(1.0, VerifyReason.CORRECT, extracted, canon)
+        return VerifyResult(0.0, VerifyReason.MISMATCH, extracted, canon)
+
+    try:
+        return timer.run(work)
+    except Exception:
         return VerifyResult(0.0, VerifyReason.PARSE_ERROR, extracted, canon)

@@ -1,7 +1,9 @@
 """Parallel, hang-proof verification: worker processes with a hard per-item deadline.
 
-Each worker verifies one item at a time (`verify_one`, with a soft SIGALRM deadline of
-`timeout_s` that works there because it runs in the worker's main thread). The parent gives
+Each worker verifies one item at a time (`verify_one`, extraction included, with a soft
+SIGALRM deadline of `timeout_s` that works there because it runs in the worker's main
+thread); it reports the extracted answer before parsing it, so an item killed later still
+reports its answer. The parent does no work per item beyond sending it. The parent gives
 each item a hard deadline of `timeout_s + grace_s`; a worker that overruns it (a C-level
 computation such as `9^{9^{9^{9^9}}}` ignores signals) is killed and replaced, and the item
 scores 0 with reason TIMEOUT. A worker that dies (segfault, OOM) is replaced too and its
@@ -31,10 +33,11 @@ from collections.abc import Sequence
 
 from sharpjax.rewards.math import (
     Fallback,
+    Verifier,
     VerifyReason,
     VerifyResult,
-    extract_answer,
-    normalize_string,
+    as_reference,
+    check_modes,
     verify_one,
 )
 
@@ -42,12 +45,17 @@ __all__ = ["VerifierPool", "default_num_workers", "verify", "verify_batch"]
 
 logger = logging.getLogger(__name__)
 
+# Worker -> parent messages: _READY once; then per item (_EXTRACTED, index, answer, canonical)
+# as soon as its answer is extracted, and (_RESULT, index, result fields) at the end.
 _READY = "ready"
+_EXTRACTED = "extracted"
+_RESULT = "result"
 
 
 def _worker_main(fd: int) -> None:
-    """Worker loop over a socket: receive (index, response, reference, extracted, fallback,
-    timeout_s), send (index, result fields). Exits on EOF (the parent went away) or None."""
+    """Worker loop over a socket: receive (index, response, reference, verifier, fallback,
+    timeout_s), send the extracted answer, then the result. Exits on EOF (the parent went
+    away) or None."""
     from sharpjax.rewards import math as rmath
 
     conn = mp_connection.Connection(fd)
@@ -61,16 +69,26 @@ def _worker_main(fd: int) -> None:
             return
         if msg is None:
             return
-        idx, response, reference, extracted, fallback, timeout_s = msg
+        idx, response, reference, verifier, fallback, timeout_s = msg
+        known = [None, None]
+
+        def report(ext, canon, idx=idx, known=known):
+            known[0], known[1] = ext, canon
+            conn.send((_EXTRACTED, idx, ext, canon))
+
         try:
             res = rmath.verify_one(
-                response, reference, fallback=fallback, timeout_s=timeout_s, extracted=extracted
+                response,
+                reference,
+                verifier=verifier,
+                fallback=fallback,
+                timeout_s=timeout_s,
+                on_extracted=report,
             )
         except Exception:  # Never let one item take the worker down.
             logger.debug("verify_one failed", exc_info=True)
-            canon = rmath.normalize_string(extracted) if extracted is not None else None
-            res = rmath.VerifyResult(0.0, rmath.VerifyReason.PARSE_ERROR, extracted, canon)
-        conn.send((idx, (res.score, res.reason.value, res.extracted, res.canonical)))
+            res = rmath.VerifyResult(0.0, rmath.VerifyReason.PARSE_ERROR, known[0], known[1])
+        conn.send((_RESULT, idx, (res.score, res.reason.value, res.extracted, res.canonical)))
 
 
 def _package_root() -> str:
@@ -189,38 +207,28 @@ class VerifierPool:
         references: Sequence[str],
         *,
         timeout_s: float = 5.0,
+        verifier: Verifier = "boxed",
         fallback: Fallback = "none",
     ) -> list[VerifyResult]:
         """See `sharpjax.rewards.verify_batch`."""
-        if len(responses) != len(references):
-            raise ValueError(
-                f"responses and references differ in length: {len(responses)} vs "
-                f"{len(references)}; pass one reference per response (repeat a problem's "
-                "reference for each of its samples)."
-            )
-        if timeout_s <= 0:
-            raise ValueError(f"timeout_s must be > 0, got {timeout_s}.")
-        results: list[VerifyResult | None] = [None] * len(responses)
-        extracted: list[str | None] = []
-        pending: collections.deque[int] = collections.deque()
-        for i, resp in enumerate(responses):
-            ext = extract_answer(resp, fallback=fallback)
-            extracted.append(ext)
-            if ext is None and fallback != "math_verify":
-                results[i] = VerifyResult(0.0, VerifyReason.NO_ANSWER, None, None)
-            else:
-                pending.append(i)
-        if not pending:
-            return results  # type: ignore[return-value]
+        refs = _check_batch(responses, references, timeout_s, verifier, fallback)
+        n = len(responses)
+        results: list[VerifyResult | None] = [None] * n
+        if not n:
+            return []
+        # The answer and its normalized form, as each worker reports them (before the slow
+        # part): what an item killed at its hard deadline reports. The parent itself does
+        # nothing with the response but send it, so its time is bounded whatever the input.
+        extracted: list[str | None] = [None] * n
+        canonical: list[str | None] = [None] * n
+        pending: collections.deque[int] = collections.deque(range(n))
 
         def fail(i: int, reason: VerifyReason) -> None:
-            ext = extracted[i]
-            canon = normalize_string(ext) if ext is not None else None
-            results[i] = VerifyResult(0.0, reason, ext, canon)
+            results[i] = VerifyResult(0.0, reason, extracted[i], canonical[i])
 
         with self._lock:
-            self._ensure(len(pending))
-            remaining = len(pending)
+            self._ensure(n)
+            remaining = n
             while remaining:
                 now = time.monotonic()
                 for w in self._workers:
@@ -230,8 +238,8 @@ class VerifierPool:
                             (
                                 i,
                                 responses[i],
-                                references[i],
-                                extracted[i],
+                                refs[i],
+                                verifier,
                                 fallback,
                                 timeout_s if self.soft_timeout else None,
                             )
@@ -267,7 +275,10 @@ class VerifierPool:
                         w.ready = True
                         self._start_failures = 0
                         continue
-                    i, (score, reason, ext, canon) = msg
+                    if msg[0] == _EXTRACTED:
+                        _, i, extracted[i], canonical[i] = msg
+                        continue
+                    _, i, (score, reason, ext, canon) = msg
                     results[i] = VerifyResult(score, VerifyReason(reason), ext, canon)
                     w.task = None
                     remaining -= 1
@@ -283,6 +294,23 @@ class VerifierPool:
                         remaining -= 1
                         self._replace(w)
         return results  # type: ignore[return-value]
+
+
+def _check_batch(responses, references, timeout_s, verifier, fallback) -> list[str]:
+    """Checks a batch's arguments; returns the references as strings (see `as_reference`)."""
+    if len(responses) != len(references):
+        raise ValueError(
+            f"responses and references differ in length: {len(responses)} vs "
+            f"{len(references)}; pass one reference per response (repeat a problem's "
+            "reference for each of its samples)."
+        )
+    if not timeout_s > 0:
+        raise ValueError(f"timeout_s must be > 0, got {timeout_s}.")
+    check_modes(verifier, fallback)
+    for r in responses:
+        if not isinstance(r, str):
+            raise TypeError(f"a response is a {type(r).__name__}; pass response texts (str).")
+    return [as_reference(ref) for ref in references]
 
 
 _POOLS: dict[int, VerifierPool] = {}
@@ -306,51 +334,63 @@ def _close_pools() -> None:
 
 def verify_batch(
     responses: Sequence[str],
-    references: Sequence[str],
+    references: Sequence[str | int | float],
     *,
     timeout_s: float = 5.0,
     num_workers: int | None = None,
+    verifier: Verifier = "boxed",
     fallback: Fallback = "none",
 ) -> list[VerifyResult]:
     """Verify many responses against their references in parallel processes.
 
+    Wall time is bounded whatever the responses hold: each item's extraction, parsing and
+    comparison run in a worker under the soft deadline `timeout_s`, and a worker still busy
+    at `timeout_s + 1 s` is killed and replaced. The calling process only sends the texts
+    (nothing is capped: a 1 MB response costs milliseconds here).
+
     Args:
       responses: Model responses.
-      references: One bare reference answer per response (as in the data files).
-      timeout_s: Per-item deadline in seconds for parsing + comparison. An item that
-        overruns it scores 0 with reason TIMEOUT; a worker stuck past `timeout_s + 1 s` is
-        killed and replaced, so a pathological expression never hangs the caller.
+      references: One bare reference answer per response (as in the data files); ints and
+        floats are converted with `str()`.
+      timeout_s: Per-item deadline in seconds for extraction + parsing + comparison. An item
+        that overruns it scores 0 with reason TIMEOUT; a worker stuck past `timeout_s + 1 s`
+        is killed and replaced, so a pathological expression never hangs the caller.
       num_workers: Worker processes; None: `default_num_workers()`. 0 runs in this process
         with only the soft SIGALRM deadline (main thread only, cannot interrupt C code).
-      fallback: Answer extraction fallback (see `sharpjax.rewards.math.Fallback`).
+      verifier: "boxed" (default) or "math_verify", the paper's reward (see
+        `sharpjax.rewards.math.Verifier`).
+      fallback: Answer extraction fallback of verifier "boxed" (see
+        `sharpjax.rewards.math.Fallback`).
 
     Returns:
       One `VerifyResult` per response, in order.
+
+    Raises:
+      ValueError: For mismatched lengths, a non-positive timeout, an unknown verifier or
+        fallback.
+      TypeError: For a reference that is not a string or a number, or a non-string response.
     """
     if num_workers is None:
         num_workers = default_num_workers()
     if num_workers < 0:
         raise ValueError(f"num_workers must be >= 0, got {num_workers}.")
     if num_workers == 0:
-        if len(responses) != len(references):
-            raise ValueError(
-                f"responses and references differ in length: {len(responses)} vs "
-                f"{len(references)}."
-            )
+        refs = _check_batch(responses, references, timeout_s, verifier, fallback)
         return [
-            verify_one(r, ref, fallback=fallback, timeout_s=timeout_s)
-            for r, ref in zip(responses, references)
+            verify_one(r, ref, verifier=verifier, fallback=fallback, timeout_s=timeout_s)
+            for r, ref in zip(responses, refs)
         ]
     return _shared_pool(num_workers).verify_batch(
-        responses, references, timeout_s=timeout_s, fallback=fallback
+        responses, references, timeout_s=timeout_s, verifier=verifier, fallback=fallback
     )
 
 
 def verify(
     response: str,
-    reference: str,
+    reference: str | int | float,
     *,
     timeout_s: float = 5.0,
+    verifier: Verifier = "boxed",
     fallback: Fallback = "none",
 ) -> float:
     """The task reward r(x, y): 1.0 if the response's final answer matches the reference.
@@ -358,14 +398,17 @@ def verify(
     Runs in a (shared, reused) worker process with a hard deadline, so it never hangs.
 
     Args:
-      response: The model's full response; its last `\\boxed{...}` is the answer.
-      reference: The bare reference answer as stored in the data files (not boxed).
+      response: The model's full response; with verifier "boxed" its last `\\boxed{...}` is
+        the answer, with "math_verify" math-verify extracts it from the whole text.
+      reference: The bare reference answer as stored in the data files (not boxed); an int
+        or float is converted with `str()`.
       timeout_s: Per-call deadline in seconds; an overrun scores 0.
+      verifier: "boxed" or "math_verify" (the paper's reward); see `verify_batch`.
       fallback: Answer extraction fallback (see `sharpjax.rewards.math.Fallback`).
 
     Returns:
       1.0 or 0.0.
     """
     return verify_batch(
-        [response], [reference], timeout_s=timeout_s, fallback=fallback
+        [response], [reference], timeout_s=timeout_s, verifier=verifier, fallback=fallback
     )[0].score

@@ -3,7 +3,9 @@
 The prefill runs once per prompt; its cache is repeated for the G samples of the RLOO
 group. Each decode step samples one token per row, records its log-prob under the policy at
 temperature 1 (what the loss and the -L_pol reward need), and stops early once every row
-has emitted a stop token (unless `ignore_eos`, the paper's fixed-length runs).
+has emitted a stop token (unless `ignore_eos`, the paper's fixed-length runs). A step
+(`decode_step`) reads per-layer weights sliced once before the loop, and on one GPU its
+attention reads only each row's filled cache slots (`SamplingConfig.decode_attention`).
 
 Shape letters: B rows (prompts x samples), P prompt length, M max new tokens, S = P + M
 cache slots, V vocab.
@@ -20,7 +22,15 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
 from sharpjax.models.config import ModelConfig
-from sharpjax.models.transformer import KVCache, Params, forward, logits
+from sharpjax.models.transformer import (
+    DECODE_ATTENTION,
+    KVCache,
+    Params,
+    decode_step,
+    forward,
+    logits,
+    unstack_layers,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +47,11 @@ class SamplingConfig:
       ignore_eos: never stop early; every response has M tokens (fixed-length runs).
       stop_token_ids: ids that end a response (EOS / end-of-turn); included in the response.
       pad_id: id written after a response ends.
+      decode_attention: "auto" (on a single NVIDIA GPU, a Pallas kernel that reads only
+        each row's filled cache slots; on several devices, on other backends, or when P + M
+        is not a multiple of 16, the dense XLA attention), "xla" (always dense), or
+        "pallas_interpret" (the kernel in Pallas' interpreter: slow, for tests). Prompts
+        must be left-padded.
     """
 
     max_new_tokens: int = 64
@@ -48,6 +63,7 @@ class SamplingConfig:
     ignore_eos: bool = False
     stop_token_ids: tuple[int, ...] = ()
     pad_id: int = 0
+    decode_attention: str = "auto"
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
@@ -60,6 +76,8 @@ class SamplingConfig:
             raise ValueError(f"top_p={self.top_p} must be in (0, 1].")
         if self.top_k < 0:
             raise ValueError(f"top_k={self.top_k} must be >= 0 (0 disables it).")
+        if self.decode_attention not in DECODE_ATTENTION:
+            raise ValueError(f"decode_attention={self.decode_attention!r}; expected one of {DECODE_ATTENTION}.")
         if not self.ignore_eos and not self.stop_token_ids:
             raise ValueError("stop_token_ids is empty: give the EOS/end-of-turn ids, or set ignore_eos=True.")
 
@@ -205,6 +223,7 @@ def sample(
     *,
     config: ModelConfig,
     sampling: SamplingConfig,
+    max_new_tokens_B: Int[Array, " B"] | None = None,
 ) -> RolloutBatch:
     """Samples `sampling.num_samples` responses for each left-padded prompt.
 
@@ -215,6 +234,10 @@ def sample(
       key: PRNG key; the same key gives the same samples.
       config: the architecture.
       sampling: sampling parameters.
+      max_new_tokens_B: optional per-row budgets (<= M) over the B = Bp * G output rows: row b
+        stops after that many tokens (`finished` stays False unless a stop token ended it), and
+        the loop ends once every row is stopped or out of budget. Power sampling
+        (`sharpjax.rollout.power`) resamples suffixes of different lengths in one call.
 
     Returns:
       A `RolloutBatch` with B = Bp * G rows; rows i*G .. i*G+G-1 answer prompt i.
@@ -238,31 +261,39 @@ def sample(
     cache = cache.repeat_rows(g)
     key_mask_BS = repeat(key_mask_BpS)
     prompt_len_B = repeat(prompt_len_Bp)
+    # Left padding: row b's real slots are [P - prompt_len_b, cache.index].
+    first_slot_B = p - prompt_len_B
     stop_ids = jnp.asarray(sampling.stop_token_ids or (-1,), jnp.int32)
+    # Per-layer weights sliced once here: a w[i] inside the loop body is copied every step.
+    layers = unstack_layers(params, config.num_layers)
+    budget_B = jnp.full((b,), m, jnp.int32) if max_new_tokens_B is None else jnp.asarray(max_new_tokens_B, jnp.int32)
 
     def cond(state: _State):
-        return (state.step < m) & ~jnp.all(state.done)
+        return (state.step < m) & ~jnp.all(state.done | (state.step >= budget_B))
 
     def body(state: _State):
         key, step_key = jax.random.split(state.key)
         token_B, logprob_B, sampling_logprob_B = _next_token(state.logits, step_key, sampling)
-        alive_B = ~state.done
+        alive_B = ~state.done & (state.step < budget_B)
         token_B = jnp.where(alive_B, token_B, sampling.pad_id)
         write = lambda buf, x: jax.lax.dynamic_update_slice(buf, x[:, None], (0, state.step))  # noqa: E731
         is_stop_B = jnp.isin(token_B, stop_ids) & (not sampling.ignore_eos)
-        hidden_B1D, cache = forward(
+        hidden_BD, cache = decode_step(
             params,
-            token_B[:, None],
+            layers,
+            token_B,
             config=config,
-            positions_BT=(prompt_len_B + state.step)[:, None],
+            positions_B=prompt_len_B + state.step,
             key_mask_BS=key_mask_BS,
             cache=state.cache,
+            first_slot_B=first_slot_B,
+            attention=sampling.decode_attention,
         )
         return _State(
             step=state.step + 1,
             key=key,
             cache=cache,
-            logits=logits(params, hidden_B1D)[:, 0],
+            logits=logits(params, hidden_BD[:, None])[:, 0],
             tokens=write(state.tokens, token_B),
             logprobs=write(state.logprobs, jnp.where(alive_B, logprob_B, 0.0)),
             sampling_logprobs=write(state.sampling_logprobs, jnp.where(alive_B, sampling_logprob_B, 0.0)),

@@ -24,5 +24,5 @@ def build_task(config, tokenizer) -> Task:
         train=train,
         validation=validation,
         render=functools.partial(render_prompt, tokenizer),
-        verify=verify_batch,
+        verify=functools.partial(verify_batch, verifier=data.verifier),
     )

@@ -95,6 +95,9 @@ def main(argv):
         from sharpjax.train.trainer import train
 
         maybe_initialize_distributed()
+        from sharpjax.plan import preflight
+
+        print(preflight(run), flush=True)  # before any weights load: a run that cannot fit stops here
         result = train(run, _WORKDIR.value, config_dict=config_dict.to_dict(), stop_after=_STOP_AFTER.value)
     except SharpjaxError as e:
         _fail(str(e))

@@ -25,6 +25,7 @@ __all__ = [
     "EvalConfig",
     "MeshConfig",
     "OptimConfig",
+    "PlanConfig",
     "RolloutConfig",
     "RunConfig",
     "TrainConfig",
@@ -90,6 +91,8 @@ class RolloutConfig:
       max_new_tokens: fixed response budget (None: derived from `max_total_length`).
       ignore_eos: the paper's "fixed-length" variant: every response has the maximum length.
       prompt_buckets: prompt lengths are padded up to one of these (one compile per bucket).
+      chunk_prompts: prompts per sampler call (None: all of the step's prompts in one call);
+        the KV cache scales with it, so a smaller chunk fits a long budget on fewer devices.
     """
 
     prompts_per_step: int = 32
@@ -101,6 +104,7 @@ class RolloutConfig:
     top_k: int = 0
     ignore_eos: bool = False
     prompt_buckets: tuple[int, ...] = (64, 128, 256, 512, 1024)
+    chunk_prompts: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,6 +120,10 @@ class DataConfig:
       validation: the held-out benchmarks evaluated every `eval.every` steps.
       num_train_problems / num_validation_problems: arithmetic task sizes (generated).
       difficulty: arithmetic task difficulty preset name.
+      verifier: how the "math" task scores answers (`sharpjax.rewards.Verifier`), in training
+        and validation: "boxed" (our last-`\\boxed{}` extraction) or "math_verify" (the
+        paper's reward: NeMo RL's `hf_math_verify`, math-verify over the whole response;
+        `experiments/rl_math.py` sets it).
     """
 
     task: str = "math"
@@ -127,6 +135,7 @@ class DataConfig:
     num_train_problems: int = 2000
     num_validation_problems: int = 64
     difficulty: str = "default"
+    verifier: str = "boxed"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,6 +168,10 @@ class TrainConfig:
       micro_batches: gradient accumulation inside the step.
       remat: per-layer activation checkpointing, "none" | "full" | "dots".
       logits_chunk: positions per chunk of the vocabulary projection.
+      tokens_per_micro_batch: tokens per device in one pass of the reference model's scoring
+        of a step (rows per pass = this // sequence length, at least 1): bounds its memory
+        whatever the batch; the result is the same up to fp32 summation order. The default
+        scores the toy presets' batches in one pass.
       checkpoint_every: steps between checkpoints (validation steps also checkpoint).
       keep_last: checkpoints kept besides the best one.
       score_reference_always: also score the frozen base model when the reward does not need
@@ -176,6 +189,7 @@ class TrainConfig:
     micro_batches: int = 1
     remat: str = "full"
     logits_chunk: int = 256
+    tokens_per_micro_batch: int = 65536
     checkpoint_every: int = 20
     keep_last: int = 2
     score_reference_always: bool = True
@@ -195,6 +209,25 @@ class MeshConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class PlanConfig:
+    """The launcher's fit check (`sharpjax.plan`), run before any weights are loaded.
+
+    Attributes:
+      target: GPU target the run is sized for, e.g. "h100x4" (None: the local GPU's memory;
+        no check on a CPU).
+      method: "auto" (XLA's compile-only GPU plan when the jax-cuda12 plugin imports, else
+        analytic), "aot", "analytic", or "off".
+      max_memory_fraction: refuse the run above this fraction of the device's memory.
+      device_memory_gb: override of the device's memory in GiB (None: the target's).
+    """
+
+    target: str | None = None
+    method: str = "auto"
+    max_memory_fraction: float = 0.9
+    device_memory_gb: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class RunConfig:
     """Everything a training run needs, validated. Build with `from_config_dict`."""
 
@@ -209,6 +242,7 @@ class RunConfig:
     eval: EvalConfig = EvalConfig()
     train: TrainConfig = TrainConfig()
     mesh: MeshConfig = MeshConfig()
+    plan: PlanConfig = PlanConfig()
 
     @classmethod
     def from_config_dict(cls, config: Mapping[str, Any]) -> RunConfig:
@@ -242,6 +276,7 @@ class RunConfig:
         _positive(t.keep_last, "config.train.keep_last")
         _positive(t.log_every, "config.train.log_every")
         _positive(t.logits_chunk, "config.train.logits_chunk")
+        _positive(t.tokens_per_micro_batch, "config.train.tokens_per_micro_batch")
         _positive(t.max_skipped_updates, "config.train.max_skipped_updates")
         if t.remat not in ("none", "full", "dots"):
             raise ConfigError(f"config.train.remat={t.remat!r} must be one of 'none', 'full', 'dots'.")
@@ -253,8 +288,23 @@ class RunConfig:
             raise ConfigError(f"config.eval.metric={e.metric!r} must be 'pass@k' or 'maj@k' (e.g. 'pass@1').")
         if self.data.task not in ("math", "arithmetic"):
             raise ConfigError(f"config.data.task={self.data.task!r} must be 'math' or 'arithmetic'.")
+        if self.data.verifier not in ("boxed", "math_verify"):
+            raise ConfigError(
+                f"config.data.verifier={self.data.verifier!r} must be 'boxed' or 'math_verify' (the paper's)."
+            )
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ConfigError(f"config.dtype={self.dtype!r} must be 'float32', 'bfloat16' or 'float16'.")
+        if r.chunk_prompts is not None:
+            _positive(r.chunk_prompts, "config.rollout.chunk_prompts")
+            if r.prompts_per_step % r.chunk_prompts:
+                raise ConfigError(
+                    f"config.rollout.chunk_prompts={r.chunk_prompts} must divide "
+                    f"config.rollout.prompts_per_step={r.prompts_per_step}."
+                )
+        if self.plan.method not in ("auto", "aot", "analytic", "off"):
+            raise ConfigError(f"config.plan.method={self.plan.method!r} must be 'auto', 'aot', 'analytic' or 'off'.")
+        if not 0 < self.plan.max_memory_fraction <= 1:
+            raise ConfigError(f"config.plan.max_memory_fraction={self.plan.max_memory_fraction} must be in (0, 1].")
         batch = r.prompts_per_step * r.samples_per_prompt
         if batch % t.micro_batches:
             raise ConfigError(
@@ -295,6 +345,11 @@ class RunConfig:
         if r.prompts_per_step % (data * fsdp):
             raise ConfigError(
                 f"config.rollout.prompts_per_step={r.prompts_per_step} is not divisible by the mesh's "
+                f"data x fsdp = {data * fsdp} (the sampler shards prompts over them)."
+            )
+        if r.chunk_prompts is not None and r.chunk_prompts % (data * fsdp):
+            raise ConfigError(
+                f"config.rollout.chunk_prompts={r.chunk_prompts} is not divisible by the mesh's "
                 f"data x fsdp = {data * fsdp} (the sampler shards prompts over them)."
             )
 

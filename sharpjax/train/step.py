@@ -34,7 +34,7 @@ from sharpjax.models.transformer import Params
 from sharpjax.parallel import batch_sharding, replicated
 from sharpjax.rewards import RewardConfig, make_reward
 from sharpjax.rollout.sampler import RolloutBatch
-from sharpjax.rollout.scoring import score_tokens
+from sharpjax.rollout.scoring import rows_per_micro_batch, score_tokens
 from sharpjax.train.config import OptimConfig
 from sharpjax.train.optim import make_optimizer, make_schedule
 
@@ -232,12 +232,19 @@ def compute_rewards(
     group_size: int,
     logits_chunk: int = 256,
     score_reference: bool = False,
+    tokens_per_micro_batch: int | None = None,
+    row_shards: int = 1,
 ) -> ScoredRollout:
     """R = w_task r + w_ref L_ref - w_pol L_pol per response, RLOO advantages, the loss batch.
 
     L_ref is scored under the frozen reference params (skipped when neither the reward nor
     a KL term needs it, unless `score_reference`: then it is only logged, e.g. for the
     KL(pi || base) curve); L_pol is the sampler's own log-probs at temperature 1.
+
+    The reference pass covers every row of the step; with `tokens_per_micro_batch` (tokens
+    per device, `train.tokens_per_micro_batch`) it runs a row micro-batch at a time so its
+    activation memory is bounded whatever the batch (`rows_per_micro_batch`; `row_shards`:
+    devices the rows are sharded over). None: all rows in one pass.
     """
     needs_ref = reward.needs_ref_logprobs or loss.kl_coef > 0 or score_reference
     if needs_ref and ref_params is None:
@@ -245,9 +252,14 @@ def compute_rewards(
     mask = rollout.response_mask
     ref_logp = None
     if needs_ref:
+        rows = None
+        if tokens_per_micro_batch is not None:
+            rows = rows_per_micro_batch(
+                *rollout.tokens.shape, tokens_per_micro_batch=tokens_per_micro_batch, row_shards=row_shards
+            )
         ref_logp = score_tokens(
             cast_params(ref_params, model.jnp_dtype), rollout.tokens, rollout.attention_mask, config=model,
-            chunk_size=logits_chunk,
+            chunk_size=logits_chunk, micro_batch_rows=rows,
         )
     out = make_reward(reward)(
         mask_BT=mask,

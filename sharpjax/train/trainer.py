@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import signal
 import threading
@@ -34,7 +35,16 @@ from sharpjax.errors import TrainingDiverged
 from sharpjax.models.hf import load_model, save_model
 from sharpjax.models.tokenizer import bucket_length, load_tokenizer
 from sharpjax.models.transformer import Params
-from sharpjax.parallel import batch_sharding, make_mesh, param_shardings, put_global, replicated, shard_params, to_host
+from sharpjax.parallel import (
+    BATCH_AXES,
+    batch_sharding,
+    make_mesh,
+    param_shardings,
+    put_global,
+    replicated,
+    shard_params,
+    to_host,
+)
 from sharpjax.rollout.sampler import SamplingConfig, sample, sampling_config_for, trim_padding
 from sharpjax.rollout.text import decode_responses, encode_prompts
 from sharpjax.tasks import Task, build_task
@@ -115,7 +125,9 @@ def _sampling(config: RunConfig, model_config, tokenizer, prompt_len: int, *, ev
 
 
 # Settings a resumed run may change: extending a run is a resume with more steps.
-RESUMABLE_CHANGES = frozenset({"train.steps", "optim.total_steps", "train.max_skipped_updates"})
+RESUMABLE_CHANGES = frozenset(
+    {"train.steps", "optim.total_steps", "train.tokens_per_micro_batch", "train.max_skipped_updates"}
+)
 
 
 def _changed_settings(saved: dict, current: dict) -> list[tuple[str, Any, Any]]:
@@ -174,6 +186,10 @@ class Trainer:
         config.check_against(context_length=self.model.max_position_embeddings, num_devices=jax.device_count())
         data, fsdp, tensor = config.mesh_shape(jax.device_count())
         self.mesh = make_mesh(data, fsdp, tensor) if jax.device_count() > 1 else None
+        if self.model.num_kv_heads % tensor and self.model.attention == "auto":
+            # cuDNN flash attention needs q, k and v sharded alike, and a tensor axis that does
+            # not divide the kv heads leaves k and v replicated while q is split: use XLA's.
+            self.model = self.model.replace(attention="xla")
         shardings = param_shardings(self.model, self.mesh) if self.mesh is not None else None
         if shardings is not None:
             params = shard_params(params, shardings)
@@ -202,7 +218,8 @@ class Trainer:
         self._train_step = make_train_step(self.step_config, self.state, self.mesh)
         self._rewards = jax.jit(
             compute_rewards,
-            static_argnames=("model", "reward", "loss", "group_size", "logits_chunk", "score_reference"),
+            static_argnames=("model", "reward", "loss", "group_size", "logits_chunk", "score_reference",
+                             "tokens_per_micro_batch", "row_shards"),
         )
         self.base_key = jax.random.key(config.train.seed)
         if self.mesh is not None:  # a global array, so every process checkpoints the same key
@@ -251,6 +268,9 @@ class Trainer:
         self.checkpointer.save(step, self._checkpoint_tree(), meta=meta, metrics=metrics)
 
     # ---- one step -----------------------------------------------------------------
+    def _row_shards(self) -> int:
+        return 1 if self.mesh is None else math.prod(self.mesh.shape[a] for a in BATCH_AXES)
+
     def _put_rows(self, x: np.ndarray) -> jax.Array:
         if self.mesh is None:
             return jnp.asarray(x)
@@ -263,10 +283,20 @@ class Trainer:
         tokens, mask = encode_prompts(self.tokenizer, prompts, buckets=self.config.rollout.prompt_buckets)
         sampling = _sampling(self.config, self.model, self.tokenizer, tokens.shape[1])
         policy = cast_params(self.state.params, self.model.jnp_dtype)
-        rollout = sample(
-            policy, self._put_rows(tokens), self._put_rows(mask), _step_key(self.base_key, step, 0),
-            config=self.model, sampling=sampling,
-        )
+        chunk = self.config.rollout.chunk_prompts or len(tokens)
+        # One sampler call per chunk of prompts: the KV cache is per call (config.rollout.chunk_prompts).
+        parts = [
+            sample(
+                policy, self._put_rows(tokens[i : i + chunk]), self._put_rows(mask[i : i + chunk]),
+                _step_key(self.base_key, step, 0) if i == 0 else _step_key(self.base_key, step, 1000 + i // chunk),
+                config=self.model, sampling=sampling,
+            )
+            for i in range(0, len(tokens), chunk)
+        ]
+        del policy  # the bf16 copy would otherwise stay alive through the scoring and the update
+        if len(parts) > 1:
+            parts = [p.replace(prompt_index=p.prompt_index + j * chunk) for j, p in enumerate(parts)]
+        rollout = parts[0] if len(parts) == 1 else jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts)
         jax.block_until_ready(rollout.tokens)
         lengths = to_host(rollout.lengths)
         if self.config.train.trim_padding:
@@ -284,6 +314,7 @@ class Trainer:
             self.ref_params if self.score_ref else None, rollout, task_reward, model=self.model,
             reward=self.config.reward, loss=self.config.loss, group_size=k,
             logits_chunk=self.config.train.logits_chunk, score_reference=self.score_ref,
+            tokens_per_micro_batch=self.config.train.tokens_per_micro_batch, row_shards=self._row_shards(),
         )
         self.state, step_metrics = self._train_step(self.state, scored.batch)
         jax.block_until_ready(self.state.params)

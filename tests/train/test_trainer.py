@@ -81,6 +81,7 @@ def test_sigterm_checkpoints_and_stops(tiny_model_dir, tmp_path, monkeypatch):
         ({"reward__mode": "optimization", "reward__alpha": 0.0, "reward__beta_inv": 0.0}, "R = 0 for every response"),
         ({"rollout__samples_per_prompt": 1}, "config.rollout.samples_per_prompt"),
         ({"train__micro_batches": 3}, "config.train.micro_batches=3"),
+        ({"train__tokens_per_micro_batch": 0}, "config.train.tokens_per_micro_batch"),
         ({"rollout__temperature": 0.0}, "config.rollout.temperature"),
         ({"data__task": "poetry"}, "config.data.task"),
     ],
