@@ -70,7 +70,6 @@ class TrainResult:
     validation: dict[int, dict[str, float]]
     export_dirs: dict[str, str]
     interrupted: bool = False
-    diverged: bool = False
 
 
 class _StopFlag:
@@ -366,7 +365,16 @@ class Trainer:
 
     # ---- the loop -----------------------------------------------------------------
     def run(self, *, stop_after: int | None = None) -> TrainResult:
-        """Trains to `config.train.steps` (or stops after step `stop_after`, checkpointed)."""
+        """Trains to `config.train.steps` (or stops after step `stop_after`, checkpointed).
+
+        The workdir lock is released when it returns or raises: a trainer runs once.
+        """
+        try:
+            return self._run(stop_after)
+        finally:
+            self.close()
+
+    def _run(self, stop_after: int | None) -> TrainResult:
         cfg = self.config.train
         validation: dict[int, dict[str, float]] = {}
         every = self.config.eval.every
@@ -407,10 +415,6 @@ class Trainer:
             # After a divergence "last" is the newest checkpoint (taken before the skipped updates).
             exports = self.export(from_checkpoint=diverged)
         self.logger.close()
-        result = TrainResult(
-            workdir=self.workdir, last_step=step, best_step=self.checkpointer.best_step(),
-            validation=validation, export_dirs=exports, interrupted=interrupted, diverged=diverged,
-        )
         if diverged:
             latest = self.checkpointer.latest_step()
             raise TrainingDiverged(
@@ -419,7 +423,10 @@ class Trainer:
                 + (f"The last checkpoint (step {latest}) is exported to {exports.get('last')}. " if exports else "")
                 + "Lower config.optim.learning_rate (or raise config.train.max_skipped_updates) and use a new --workdir."
             )
-        return result
+        return TrainResult(
+            workdir=self.workdir, last_step=step, best_step=self.checkpointer.best_step(),
+            validation=validation, export_dirs=exports, interrupted=interrupted,
+        )
 
     def export(self, *, from_checkpoint: bool = False) -> dict[str, str]:
         """Writes the last (and the best, when validated) policy as HF directories.
