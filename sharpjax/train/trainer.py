@@ -421,7 +421,8 @@ class Trainer:
                 f"step {step}: {skipped_in_a_row} updates in a row were skipped as non-finite (loss, gradient, update "
                 f"or params; update_skipped in {self.workdir}/metrics.jsonl), run stopped. "
                 + (f"The last checkpoint (step {latest}) is exported to {exports.get('last')}. " if exports else "")
-                + "Lower config.optim.learning_rate (or raise config.train.max_skipped_updates) and use a new --workdir."
+                + "Lower config.optim.learning_rate (or raise config.train.max_skipped_updates) "
+                "and use a new --workdir."
             )
         return TrainResult(
             workdir=self.workdir, last_step=step, best_step=self.checkpointer.best_step(),
