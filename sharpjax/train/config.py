@@ -183,6 +183,9 @@ class TrainConfig:
       keep_last: checkpoints kept besides the best one.
       score_reference_always: also score the frozen base model when the reward does not need
         it, to log KL(pi || base) (one more forward per step).
+      kl_every: with score_reference_always and a reward/loss that does not need the
+        reference, score it (and log KL(pi || base)) every this many steps (steps 0, N, 2N,
+        ...) instead of every step; 1: every step. No effect when the reward or loss needs it.
       export_final: write the last and the best policy as Hugging Face directories.
       trim_padding: score and update only up to the batch's longest response (exact; at most 8
         more compiled shapes per prompt length; 2x faster steps on the arithmetic runs).
@@ -197,6 +200,7 @@ class TrainConfig:
     checkpoint_every: int = 20
     keep_last: int = 2
     score_reference_always: bool = True
+    kl_every: int = 1
     export_final: bool = True
     log_every: int = 1
     trim_padding: bool = True
@@ -279,6 +283,7 @@ class RunConfig:
         _positive(t.keep_last, "config.train.keep_last")
         _positive(t.log_every, "config.train.log_every")
         _positive(t.logits_chunk, "config.train.logits_chunk")
+        _positive(t.kl_every, "config.train.kl_every")
         _positive(t.tokens_per_micro_batch, "config.train.tokens_per_micro_batch")
         if t.remat not in ("none", "full", "dots"):
             raise ConfigError(f"config.train.remat={t.remat!r} must be one of 'none', 'full', 'dots'.")
