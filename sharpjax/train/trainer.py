@@ -318,8 +318,8 @@ class Trainer:
             "tokens_per_s": num_response_tokens / (t_end - t0),
             "rollout_tokens_per_s": num_response_tokens / (t_rollout - t0),
         }
-        if not score_ref:  # the step's KL metrics were computed against zeros: not a measurement
-            for key in ("kl", "kl_sequence"):
+        if self.score_ref and not score_ref:  # kl_every's other steps: these were computed against zeros
+            for key in ("kl", "kl_sequence", "reward/ref_logp_sum"):
                 metrics.pop(key, None)
         if score_ref:
             # Sequence-level KL(pi || base) estimate: E_pi[log pi(y) - log base(y)], y ~ pi.
