@@ -220,6 +220,9 @@ def main():
     parser.add_argument("--dtype", default=None, help="compute dtype; default bfloat16 on GPU, float32 on CPU")
     parser.add_argument("--micro-batches", type=int, default=1, help="gradient accumulation, both sides")
     parser.add_argument("--remat", default="full", choices=("none", "full", "dots"), help="sharpjax remat policy")
+    parser.add_argument("--logits-chunk", type=int, default=256, help="sharpjax positions per vocabulary chunk")
+    parser.add_argument("--state-dtype", default="float32", choices=("float32", "bfloat16"),
+                        help="sharpjax optim.state_dtype (Adam's mu); PyTorch keeps fp32")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps (compile); default 2 (GPU) / 1 (CPU)")
     parser.add_argument("--iters", type=int, default=5, help="timed steps")
     parser.add_argument("--peak-tflops", "--peak_tflops", dest="peak_tflops", type=float, default=None,
@@ -239,8 +242,8 @@ def main():
     warmup = max(1, args.warmup if args.warmup is not None else (1 if on_cpu else 2))
     parity = tiny if args.parity is None else args.parity
     config = model_config(args.size, dtype)
-    cfg = StepConfig(model=config, loss=LossConfig(), optim=OptimConfig(), micro_batches=args.micro_batches,
-                     remat=args.remat)
+    cfg = StepConfig(model=config, loss=LossConfig(), optim=OptimConfig(state_dtype=args.state_dtype),
+                     micro_batches=args.micro_batches, remat=args.remat, logits_chunk=args.logits_chunk)
     device_kind = jax.devices()[0].device_kind
     tokens_per_step = args.batch * seq_len
     flops_per_step = 6 * config.num_params * tokens_per_step
@@ -248,7 +251,8 @@ def main():
     print(f"device: {device_kind} (1 of {jax.device_count()})  model: {args.size} ({_count(config.num_params)} params, "
           f"{dtype} compute, fp32 master)")
     print(f"batch {args.batch} x {seq_len} tokens ({prompt_len} prompt, {seq_len - prompt_len} response), "
-          f"micro-batches {args.micro_batches}, remat {args.remat}; {warmup} warm-up + {args.iters} timed steps")
+          f"micro-batches {args.micro_batches}, remat {args.remat}, logits chunk {args.logits_chunk}, "
+          f"Adam mu {args.state_dtype}; {warmup} warm-up + {args.iters} timed steps")
     data = synthetic_batch(config, args.batch, seq_len, prompt_len)
     results = {"device": device_kind, "size": args.size, "batch": args.batch,
                "seq_len": seq_len, "prompt_len": prompt_len, "dtype": dtype, "num_params": config.num_params,

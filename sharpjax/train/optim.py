@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 import optax
 
 from sharpjax.train.config import OptimConfig
@@ -23,8 +24,11 @@ def make_schedule(config: OptimConfig) -> optax.Schedule:
 
 
 def make_optimizer(config: OptimConfig) -> optax.GradientTransformation:
+    # Only mu follows state_dtype: nu's EMA step (1 - b2 = 1e-3) is below bf16's resolution.
+    mu_dtype = jnp.bfloat16 if config.state_dtype == "bfloat16" else None
     adamw = optax.adamw(
-        make_schedule(config), b1=config.b1, b2=config.b2, eps=config.eps, weight_decay=config.weight_decay
+        make_schedule(config), b1=config.b1, b2=config.b2, eps=config.eps, weight_decay=config.weight_decay,
+        mu_dtype=mu_dtype,
     )
     if config.max_grad_norm > 0:
         return optax.chain(optax.clip_by_global_norm(config.max_grad_norm), adamw)

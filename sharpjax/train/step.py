@@ -221,6 +221,34 @@ class ScoredRollout:
     rewards: Float[Array, " B"]
 
 
+def reference_logprobs(
+    ref_params: Params,
+    rollout: RolloutBatch,
+    *,
+    model: ModelConfig,
+    logits_chunk: int = 256,
+    tokens_per_micro_batch: int | None = None,
+    row_shards: int = 1,
+) -> Float[Array, "B T"]:
+    """The frozen reference model's per-token log-probs of a rollout (jit it on its own so it
+    can be dispatched before the host verifies the answers: `Trainer.rollout_and_update`).
+
+    With `tokens_per_micro_batch` (tokens per device, `train.tokens_per_micro_batch`) it runs
+    a row micro-batch at a time so its activation memory is bounded whatever the batch
+    (`rows_per_micro_batch`; `row_shards`: devices the rows are sharded over). None: all rows
+    in one pass.
+    """
+    rows = None
+    if tokens_per_micro_batch is not None:
+        rows = rows_per_micro_batch(
+            *rollout.tokens.shape, tokens_per_micro_batch=tokens_per_micro_batch, row_shards=row_shards
+        )
+    return score_tokens(
+        cast_params(ref_params, model.jnp_dtype), rollout.tokens, rollout.attention_mask, config=model,
+        chunk_size=logits_chunk, micro_batch_rows=rows,
+    )
+
+
 def compute_rewards(
     ref_params: Params | None,
     rollout: RolloutBatch,
@@ -234,32 +262,28 @@ def compute_rewards(
     score_reference: bool = False,
     tokens_per_micro_batch: int | None = None,
     row_shards: int = 1,
+    ref_logp_BT: Float[Array, "B T"] | None = None,
 ) -> ScoredRollout:
     """R = w_task r + w_ref L_ref - w_pol L_pol per response, RLOO advantages, the loss batch.
 
     L_ref is scored under the frozen reference params (skipped when neither the reward nor
     a KL term needs it, unless `score_reference`: then it is only logged, e.g. for the
     KL(pi || base) curve); L_pol is the sampler's own log-probs at temperature 1.
+    `ref_logp_BT`, when given, is that scoring already done (`reference_logprobs`, dispatched
+    earlier so it overlaps the host's answer verification); `ref_params` is then unused.
 
-    The reference pass covers every row of the step; with `tokens_per_micro_batch` (tokens
-    per device, `train.tokens_per_micro_batch`) it runs a row micro-batch at a time so its
-    activation memory is bounded whatever the batch (`rows_per_micro_batch`; `row_shards`:
-    devices the rows are sharded over). None: all rows in one pass.
+    The reference pass covers every row of the step; see `reference_logprobs` for
+    `tokens_per_micro_batch` and `row_shards`.
     """
     needs_ref = reward.needs_ref_logprobs or loss.kl_coef > 0 or score_reference
-    if needs_ref and ref_params is None:
+    if needs_ref and ref_params is None and ref_logp_BT is None:
         raise ValueError("this reward/loss needs the reference model's log-probs but ref_params is None.")
     mask = rollout.response_mask
-    ref_logp = None
-    if needs_ref:
-        rows = None
-        if tokens_per_micro_batch is not None:
-            rows = rows_per_micro_batch(
-                *rollout.tokens.shape, tokens_per_micro_batch=tokens_per_micro_batch, row_shards=row_shards
-            )
-        ref_logp = score_tokens(
-            cast_params(ref_params, model.jnp_dtype), rollout.tokens, rollout.attention_mask, config=model,
-            chunk_size=logits_chunk, micro_batch_rows=rows,
+    ref_logp = ref_logp_BT if needs_ref else None
+    if needs_ref and ref_logp is None:
+        ref_logp = reference_logprobs(
+            ref_params, rollout, model=model, logits_chunk=logits_chunk,
+            tokens_per_micro_batch=tokens_per_micro_batch, row_shards=row_shards,
         )
     out = make_reward(reward)(
         mask_BT=mask,

@@ -53,7 +53,14 @@ from sharpjax.train.config import ConfigError, RunConfig
 from sharpjax.train.lock import WorkdirLock
 from sharpjax.train.metrics import MetricsLogger, format_metrics
 from sharpjax.train.optim import make_optimizer
-from sharpjax.train.step import StepConfig, cast_params, compute_rewards, init_train_state, make_train_step
+from sharpjax.train.step import (
+    StepConfig,
+    cast_params,
+    compute_rewards,
+    init_train_state,
+    make_train_step,
+    reference_logprobs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -201,9 +208,8 @@ class Trainer:
     def _build_step(self, params: Params) -> None:
         """The train state (fp32 master weights + AdamW), the jitted step and reward functions, the PRNG key."""
         config = self.config
-        self.score_ref = (
-            config.reward.needs_ref_logprobs or config.loss.kl_coef > 0 or config.train.score_reference_always
-        )
+        self.needs_ref = config.reward.needs_ref_logprobs or config.loss.kl_coef > 0
+        self.score_ref = self.needs_ref or config.train.score_reference_always
         self.step_config = StepConfig(
             model=self.model,
             loss=config.loss,
@@ -219,6 +225,9 @@ class Trainer:
             compute_rewards,
             static_argnames=("model", "reward", "loss", "group_size", "logits_chunk", "score_reference",
                              "tokens_per_micro_batch", "row_shards"),
+        )
+        self._ref_logprobs = jax.jit(
+            reference_logprobs, static_argnames=("model", "logits_chunk", "tokens_per_micro_batch", "row_shards")
         )
         self.base_key = jax.random.key(config.train.seed)
         if self.mesh is not None:  # a global array, so every process checkpoints the same key
@@ -302,6 +311,14 @@ class Trainer:
             rollout = trim_padding(rollout, tokens.shape[1], int(lengths.max()))
         t_rollout = time.perf_counter()
 
+        # Only logged (the reward and loss do not need it): every config.train.kl_every steps.
+        score_ref = self.score_ref and (self.needs_ref or step % self.config.train.kl_every == 0)
+        ref_logp = None
+        if score_ref:  # dispatched, not awaited: the device scores while the host verifies below
+            ref_logp = self._ref_logprobs(
+                self.ref_params, rollout, model=self.model, logits_chunk=self.config.train.logits_chunk,
+                tokens_per_micro_batch=self.config.train.tokens_per_micro_batch, row_shards=self._row_shards(),
+            )
         k = self.config.rollout.samples_per_prompt
         task_reward = None
         if self.config.reward.needs_task_reward:
@@ -310,10 +327,10 @@ class Trainer:
             task_reward = self._put_rows(np.asarray(self.task.score(texts, answers), np.float32))
         t_verify = time.perf_counter()
         scored = self._rewards(
-            self.ref_params if self.score_ref else None, rollout, task_reward, model=self.model,
-            reward=self.config.reward, loss=self.config.loss, group_size=k,
-            logits_chunk=self.config.train.logits_chunk, score_reference=self.score_ref,
+            None, rollout, task_reward, model=self.model, reward=self.config.reward, loss=self.config.loss,
+            group_size=k, logits_chunk=self.config.train.logits_chunk, score_reference=score_ref,
             tokens_per_micro_batch=self.config.train.tokens_per_micro_batch, row_shards=self._row_shards(),
+            ref_logp_BT=ref_logp,
         )
         self.state, step_metrics = self._train_step(self.state, scored.batch)
         jax.block_until_ready(self.state.params)
@@ -334,7 +351,10 @@ class Trainer:
             "tokens_per_s": num_response_tokens / (t_end - t0),
             "rollout_tokens_per_s": num_response_tokens / (t_rollout - t0),
         }
-        if self.score_ref:
+        if self.score_ref and not score_ref:  # kl_every's other steps: these were computed against zeros
+            for key in ("kl", "kl_sequence", "reward/ref_logp_sum"):
+                metrics.pop(key, None)
+        if score_ref:
             # Sequence-level KL(pi || base) estimate: E_pi[log pi(y) - log base(y)], y ~ pi.
             metrics["kl_to_base"] = metrics["reward/pol_logp_sum"] - metrics["reward/ref_logp_sum"]
         if metrics.get("update_skipped", 0.0) > 0:

@@ -220,3 +220,57 @@ def test_micro_batched_scoring_gives_the_same_rewards_and_update():
     padded = np.asarray(score_tokens(params, tokens, mask, config=cfg.model, micro_batch_rows=5))
     assert np.isfinite(padded).all()
     np.testing.assert_allclose(padded[:b], np.asarray(whole.batch.ref_logprobs), atol=1e-5)
+
+
+def test_reference_scored_ahead_gives_the_same_rewards_bit_for_bit():
+    """The trainer's overlap: `reference_logprobs` jitted on its own, dispatched before the host
+    verifies, then fed to `compute_rewards` == scoring inside `compute_rewards` (same program
+    for the scoring, so the same bits)."""
+    from sharpjax.rewards import RewardConfig
+    from sharpjax.train.step import compute_rewards, reference_logprobs
+
+    params, rollout, _, cfg = tiny_setup(kl_coef=0.0)
+    reward = RewardConfig(mode="sampling", alpha=2.0, beta_inv=0.0)
+    kw = dict(model=cfg.model, reward=reward, loss=cfg.loss, group_size=GROUP, logits_chunk=5, score_reference=True)
+    statics = ("model", "reward", "loss", "group_size", "logits_chunk", "score_reference")
+    rewards = jax.jit(compute_rewards, static_argnames=statics)
+    inside = rewards(params, rollout, None, **kw)
+    ref = jax.jit(reference_logprobs, static_argnames=("model", "logits_chunk"))(
+        params, rollout, model=cfg.model, logits_chunk=5)
+    ahead = rewards(None, rollout, None, **kw, ref_logp_BT=ref)
+    for a, b in zip(jax.tree.leaves(ahead), jax.tree.leaves(inside), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert "reward/ref_logp_sum" in ahead.metrics
+    # Without the reference (kl_every's other steps): nothing needs it, zeros stand in.
+    no_ref = RewardConfig(mode="sampling", alpha=0.0, beta_inv=0.0)  # R = -L_pol: no w_ref
+    assert not no_ref.needs_ref_logprobs
+    skipped = rewards(None, rollout, None, **kw | dict(reward=no_ref, score_reference=False))
+    assert not np.asarray(skipped.batch.ref_logprobs).any()
+
+
+def test_chunked_projection_loss_and_gradient_equal_full_logits():
+    """The chunked, checkpointed vocabulary projection + log-softmax (the train step's fused
+    path: fp32 logits exist one chunk at a time, recomputed per chunk in the backward) gives
+    the loss and gradient of the plain [B, T, V] computation, to fp32 reordering."""
+    from sharpjax.models.transformer import logits as project
+    from sharpjax.rollout.scoring import token_logprobs_from_hidden
+
+    params, rollout, _, cfg = tiny_setup()
+    b, t = 3, 11
+    hidden = jax.random.normal(jax.random.key(2), (b, t, cfg.model.hidden_size))
+    targets = jax.random.randint(jax.random.key(3), (b, t), 0, cfg.model.vocab_size)
+    weights = jax.random.normal(jax.random.key(4), (b, t))
+
+    def chunked(p, h):  # chunk 4 does not divide T = 11: the padded tail is exercised too
+        return jnp.sum(weights * token_logprobs_from_hidden(p, h, targets, chunk_size=4, temperature=0.7))
+
+    def full(p, h):
+        logp = jax.nn.log_softmax(project(p, h).astype(jnp.float32) / 0.7, axis=-1)
+        return jnp.sum(weights * jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0])
+
+    (la, ga), (lb, gb) = (jax.value_and_grad(f, argnums=(0, 1))(params, hidden) for f in (chunked, full))
+    np.testing.assert_allclose(float(la), float(lb), rtol=1e-6)
+    for x, y in zip(jax.tree.leaves(ga), jax.tree.leaves(gb), strict=True):
+        scale = float(np.abs(np.asarray(y)).max()) or 1.0
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-5 * scale)
+    assert any(float(np.abs(np.asarray(x)).max()) > 0 for x in jax.tree.leaves(ga[0]))

@@ -1,0 +1,168 @@
+"""Compile-only GPU estimate of the train step (no GPU needed): `benchmarks/train_step.py`'s
+sharpjax step, compiled for an H100/H200 target with XLA's compile-only GPU topology
+(shared/tools/aot/README.md), reports temp bytes, FLOPs and bytes accessed per step and the
+roofline time max(FLOPs / peak, bytes / HBM bandwidth).
+
+Run outside the project's venv site (the jax-cuda12 plugin wheels):
+
+    PYTHONPATH=/tmp/aot-site JAX_PLATFORMS=cpu JAX_SKIP_CUDA_CONSTRAINTS_CHECK=1 \
+        python benchmarks/train_step_aot.py --size 3b --seq-len 1024 --target h100
+
+`compiled.cost_analysis()` of the compile-only client is used when it answers. It returns
+None with jax 0.10.2's plugin, and XLA's HLO cost analysis of the lowered (pre-optimization)
+module counts a `while` body once (the layer and logits-chunk scans), so the FLOPs and bytes
+reported are closed-form counts (`closed_form`, "source": "closed form"), and the memory
+figures are the GPU compile's buffer assignment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+
+import jax
+import jax.numpy as jnp
+import optax
+from _shapes import SIZES
+from jax.experimental.topologies import get_topology_desc
+from train_step import model_config
+
+from sharpjax.losses import LossConfig
+from sharpjax.models.transformer import param_shapes
+from sharpjax.parallel import batch_sharding, make_mesh, param_shardings, replicated
+from sharpjax.plan import _target_cudnn
+from sharpjax.plan.targets import parse_target
+from sharpjax.train.config import OptimConfig
+from sharpjax.train.optim import make_optimizer
+from sharpjax.train.step import StepConfig, TrainBatch, TrainState, make_train_step
+
+GiB = 2**30
+
+
+def compile_step(cfg: StepConfig, target, batch: int, seq_len: int):
+    topology = get_topology_desc("aot", "cuda", target_config=target.gpu.target_config, topology="1x1x1")
+    mesh = make_mesh(data=1, devices=topology.devices)
+    rep, rows1, rows2 = replicated(mesh), batch_sharding(mesh, 1), batch_sharding(mesh, 2)
+    p_sh = param_shardings(cfg.model, mesh)
+    is_shape = lambda x: isinstance(x, tuple) and all(isinstance(a, int) for a in x)  # noqa: E731
+    sds = jax.ShapeDtypeStruct
+    compute = jax.tree.map(lambda shp, sh: sds(shp, jnp.float32, sharding=sh), param_shapes(cfg.model), p_sh,
+                           is_leaf=is_shape)
+    optimizer = make_optimizer(cfg.optim)
+
+    def fresh(p):
+        return TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=optimizer.init(p))
+
+    abstract = jax.eval_shape(fresh, compute)
+    opt_sh = optax.tree_map_params(optimizer, lambda _, sh: sh, abstract.opt_state, p_sh,
+                                   transform_non_params=lambda _: rep)
+    state_sh = TrainState(step=rep, params=p_sh, opt_state=opt_sh)
+    state = jax.tree.map(lambda a, sh: sds(a.shape, a.dtype, sharding=sh), abstract, state_sh)
+    i32 = lambda *s: sds(s, jnp.int32, sharding=rows2)  # noqa: E731
+    f32 = lambda *s: sds(s, jnp.float32, sharding=rows2 if len(s) == 2 else rows1)  # noqa: E731
+    B, T = batch, seq_len
+    tb = TrainBatch(tokens=i32(B, T), attention_mask=i32(B, T), response_mask=i32(B, T),
+                    rollout_logprobs=f32(B, T), advantages=f32(B), ref_logprobs=f32(B, T))
+    with _target_cudnn(target):
+        return make_train_step(cfg, state, mesh).lower(state, tb).compile()
+
+
+def closed_form(cfg: StepConfig, batch: int, seq_len: int, gpu) -> dict:
+    """FLOPs and HBM bytes of one step, by phase, and the roofline time sum_phase max(F/peak, B/bw).
+
+    Matmul FLOPs 2 * params * tokens per pass; causal flash attention 2 * B * H * T^2 * hd per
+    layer and pass (QK^T and PV, the masked half skipped). Passes: forward 1, backward 2, plus
+    the recomputed forward: "full" recomputes the layers (x4 in all), "dots" only attention
+    (a cuDNN custom call, not a dot; x3 + 1 attention), "none" nothing (x3). The vocabulary
+    projection is under its own jax.checkpoint per chunk: always x4. Bytes: the weights read
+    once per pass in the compute dtype, and the AdamW update (`optimizer_bytes_per_param`).
+    """
+    m = cfg.model
+    tokens = batch * seq_len
+    d, hd = m.hidden_size, m.head_dim
+    layer_params = d * hd * (2 * m.num_heads + 2 * m.num_kv_heads) + 3 * d * m.intermediate_size
+    layers = 2 * m.num_layers * layer_params * tokens
+    attention = m.num_layers * 2 * batch * m.num_heads * seq_len * seq_len * hd
+    head = 2 * m.vocab_size * d * tokens
+    layer_x, attn_x = {"full": (4, 4), "dots": (3, 4), "none": (3, 3)}[cfg.remat]
+    flops = layer_x * layers + attn_x * attention + 4 * head
+    compute_bytes = jnp.dtype(m.jnp_dtype).itemsize
+    weight_bytes = 4 * m.num_params * compute_bytes + m.num_params * (4 + compute_bytes)  # 4 passes + the cast
+    mu = 2 if getattr(cfg.optim, "state_dtype", "float32") == "bfloat16" else 4
+    optimizer_bytes_per_param = 4 + 4 + 4 + 4 + 2 * mu + 2 * 4  # grad read (norm, update), params r/w, mu r/w, nu r/w
+    opt_bytes = m.num_params * optimizer_bytes_per_param
+    t_compute = max(flops / gpu.peak_flops, weight_bytes / gpu.hbm_bandwidth)
+    t_opt = opt_bytes / gpu.hbm_bandwidth
+    return dict(flops=flops, bytes=weight_bytes + opt_bytes, optimizer_bytes=opt_bytes,
+                roofline_s=t_compute + t_opt, roofline_compute_s=t_compute, roofline_optimizer_s=t_opt)
+
+
+def fp32_logits_buffers(hlo: str, batch: int, seq_len: int, vocab: int) -> list[str]:
+    """Shapes of f32 buffers in the optimized HLO with the vocabulary as last dim and >= a full [B, T] of rows."""
+    out = set()
+    for m in re.finditer(r"f32\[([\d,]+)\]", hlo):
+        dims = [int(d) for d in m.group(1).split(",")]
+        if dims[-1] == vocab and len(dims) >= 2:
+            rows = 1
+            for d in dims[:-1]:
+                rows *= d
+            out.add((rows, m.group(0)))
+    return [s for _, s in sorted(out, reverse=True)]
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", default="3b", choices=sorted(SIZES))
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--seq-len", type=int, default=1024)
+    p.add_argument("--target", default="h100")
+    p.add_argument("--remat", default="full", choices=("none", "full", "dots"))
+    p.add_argument("--logits-chunk", type=int, default=256)
+    p.add_argument("--state-dtype", default="float32")
+    p.add_argument("--json", default=None)
+    p.add_argument("--hlo", default=None, help="write the optimized HLO here")
+    a = p.parse_args()
+    target = parse_target(a.target)
+    model = model_config(a.size, "bfloat16").replace(attention="cudnn")
+    optim = OptimConfig()
+    if "state_dtype" in OptimConfig.__dataclass_fields__:
+        optim = OptimConfig(state_dtype=a.state_dtype)
+    cfg = StepConfig(model=model, loss=LossConfig(), optim=optim, remat=a.remat, logits_chunk=a.logits_chunk)
+    compiled = compile_step(cfg, target, a.batch, a.seq_len)
+    mem = compiled.memory_analysis()
+    try:
+        cost = compiled.cost_analysis()
+    except Exception as e:  # noqa: BLE001
+        cost = None
+        print(f"cost_analysis raised {type(e).__name__}: {e}", file=sys.stderr)
+    if isinstance(cost, list):
+        cost = cost[0] if cost else None
+    flops = cost.get("flops") if cost else None
+    nbytes = cost.get("bytes accessed") if cost else None
+    hlo = compiled.as_text()
+    if a.hlo:
+        open(a.hlo, "w").write(hlo)
+    source = "cost_analysis"
+    roof = None
+    if flops is not None and nbytes is not None:
+        roof = max(flops / target.gpu.peak_flops, nbytes / target.gpu.hbm_bandwidth)
+    else:
+        cf = closed_form(cfg, a.batch, a.seq_len, target.gpu)
+        source, flops, nbytes, roof = "closed form", cf["flops"], cf["bytes"], cf["roofline_s"]
+    r = dict(size=a.size, batch=a.batch, seq_len=a.seq_len, target=target.name, remat=a.remat,
+             logits_chunk=a.logits_chunk, state_dtype=a.state_dtype,
+             argument_bytes=mem.argument_size_in_bytes, output_bytes=mem.output_size_in_bytes,
+             alias_bytes=mem.alias_size_in_bytes, temp_bytes=mem.temp_size_in_bytes,
+             flops=flops, bytes_accessed=nbytes, roofline_s=roof, cost_source=source,
+             peak_bytes=mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
+             + mem.temp_size_in_bytes,
+             f32_vocab_buffers=fp32_logits_buffers(hlo, a.batch, a.seq_len, model.vocab_size)[:6])
+    print(json.dumps(r, indent=1))
+    if a.json:
+        json.dump(r, open(a.json, "w"), indent=1)
+
+
+if __name__ == "__main__":
+    main()
