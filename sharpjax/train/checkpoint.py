@@ -38,8 +38,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import jax

@@ -16,8 +16,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from sharpjax.models.config import ModelConfig
 from sharpjax.models.transformer import init_params
 from sharpjax.train.checkpoint import (
-    CheckpointError,
     Checkpointer,
+    CheckpointError,
     CheckpointExistsError,
     CheckpointNotFoundError,
     StateMismatchError,
