@@ -85,6 +85,10 @@ def _seed_stats(runs: Sequence[dict], key: str, kind: str):
 
 
 def _finish(ax, xlabel: str, ylabel: str, title: str, has_data: bool) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    if xlabel == "step":
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
@@ -180,7 +184,10 @@ def write_figures(workdir: str, results: dict | None = None) -> list[str]:
                         ax.plot(ks, vals, ls, marker="o", ms=3, color=colors.get(mode, "gray"), label=f"{mode} ({which})")
                         has = True
             if has:
+                all_ks = sorted({int(x) for line in ax.get_lines() for x in line.get_xdata()})
                 ax.set_xscale("log", base=2)
+                ax.set_xticks(all_ks, [str(k) for k in all_ks])
+                ax.minorticks_off()
             _finish(ax, "k (samples per problem)", f"{prefix}@k", f"{prefix}@k, held-out problems", has)
         save(fig, "pass_at_k")
 

@@ -45,6 +45,16 @@ def test_quick_pipeline_end_to_end(tmp_path):
         assert sharpened["base_loglik_last"] > task["base_loglik_last"]
     # Likelihood maximization shortens responses (fewer tokens, fewer log-prob terms).
     assert lik["train_length_last"] < task["train_length_last"]
+    # The job's figures, next to results.md (no fixed-length mode here, so no fixed-length figure).
+    for name in ("accuracy", "length", "pass_at_k"):
+        assert_png(tmp_path / f"figures_{name}.png")
+    assert not (tmp_path / "figures_fixed_length.png").exists()
+
+
+def assert_png(path):
+    """A non-empty PNG: the signature and more than an empty canvas (a blank 110-dpi figure is ~5 KB)."""
+    assert path.is_file(), path
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000, (path, path.stat().st_size)
 
 
 @pytest.mark.slow
@@ -67,6 +77,7 @@ def test_fixed_length_run_and_rerun_reuses_finished_runs(tmp_path, monkeypatch):
     assert config["rollout"]["ignore_eos"] is True
     # Ignoring EOS, every training response runs to the token budget: the length cannot move.
     assert fixed["train_length_first"] == fixed["train_length_last"] == FIXED_LENGTH
+    assert_png(tmp_path / "figures_fixed_length.png")
 
     # A rerun of the same command trains nothing again: it reads the finished run's saved evaluation.
     def no_training(*args, **kwargs):
