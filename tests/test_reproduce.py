@@ -143,8 +143,9 @@ def test_main_job_command_line(monkeypatch, capsys):
     workdir, settings = calls[-1]
     assert workdir == "w" and settings.size == "quick" and settings.seeds == (0, 1)
     assert settings.modes == ("task", "likelihood:fixed") and (settings.test_problems, settings.eval_samples) == (16, 4)
-    main_job.main(["--size", "large"])
-    assert calls[-1][1].size == "large" and calls[-1][1].test_problems == 500
+    assert settings.retrain_base is False  # the shipped base model unless asked
+    main_job.main(["--size", "large", "--retrain-base"])
+    assert calls[-1][1].size == "large" and calls[-1][1].test_problems == 500 and calls[-1][1].retrain_base
     for bad, message in ((["--modes", "task,taks"], "unknown reward preset 'taks'"),
                          (["--test-problems", "0"], "positive integer"),
                          (["--seeds", "x"], "--seeds 'x'"),
@@ -153,3 +154,18 @@ def test_main_job_command_line(monkeypatch, capsys):
             main_job.main(bad)
         assert message in capsys.readouterr().err
     assert len(calls) == 2
+
+
+def test_retrain_base_reaches_the_base_model_resolution(tmp_path, monkeypatch):
+    """--retrain-base -> resolve_model_dir(..., retrain=True); by default the shipped model (retrain=False)."""
+    calls = []
+
+    def resolve(model_dir, *, retrain=False):
+        calls.append((model_dir, retrain))
+        raise KeyboardInterrupt  # stop before any work
+
+    monkeypatch.setattr("sharpjax.reproduce.resolve_model_dir", resolve)
+    for retrain in (False, True):
+        with pytest.raises(KeyboardInterrupt):
+            run(str(tmp_path), ReproduceConfig(size="quick", modes=("task",), retrain_base=retrain), progress=False)
+    assert calls == [("sft:quick", False), ("sft:quick", True)]
