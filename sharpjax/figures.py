@@ -181,7 +181,8 @@ def write_figures(workdir: str, results: dict | None = None) -> list[str]:
                     evals = [row[which] for row in rows if isinstance(row.get(which), dict)]
                     ks, vals = _metric_curve(evals, prefix) if evals else ((), ())
                     if len(ks):
-                        ax.plot(ks, vals, ls, marker="o", ms=3, color=colors.get(mode, "gray"), label=f"{mode} ({which})")
+                        ax.plot(ks, vals, ls, marker="o", ms=3, color=colors.get(mode, "gray"),
+                                label=f"{mode} ({which})")
                         has = True
             if has:
                 all_ks = sorted({int(x) for line in ax.get_lines() for x in line.get_xdata()})
@@ -195,7 +196,8 @@ def write_figures(workdir: str, results: dict | None = None) -> list[str]:
         def reward_of(run):
             return json.dumps(run["config"].get("reward", {}), sort_keys=True)
 
-        panels = (("val/arithmetic/pass@1", "val", "validation pass@1"), ("response_length", "train", "response length"),
+        panels = (("val/arithmetic/pass@1", "val", "validation pass@1"),
+                  ("response_length", "train", "response length"),
                   ("reward/ref_logp_sum", "train", "base log-likelihood"), ("kl_to_base", "train", "KL to base"))
         fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8), squeeze=False)
         for ax, (key, kind, title) in zip(axes[0], panels):

@@ -242,7 +242,9 @@ def _mismatch(info: dict[str, Any] | None, config: SFTConfig) -> str | None:
     stored, wanted = info.get("config") or {}, config.to_dict()
     if stored != wanted:
         fields = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
-        return "its recipe differs in " + ", ".join(f"{k} ({stored.get(k)!r} there, {wanted.get(k)!r} now)" for k in fields)
+        return "its recipe differs in " + ", ".join(
+            f"{k} ({stored.get(k)!r} there, {wanted.get(k)!r} now)" for k in fields
+        )
     return None
 
 

@@ -299,7 +299,8 @@ def test_shipped_assets_are_package_data():
     cfg = configparser.ConfigParser()
     cfg.read(root / "setup.cfg")
     patterns = [p.strip() for p in cfg["options.package_data"]["sharpjax"].replace("\n", ",").split(",") if p.strip()]
-    files = [p.relative_to(root / "sharpjax").as_posix() for p in (root / "sharpjax" / "assets").rglob("*") if p.is_file()]
+    assets = root / "sharpjax" / "assets"
+    files = [p.relative_to(root / "sharpjax").as_posix() for p in assets.rglob("*") if p.is_file()]
     files = [f for f in files if "__pycache__" not in f]
     for size in ("quick", "default"):
         for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", sft.INFO_FILE):
