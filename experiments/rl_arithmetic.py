@@ -3,8 +3,8 @@
 `python -m sharpjax.train --config experiments/rl_arithmetic.py:<size>:<reward> --workdir runs/x`
 <size>:   quick (CI plumbing, seconds) | default (the main job's runs, minutes on a 2-core CPU) | large
 <reward>: task | likelihood | power-a<alpha> | tilted-a<alpha>-b<beta_inv>
-The base model (`model_dir = "sft:<size>"`) is the project's own SFT model, trained and cached on
-first use (`sharpjax.sft`); point `--config.model_dir` at any HF directory to use another. The
+The base model (`model_dir = "sft:<size>"`) is the project's own SFT model, shipped with the
+package in sharpjax/assets/base_<size> (`sharpjax.sft`; its README says how to rebuild it); point `--config.model_dir` at any HF directory to use another. The
 sizes live in `sharpjax/configs/small_scale.py`.
 """
 

@@ -1,9 +1,11 @@
 """The main job: `python -m sharpjax [--size quick|default|large] [--workdir runs/main] [--seeds N]`.
 
 Runs the small-scale reproduction on the CPU (`sharpjax.reproduce`): the project's own
-arithmetic base model (trained once and cached), its evaluation, RL from it with each reward
-of the family (task, likelihood maximization, power sampling alpha=2 and 4, tilted sampling),
-the evaluation of each, and a results table. Nothing is downloaded.
+arithmetic base model (shipped with the package, the same weights on every machine;
+`--retrain-base` trains it here instead), its evaluation, RL from it with each reward of the
+family (task, likelihood maximization, power sampling alpha=2 and 4, tilted sampling), the
+evaluation of each, a results table (results.md) and its figures (figures_*.png). Nothing is
+downloaded.
 
 Rerunning the same command continues an interrupted job: finished runs are reused, an
 interrupted run resumes from its last checkpoint.
@@ -35,6 +37,9 @@ def main(argv=None) -> None:
                         help="held-out problems (default: the size's, " + _per_size("test_problems") + ")")
     parser.add_argument("--eval-samples", type=_positive_int, default=None,
                         help="samples per problem (default: the size's, " + _per_size("test_samples") + ")")
+    parser.add_argument("--retrain-base", action="store_true",
+                        help="train the base model on this machine (SFT, minutes; cached in $SHARPJAX_CACHE_DIR, "
+                        "default ~/.cache/sharpjax) instead of using the one shipped in sharpjax/assets")
     args = parser.parse_args(argv)
     # Progress of the SFT and training loops; libraries (orbax, jax) stay at WARNING.
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", force=True)
@@ -50,6 +55,7 @@ def main(argv=None) -> None:
             seeds=seeds,
             test_problems=args.test_problems,
             eval_samples=args.eval_samples,
+            retrain_base=args.retrain_base,
         )
     except SharpjaxError as e:
         parser.error(str(e))

@@ -1,11 +1,13 @@
 """The paper's question at small scale: does RL help by sharpening the base model, or by the task reward?
 
 `python -m sharpjax` runs it on a 2-core CPU in minutes, with the same code paths as the 3B runs:
-  1. the arithmetic base model (SFT, cached; `sharpjax.sft`),
+  1. the arithmetic base model: the calibrated one shipped in sharpjax/assets (the same weights on
+     every machine), or with `--retrain-base` one trained here (SFT, cached; `sharpjax.sft`),
   2. its evaluation on held-out problems (16 samples each at T=1: pass@k, maj@k, length),
   3. RL from it with each reward of the family (task; likelihood maximization; power
      sampling alpha=2, 4; tilted sampling), each evaluated the same way (last and best),
-  4. a results table (results.md / results.json) and the logs the notebooks plot.
+  4. a results table (results.md / results.json), its figures (figures_*.png, `sharpjax.figures`)
+     and the logs the notebooks plot.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from sharpjax.configs.small_scale import arithmetic_rl_config
 from sharpjax.configs.small_scale import size as small_scale_size
 from sharpjax.errors import ConfigError, SharpjaxError
 from sharpjax.eval.harness import evaluate
+from sharpjax.figures import write_figures
 from sharpjax.models.hf import load_model
 from sharpjax.models.tokenizer import load_tokenizer
 from sharpjax.rollout.sampler import sampling_config_for
@@ -51,6 +54,7 @@ class ReproduceConfig:
       seeds: RL seeds; the table reports mean and std over them.
       test_problems, eval_samples: held-out evaluation (None: the size's defaults).
       max_new_tokens: response budget of the held-out evaluation.
+      retrain_base: train the base model on this machine (cached) instead of using the shipped one.
     """
 
     size: str = "default"
@@ -59,6 +63,7 @@ class ReproduceConfig:
     test_problems: int | None = None
     eval_samples: int | None = None
     max_new_tokens: int = 64
+    retrain_base: bool = False
 
     def __post_init__(self):
         s = small_scale_size(self.size)  # raises ConfigError naming the valid sizes
@@ -126,8 +131,8 @@ def run(workdir: str, settings: ReproduceConfig = ReproduceConfig(), *, progress
     t0 = time.perf_counter()
     say = print if progress else (lambda *a, **k: None)
     base_name = arithmetic_rl_config(settings.size).model_dir
-    say(f"[1/4] base model: {base_name} (trained once, then cached)")
-    base_dir = resolve_model_dir(base_name)
+    say(f"[1/4] base model: {base_name} " + ("(trained here, then cached)" if settings.retrain_base else "(shipped)"))
+    base_dir = resolve_model_dir(base_name, retrain=settings.retrain_base)
     difficulty = arithmetic.difficulty_for("auto", base_dir)
     problems = arithmetic.generate_problems(settings.test_problems, seed=TEST_SEED, difficulty=difficulty, split="test")
     key = jax.random.key(TEST_SEED)
@@ -175,10 +180,12 @@ def run(workdir: str, settings: ReproduceConfig = ReproduceConfig(), *, progress
     table = results_markdown(results)
     with open(os.path.join(workdir, "results.md"), "w") as f:
         f.write(table + "\n")
+    figures = write_figures(workdir, results)
     say("[4/4] results (held-out arithmetic, T=1; mean +- std over seeds)\n")
     say(table)
-    say(f"\nresults: {workdir}/results.md, results.json; TensorBoard: tensorboard --logdir {workdir}/runs; "
-        f"figures: notebooks/training_curves.ipynb (SHARPJAX_RUNS_DIR={workdir})")
+    say(f"\nresults: {workdir}/results.md, results.json; figures: {', '.join(os.path.basename(f) for f in figures)}; "
+        f"TensorBoard: tensorboard --logdir {workdir}/runs; more figures: notebooks/training_curves.ipynb "
+        f"(SHARPJAX_RUNS_DIR={workdir})")
     say(f"total time {results['elapsed_s']:.0f} s")
     return results
 

@@ -51,11 +51,7 @@ def test_closed_forms_notebook(tmp_path, monkeypatch):
 
 
 def _sft_cache_dir(request, tmp_path):
-    """The quick base model is trained once (~1 min) and kept in pytest's cache between sessions.
-
-    sharpjax's SFT cache checks that the stored model's config matches, so a stale entry is retrained.
-    Without the cache plugin (-p no:cacheprovider) it goes to tmp_path, trained every time.
-    """
+    """An isolated SFT cache (pytest's, else tmp_path): the runs use the shipped quick model and write nothing there."""
     cache = getattr(request.config, "cache", None)
     return str(cache.mkdir("sharpjax_sft")) if cache is not None else str(tmp_path / "sft_cache")
 

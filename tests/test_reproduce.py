@@ -1,19 +1,24 @@
-"""The small-scale reproduction end to end (`python -m sharpjax`): plumbing and the directions of the effects.
+"""The small-scale reproduction end to end (`python -m sharpjax`): plumbing, and what must hold on any machine.
 
-The fast test runs the quick sizes (an SFT model of ~30 s that solves almost nothing), so it
-checks what must hold whatever the accuracy: the runs of different reward modes see the same
-prompts and sampling keys, so "task" (whose reward is 0 for every sample of a model that
-solves nothing: zero advantages, no update) is the base model's own behaviour, and the
-sharpening rewards must move away from it in the predicted directions. The slow test runs the
-default sizes (the main job) and asserts the task reward's gain in accuracy.
+The fast test runs the quick size from the shipped quick base model (sharpjax/assets/base_quick,
+the same weights on every machine; it solves almost nothing). At 4 steps of 4 x 4 samples the
+effects the paper is about are below the seed noise (measured over seeds 0-4, see the test), so
+it asserts only what follows from the computation: the modes see the same prompts and sampling
+keys, a run whose task reward is 0 everywhere does not move beyond AdamW's weight decay, a
+sharpening reward moves the policy. The slow test runs the default sizes (the main job) and
+asserts the task reward's gain in accuracy.
 """
 
 import json
 import os
 
+import jax
+import numpy as np
 import pytest
 
+from sharpjax.models.hf import load_model
 from sharpjax.reproduce import FIXED_LENGTH, ReproduceConfig, run
+from sharpjax.train.metrics import read_metrics
 
 
 @pytest.fixture(autouse=True)
@@ -35,16 +40,56 @@ def test_quick_pipeline_end_to_end(tmp_path):
         assert os.path.isdir(runs[f"{mode}_seed0"]["workdir"])
         assert os.path.exists(os.path.join(runs[f"{mode}_seed0"]["workdir"], "export", "last", "config.json"))
     task, lik, power = runs["task_seed0"], runs["likelihood_seed0"], runs["power-a2_seed0"]
-    # The task run never moved (no sample solved anything): it is the base model.
-    assert task["train_task_reward_last"] == 0.0 and abs(task["kl_to_base_last"]) < 1e-4
-    for sharpened in (lik, power):
-        # KL to the base model is positive and grows with training.
-        assert sharpened["kl_to_base_last"] > 0.1
-        assert sharpened["kl_to_base_last"] > sharpened["kl_to_base_first"]
-        # The base model likes the sharpened policy's samples more than its own.
-        assert sharpened["base_loglik_last"] > task["base_loglik_last"]
-    # Likelihood maximization shortens responses (fewer tokens, fewer log-prob terms).
-    assert lik["train_length_last"] < task["train_length_last"]
+    # The effect directions this test used to assert (sharpened base log-likelihood > task's, likelihood
+    # shortens) do not hold across seeds at this size. Quick job on the shipped base, seeds 0-4, last step,
+    # likelihood minus task: base log-likelihood +1.27, +0.68, +0.22, -0.005, +1.38 (power-a2: +1.27,
+    # +0.01, -0.13, -0.005, +1.38); length -1.4, -1.9, -0.5, 0.0, -1.1; the k1 KL estimate of likelihood
+    # at the last step 0.72, 2.21, 0.68, -0.09, 0.64 (negative on seed 3); the task run's rollouts solved
+    # a problem on seeds 3 and 4. Another CPU's RL numerics are a perturbation like another seed, so
+    # none of those is asserted here; what follows is exact on any machine.
+    for other in (lik, power):
+        # Step 1: the same base weights, prompts and sampling keys in every mode: the same rollouts.
+        assert other["train_length_first"] == task["train_length_first"]
+        np.testing.assert_allclose(other["base_loglik_first"], task["base_loglik_first"], rtol=1e-6)
+    for row in (task, lik, power):
+        # Policy = base at step 1: log pi - log pi_ref is the sampler's log-prob minus the scorer's, the same
+        # fp32 numbers by two code paths (~1e-6 per token, ~30 tokens).
+        assert abs(row["kl_to_base_first"]) < 1e-3, row["kl_to_base_first"]
+
+    base_params = jax.tree.leaves(load_model(results["base_model"])[0])
+    config = json.loads((tmp_path / "runs" / "task_seed0" / "config.json").read_text())
+    lr, wd, steps = config["optim"]["learning_rate"], config["optim"]["weight_decay"], config["train"]["steps"]
+    assert config["optim"]["warmup_steps"] == 0 and config["loss"]["kl_coef"] == 0  # the closed forms below
+
+    def moved(row):
+        last = jax.tree.leaves(load_model(os.path.join(row["workdir"], "export", "last"))[0])
+        return [(np.asarray(p, np.float64), np.asarray(q, np.float64)) for p, q in zip(base_params, last)]
+
+    train_task = [r["reward/task"] for r in read_metrics(task["workdir"]) if "reward/task" in r]
+    assert len(train_task) == steps
+    if max(train_task) == 0:  # seed 0 on the shipped base (measured): no rollout solved anything
+        # All rewards 0 -> RLOO advantages exactly 0 -> gradient 0 -> Adam's update 0 / (0 + eps) = 0: only
+        # AdamW's decay, p <- p (1 - lr wd) per step; |p_T - p_0| <= steps lr wd |p| plus fp32 rounding
+        # (an ulp of p per step, doubled for the product and the sum).
+        for p0, p1 in moved(task):
+            bound = steps * lr * wd * np.abs(p0) + 2 * steps * np.spacing(np.abs(p0).astype(np.float32))
+            assert np.all(np.abs(p1 - p0) <= bound), np.max(np.abs(p1 - p0) - bound)
+    for row in (lik, power):
+        # A sequence-likelihood reward differs between samples: non-zero advantages every step, and Adam
+        # moves every parameter with a non-zero gradient by ~lr per step (its first step is exactly
+        # lr * g / (|g| + eps)); decay alone moves none by more than steps lr wd |p| < 2e-5 here.
+        # Measured (seeds 0 and 3): max |p_T - p_0| 1.2e-3 = 4 lr; the task run of seed 0 1.5e-5.
+        assert max(np.max(np.abs(p1 - p0)) for p0, p1 in moved(row)) > lr
+    # The job's figures, next to results.md (no fixed-length mode here, so no fixed-length figure).
+    for name in ("accuracy", "length", "pass_at_k"):
+        assert_png(tmp_path / f"figures_{name}.png")
+    assert not (tmp_path / "figures_fixed_length.png").exists()
+
+
+def assert_png(path):
+    """A non-empty PNG: the signature and more than an empty canvas (a blank 110-dpi figure is ~5 KB)."""
+    assert path.is_file(), path
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000, (path, path.stat().st_size)
 
 
 @pytest.mark.slow
@@ -67,6 +112,7 @@ def test_fixed_length_run_and_rerun_reuses_finished_runs(tmp_path, monkeypatch):
     assert config["rollout"]["ignore_eos"] is True
     # Ignoring EOS, every training response runs to the token budget: the length cannot move.
     assert fixed["train_length_first"] == fixed["train_length_last"] == FIXED_LENGTH
+    assert_png(tmp_path / "figures_fixed_length.png")
 
     # A rerun of the same command trains nothing again: it reads the finished run's saved evaluation.
     def no_training(*args, **kwargs):
@@ -97,8 +143,9 @@ def test_main_job_command_line(monkeypatch, capsys):
     workdir, settings = calls[-1]
     assert workdir == "w" and settings.size == "quick" and settings.seeds == (0, 1)
     assert settings.modes == ("task", "likelihood:fixed") and (settings.test_problems, settings.eval_samples) == (16, 4)
-    main_job.main(["--size", "large"])
-    assert calls[-1][1].size == "large" and calls[-1][1].test_problems == 500
+    assert settings.retrain_base is False  # the shipped base model unless asked
+    main_job.main(["--size", "large", "--retrain-base"])
+    assert calls[-1][1].size == "large" and calls[-1][1].test_problems == 500 and calls[-1][1].retrain_base
     for bad, message in ((["--modes", "task,taks"], "unknown reward preset 'taks'"),
                          (["--test-problems", "0"], "positive integer"),
                          (["--seeds", "x"], "--seeds 'x'"),
@@ -107,3 +154,18 @@ def test_main_job_command_line(monkeypatch, capsys):
             main_job.main(bad)
         assert message in capsys.readouterr().err
     assert len(calls) == 2
+
+
+def test_retrain_base_reaches_the_base_model_resolution(tmp_path, monkeypatch):
+    """--retrain-base -> resolve_model_dir(..., retrain=True); by default the shipped model (retrain=False)."""
+    calls = []
+
+    def resolve(model_dir, *, retrain=False):
+        calls.append((model_dir, retrain))
+        raise KeyboardInterrupt  # stop before any work
+
+    monkeypatch.setattr("sharpjax.reproduce.resolve_model_dir", resolve)
+    for retrain in (False, True):
+        with pytest.raises(KeyboardInterrupt):
+            run(str(tmp_path), ReproduceConfig(size="quick", modes=("task",), retrain_base=retrain), progress=False)
+    assert calls == [("sft:quick", False), ("sft:quick", True)]

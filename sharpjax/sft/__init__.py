@@ -2,7 +2,8 @@
 
     config.py      SFTConfig (model shape, task, optimization, evaluation)
     train.py       encode_examples, sft_loss, train (one jitted AdamW step, CPU minutes)
-    base_model.py  train_base_model (cached HF directory), resolve_model_dir ("sft:<size>"),
+    base_model.py  train_base_model (cached HF directory), shipped_model_dir (sharpjax/assets),
+                   resolve_model_dir ("sft:<size>": the shipped model, or retrained here),
                    measure_accuracy (through the evaluation harness)
 """
 
@@ -15,6 +16,7 @@ from sharpjax.sft.base_model import (
     measure_accuracy,
     resolve_model_dir,
     resolve_model_dirs,
+    shipped_model_dir,
     train_base_model,
 )
 from sharpjax.sft.config import SFTConfig
@@ -32,6 +34,7 @@ __all__ = [
     "measure_accuracy",
     "resolve_model_dir",
     "resolve_model_dirs",
+    "shipped_model_dir",
     "sft_loss",
     "train",
     "train_base_model",

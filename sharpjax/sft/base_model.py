@@ -1,7 +1,10 @@
 """The arithmetic base model as a cached Hugging Face directory, and its accuracy.
 
     train_base_model(out_dir, config) -> an HF model directory (trained once, cached by config)
-    resolve_model_dir("sft:default")  -> that directory for a config's symbolic `model_dir`
+    shipped_model_dir("default")      -> the calibrated model shipped in sharpjax/assets/base_default
+    resolve_model_dir("sft:default")  -> the directory of a config's symbolic `model_dir`: the shipped
+                                         model (every machine starts RL from the same weights), or with
+                                         retrain=True one trained here (cached)
     measure_accuracy(...)             -> mean@1 at temperature T and greedy accuracy
 
 Accuracy goes through the one evaluation harness (`sharpjax.eval.harness.evaluate`) with the
@@ -39,6 +42,7 @@ __all__ = [
     "measure_accuracy",
     "resolve_model_dir",
     "resolve_model_dirs",
+    "shipped_model_dir",
     "train_base_model",
 ]
 
@@ -220,8 +224,40 @@ def cache_dir() -> str:
     return os.environ.get("SHARPJAX_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "sharpjax")
 
 
-def resolve_model_dir(model_dir: str) -> str:
-    """`sft:<size>` -> the cached (trained if absent) base model's directory; a path -> itself."""
+def shipped_model_dir(size: str) -> str:
+    """The directory of the base model of `size` shipped as package data (sharpjax/assets/base_<size>).
+
+    It is read-only package data: never trained into or written. sharpjax/assets/README.md records
+    the recipe and the command that rebuilds it.
+    """
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", f"base_{size}")
+
+
+def _mismatch(info: dict[str, Any] | None, config: SFTConfig) -> str | None:
+    """Why a model directory's sft_info.json does not record `config` (None: it does)."""
+    if info is None:
+        return f"it has no readable {INFO_FILE}"
+    if info.get("format_version") != FORMAT_VERSION:
+        return f"it was trained by SFT code of format {info.get('format_version')}, this code is {FORMAT_VERSION}"
+    stored, wanted = info.get("config") or {}, config.to_dict()
+    if stored != wanted:
+        fields = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
+        return "its recipe differs in " + ", ".join(
+            f"{k} ({stored.get(k)!r} there, {wanted.get(k)!r} now)" for k in fields
+        )
+    return None
+
+
+def resolve_model_dir(model_dir: str, *, retrain: bool = False) -> str:
+    """`sft:<size>` -> the base model's directory; a path -> itself.
+
+    `sft:<size>` is the model shipped in sharpjax/assets/base_<size> (the same weights on every
+    machine), provided it was trained with `sharpjax.configs.small_scale.sft_config(size)`.
+    `retrain=True` (`python -m sharpjax --retrain-base`) trains the recipe on this machine instead,
+    into $SHARPJAX_CACHE_DIR/sft_<size> (reused there by later retrains of the same recipe). When the
+    recipe no longer matches the shipped model, a model retrained earlier with it is used; without
+    one it is a ConfigError naming --retrain-base (stale weights are never used silently).
+    """
     if not model_dir.startswith("sft:"):
         if not os.path.isdir(model_dir):
             raise ConfigError(
@@ -232,7 +268,23 @@ def resolve_model_dir(model_dir: str) -> str:
     from sharpjax.configs.small_scale import sft_config
 
     size = model_dir.split(":", 1)[1]
-    return train_base_model(os.path.join(cache_dir(), f"sft_{size}"), sft_config(size))
+    config = sft_config(size)  # ConfigError on an unknown size
+    cached = os.path.join(cache_dir(), f"sft_{size}")
+    if retrain:
+        return train_base_model(cached, config)
+    shipped = shipped_model_dir(size)
+    why = _mismatch(load_sft_info(shipped), config)
+    if why is None:
+        return shipped
+    if _is_cached(cached, config):
+        log.info("SFT: the shipped %s does not match the recipe (%s); using the model retrained in %s", model_dir, why,
+                 cached)
+        return cached
+    raise ConfigError(
+        f"the shipped base model {model_dir} ({shipped}) does not match sft_config({size!r}) in "
+        f"sharpjax/configs/small_scale.py: {why}. Train it with `python -m sharpjax --retrain-base` "
+        f"(or `python experiments/sft_arithmetic.py --preset {size} --out_dir {cached}`)."
+    )
 
 
 def check_model_dir(model_dir: str, field: str = "config.model_dir") -> None:

@@ -237,3 +237,74 @@ def test_default_preset_is_a_mediocre_base_model(tmp_path):
     info = sft.load_sft_info(train_base_model(str(tmp_path / "base"), config))
     assert 0.15 <= info["accuracy"]["mean_at_1"] <= 0.7, info["accuracy"]
     assert info["accuracy"]["fraction_mixed"] > 0.2
+
+
+# --- The shipped base models (sharpjax/assets/base_<size>) -------------------------------------------------
+
+
+@pytest.mark.parametrize("size", ["quick", "default"])
+def test_shipped_base_model_is_the_recipe_and_loads(size):
+    """The shipped weights are what sft_config(size) trains: a changed recipe must come with new weights."""
+    from sharpjax.configs.small_scale import sft_config
+
+    model_dir = sft.shipped_model_dir(size)
+    info = sft.load_sft_info(model_dir)
+    assert info is not None, f"no {sft.INFO_FILE} in {model_dir}"
+    # On failure: the recipe in sharpjax/configs/small_scale.py changed; retrain and ship the model
+    # (sharpjax/assets/README.md has the command).
+    assert info["format_version"] == sft.FORMAT_VERSION and info["config"] == sft_config(size).to_dict()
+    params, model_config = load_model(model_dir)
+    tokenizer = load_tokenizer(model_dir)
+    assert model_config.num_params == info["num_params"] == sum(x.size for x in jax.tree.leaves(params))
+    assert model_config.vocab_size == len(tokenizer)
+    assert sft.resolve_model_dir(f"sft:{size}") == model_dir
+
+
+def test_sft_size_resolves_to_the_shipped_model_without_training(tmp_path, monkeypatch):
+    monkeypatch.setenv("SHARPJAX_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(sft, "train", lambda config: pytest.fail("sft:quick trained a model"))
+    before = {p.name: p.stat().st_mtime_ns for p in pathlib.Path(sft.shipped_model_dir("quick")).iterdir()}
+    assert sft.resolve_model_dir("sft:quick") == sft.shipped_model_dir("quick")
+    assert {p.name: p.stat().st_mtime_ns for p in pathlib.Path(sft.shipped_model_dir("quick")).iterdir()} == before
+    assert not (tmp_path / "cache").exists()  # nothing written anywhere
+
+
+def test_changed_recipe_needs_retrain_base_then_uses_the_retrained_model(tmp_path, monkeypatch):
+    """A recipe that no longer matches the shipped weights is an error naming --retrain-base, never stale weights."""
+    import sharpjax.configs.small_scale as small_scale
+
+    monkeypatch.setenv("SHARPJAX_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(small_scale, "sft_config", lambda name="default": TINY)  # "someone changed the recipe"
+    with pytest.raises(sft.ConfigError, match=r"--retrain-base.*") as err:
+        sft.resolve_model_dir("sft:quick")
+    assert "steps (150 there, 80 now)" in str(err.value)
+
+    trained = []
+    real_train = sft.train
+    monkeypatch.setattr(sft, "train", lambda config: trained.append(config) or real_train(config))
+    retrained = sft.resolve_model_dir("sft:quick", retrain=True)
+    assert retrained == str(tmp_path / "cache" / "sft_quick") and trained == [TINY]
+    assert sft.load_sft_info(retrained)["config"] == TINY.to_dict()
+    # From now on sft:quick is the model retrained with the current recipe (no second training).
+    assert sft.resolve_model_dir("sft:quick") == retrained
+    assert sft.resolve_model_dir("sft:quick", retrain=True) == retrained and len(trained) == 1
+
+
+def test_shipped_assets_are_package_data():
+    """Every file of sharpjax/assets matches setup.cfg's package_data, so `pip install .` (a wheel) has them."""
+    import configparser
+    import fnmatch
+
+    root = pathlib.Path(__file__).resolve().parents[2]
+    cfg = configparser.ConfigParser()
+    cfg.read(root / "setup.cfg")
+    patterns = [p.strip() for p in cfg["options.package_data"]["sharpjax"].replace("\n", ",").split(",") if p.strip()]
+    assets = root / "sharpjax" / "assets"
+    files = [p.relative_to(root / "sharpjax").as_posix() for p in assets.rglob("*") if p.is_file()]
+    files = [f for f in files if "__pycache__" not in f]
+    for size in ("quick", "default"):
+        for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", sft.INFO_FILE):
+            assert f"assets/base_{size}/{name}" in files
+    # fnmatch's * also matches '/', so compare directory depth too (setuptools' glob does not cross it).
+    unmatched = [f for f in files if not any(fnmatch.fnmatch(f, p) and f.count("/") == p.count("/") for p in patterns)]
+    assert not unmatched, (unmatched, patterns)
