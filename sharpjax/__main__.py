@@ -17,7 +17,7 @@ import sys
 
 from sharpjax.configs.small_scale import SIZES
 from sharpjax.errors import SharpjaxError
-from sharpjax.reproduce import DEFAULT_MODES, ReproduceConfig, RunInterrupted, parse_seeds, run
+from sharpjax.reproduce import DEFAULT_INFERENCE_MODES, DEFAULT_MODES, ReproduceConfig, RunInterrupted, parse_seeds, run
 
 # Exit status of a job stopped by SIGTERM / Ctrl-C after checkpointing: a scheduler may requeue it.
 EXIT_INTERRUPTED = 3
@@ -34,6 +34,10 @@ def main(argv=None) -> None:
     parser.add_argument("--modes", default=",".join(DEFAULT_MODES),
                         help="reward presets: task, likelihood, power-a<alpha>, tilted-a<alpha>-b<beta_inv>; "
                         "a ':fixed' suffix (likelihood:fixed) makes a fixed-length (ignore-EOS) run")
+    parser.add_argument("--inference-modes", default=",".join(DEFAULT_INFERENCE_MODES),
+                        help="the base model sharpened at inference time, no training: temp-a<alpha> (T = 1/alpha), "
+                        "power-mcmc-a<alpha>, power-smc-a<alpha> (pi^alpha; power-mcmc costs ~10x plain sampling's "
+                        "tokens); an empty string for none")
     parser.add_argument("--test-problems", type=_positive_int, default=None,
                         help="held-out problems (default: the size's, " + _per_size("test_problems") + ")")
     parser.add_argument("--eval-samples", type=_positive_int, default=None,
@@ -51,6 +55,7 @@ def main(argv=None) -> None:
             size="quick" if args.quick else args.size,
             modes=tuple(m for m in args.modes.split(",") if m),
             seeds=seeds,
+            inference_modes=tuple(m for m in args.inference_modes.split(",") if m),
             test_problems=args.test_problems,
             eval_samples=args.eval_samples,
         )
