@@ -16,7 +16,6 @@ and particles included), so the table says what each way of sharpening costs.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 import time
@@ -147,8 +146,13 @@ def _evaluate_inference(model_dir: str, problems, settings: ReproduceConfig, key
     )
     generate_fn = None
     batch_size = 64
+    accept_rates = []  # MH acceptance of every chain: how far the chains moved from the proposal's draws
     if power is not None:
-        generate_fn = functools.partial(generate_power_text, method=sampler, power=power)
+        def generate_fn(*args, **kwargs):
+            texts, out = generate_power_text(*args, method=sampler, power=power, **kwargs)
+            accept_rates.append(np.asarray(out.accept_rate))
+            return texts, out
+
         if sampler == "power-smc":  # N particles per sample: the same number of sampler rows per call
             batch_size = max(1, batch_size // power.num_particles)
     t0 = time.perf_counter()
@@ -159,6 +163,8 @@ def _evaluate_inference(model_dir: str, problems, settings: ReproduceConfig, key
     )
     row = {k: float(v) for k, v in result.summary.items() if isinstance(v, (int, float))}
     row["eval_seconds"] = time.perf_counter() - t0  # wall time of this machine, compile included
+    if sampler == "power-mcmc":  # (the last batch's padding prompts included: a mean over chains)
+        row["mh_accept_rate"] = float(np.mean(np.concatenate(accept_rates)))
     return row
 
 
@@ -187,7 +193,8 @@ def _inference_rows(workdir: str, base_dir: str, problems, settings: ReproduceCo
                 json.dump({"eval_settings": identity, "row": rows[mode]}, f, indent=2)
         row = rows[mode]
         say(f"     pass@1 {row['pass@1']:.3f}, length {row['mean_length']:.1f}, token cost "
-            f"{row['token_cost_per_problem']:.0f} ({_cost_ratio(row, results['base']):.1f}x plain sampling)")
+            f"{row['token_cost_per_problem']:.0f} ({_cost_ratio(row, results['base']):.1f}x plain sampling)"
+            + (f", MH acceptance {row['mh_accept_rate']:.2f}" if "mh_accept_rate" in row else ""))
     return rows
 
 
