@@ -8,6 +8,11 @@
      sampling alpha=2, 4; tilted sampling), each evaluated the same way (last and best),
   4. a results table (results.md / results.json), its figures (figures_*.png, `sharpjax.figures`)
      and the logs the notebooks plot.
+
+Step 2 also evaluates the base model sharpened at inference time, no training (`--inference-modes`):
+power sampling pi^alpha (`sharpjax.rollout.power`) and the base model at temperature 1/alpha,
+on the same problems and key, with the token cost per problem of every row (rejected proposals
+and particles included), so the table says what each way of sharpening costs.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from sharpjax.eval.harness import evaluate
 from sharpjax.figures import write_figures
 from sharpjax.models.hf import load_model
 from sharpjax.models.tokenizer import load_tokenizer
+from sharpjax.rollout.power import PowerConfig, generate_power_text
 from sharpjax.rollout.sampler import sampling_config_for
 from sharpjax.sft import resolve_model_dir
 from sharpjax.tasks import arithmetic
@@ -41,7 +47,17 @@ TEST_SEED = 777_777  # held-out problems: disjoint from SFT (seed 0..), RL train
 KS = (1, 2, 4, 8, 16)
 FIXED_LENGTH = 48  # tokens per training response of a ':fixed' run; the SFT model's answers are ~24
 ROW_FILE = "reproduce_eval.json"  # a finished run's evaluation, reused when the job is run again
-TABLE_KEYS = ("pass@1", "pass@4", "pass@16", "maj@16", "mean_length", "no_answer_rate")
+TABLE_KEYS = ("pass@1", "pass@4", "pass@16", "maj@16", "mean_length", "no_answer_rate", "token_cost_per_problem")
+# Inference-time sharpening of the base model (no training): "temp-a<alpha>" samples at T = 1/alpha,
+# "power-mcmc-a<alpha>" / "power-smc-a<alpha>" sample pi^alpha (sharpjax.rollout.power).
+DEFAULT_INFERENCE_MODES = ("temp-a2", "temp-a4", "power-mcmc-a4")  # power-mcmc: ~8x the tokens of plain sampling
+INFERENCE_SAMPLERS = ("temp", "power-mcmc", "power-smc")
+# Power samplers sized to the arithmetic answers (~24 tokens of a 64-token budget), not to the
+# paper's 3k-token ones (Karan & Du: 16 blocks of 192, ~10 MH steps): blocks of 8 tokens give an
+# answer ~3 blocks, so MH revisits each part of it; 2 MH steps per block resample ~16 suffixes
+# per chain over the 8 blocks of the budget; SMC with 4 particles resamples every 8 tokens.
+INFERENCE_POWER = dict(block_size=8, mh_steps=2, num_particles=4)
+INFERENCE_ROW_DIR = "inference"  # workdir/inference/<mode>.json: a finished inference row, reused on rerun
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +71,7 @@ class ReproduceConfig:
       test_problems, eval_samples: held-out evaluation (None: the size's defaults).
       max_new_tokens: response budget of the held-out evaluation.
       retrain_base: train the base model on this machine (cached) instead of using the shipped one.
+      inference_modes: inference-time rows from the base model (`parse_inference_mode`).
     """
 
     size: str = "default"
@@ -64,6 +81,7 @@ class ReproduceConfig:
     eval_samples: int | None = None
     max_new_tokens: int = 64
     retrain_base: bool = False
+    inference_modes: tuple[str, ...] = DEFAULT_INFERENCE_MODES
 
     def __post_init__(self):
         s = small_scale_size(self.size)  # raises ConfigError naming the valid sizes
@@ -73,6 +91,8 @@ class ReproduceConfig:
             object.__setattr__(self, "eval_samples", s.test_samples)
         for mode in self.modes:
             parse_mode(mode)
+        for mode in self.inference_modes:
+            parse_inference_mode(mode)
         if not self.seeds:
             raise ConfigError("ReproduceConfig.seeds is empty: give at least one seed.")
 
@@ -93,6 +113,101 @@ def _evaluate_dir(model_dir: str, problems, settings: ReproduceConfig, key) -> d
         keep_responses=False, progress=False,
     )
     return {k: float(v) for k, v in result.summary.items() if isinstance(v, (int, float))}
+
+
+def parse_inference_mode(mode: str) -> tuple[str, float]:
+    """"power-mcmc-a4" -> ("power-mcmc", 4.0); "temp-a2" -> ("temp", 2.0): an inference-time row's sampler and alpha."""
+    sampler, sep, alpha = mode.rpartition("-a")
+    try:
+        value = float(alpha) if sep else float("nan")
+    except ValueError:
+        value = float("nan")
+    if sampler not in INFERENCE_SAMPLERS or not value > 0:
+        raise ConfigError(
+            f"inference mode {mode!r}: expected <sampler>-a<alpha> with sampler one of {', '.join(INFERENCE_SAMPLERS)} "
+            "and alpha > 0 (e.g. power-mcmc-a4, temp-a2)."
+        )
+    return sampler, value
+
+
+def inference_power_config(mode: str) -> PowerConfig | None:
+    """The `PowerConfig` of a power-sampling inference mode (`INFERENCE_POWER`); None for "temp-a<alpha>"."""
+    sampler, alpha = parse_inference_mode(mode)
+    return None if sampler == "temp" else PowerConfig(alpha=alpha, **INFERENCE_POWER)
+
+
+def _evaluate_inference(model_dir: str, problems, settings: ReproduceConfig, key, mode: str) -> dict[str, float]:
+    """The base model sharpened at inference time: at T = 1/alpha, or power-sampled from pi^alpha.
+
+    Same problems, key, samples and budget as the base row (`_evaluate_dir`); only the sampler differs.
+    """
+    sampler, alpha = parse_inference_mode(mode)
+    power = inference_power_config(mode)
+    params, model = load_model(model_dir)
+    tokenizer = load_tokenizer(model_dir)
+    sampling = sampling_config_for(
+        model, tokenizer, max_new_tokens=settings.max_new_tokens, num_samples=settings.eval_samples,
+        temperature=1.0 / alpha if power is None else 1.0,  # a power sampler draws at 1/alpha itself
+    )
+    generate_fn = None
+    batch_size = 64
+    accept_rates = []  # MH acceptance of every chain: how far the chains moved from the proposal's draws
+    if power is not None:
+        def generate_fn(*args, **kwargs):
+            texts, out = generate_power_text(*args, method=sampler, power=power, **kwargs)
+            accept_rates.append(np.asarray(out.accept_rate))
+            return texts, out
+
+        if sampler == "power-smc":  # N particles per sample: the same number of sampler rows per call
+            batch_size = max(1, batch_size // power.num_particles)
+    t0 = time.perf_counter()
+    result = evaluate(
+        params, model, tokenizer, problems, sampling=sampling, key=key, batch_size=batch_size,
+        render_fn=lambda text: arithmetic.render(tokenizer, text), verify_fn=arithmetic.verify, ks=KS,
+        keep_responses=False, progress=False, generate_fn=generate_fn,
+    )
+    row = {k: float(v) for k, v in result.summary.items() if isinstance(v, (int, float))}
+    row["eval_seconds"] = time.perf_counter() - t0  # wall time of this machine, compile included
+    if sampler == "power-mcmc":  # (the last batch's padding prompts included: a mean over chains)
+        row["mh_accept_rate"] = float(np.mean(np.concatenate(accept_rates)))
+    return row
+
+
+def _inference_rows(workdir: str, base_dir: str, problems, settings: ReproduceConfig, key, results: dict,
+                    say) -> dict[str, dict[str, float]]:
+    """Every inference-time row, each reused from workdir/inference/<mode>.json if made with the same settings."""
+    rows = {}
+    for mode in settings.inference_modes:
+        power = inference_power_config(mode)
+        identity = {**_eval_identity(results, settings), "mode": mode,
+                    "power": None if power is None else dataclasses.asdict(power)}
+        path = os.path.join(workdir, INFERENCE_ROW_DIR, f"{mode}.json")
+        saved = None
+        if os.path.exists(path):
+            with open(path) as f:
+                saved = json.load(f)
+        if saved is not None and saved.get("eval_settings") == identity:
+            rows[mode] = saved["row"]
+            say(f"  -- infer:{mode}: already evaluated in {path}; reusing it")
+        else:
+            say(f"  -- infer:{mode}: the base model sharpened at inference time"
+                + (f" ({power})" if power is not None else ""))
+            rows[mode] = _evaluate_inference(base_dir, problems, settings, key, mode)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "w") as f:
+                json.dump({"eval_settings": identity, "row": rows[mode]}, f, indent=2)
+        row = rows[mode]
+        say(f"     pass@1 {row['pass@1']:.3f}, length {row['mean_length']:.1f}, token cost "
+            f"{row['token_cost_per_problem']:.0f} ({_cost_ratio(row, results['base']):.1f}x plain sampling)"
+            + (f", MH acceptance {row['mh_accept_rate']:.2f}" if "mh_accept_rate" in row else ""))
+    return rows
+
+
+def _cost_ratio(row: dict, base: dict) -> float:
+    """Tokens drawn per problem relative to the base model's plain sampling in the same run."""
+    if "token_cost_per_problem" not in row or not base.get("token_cost_per_problem"):
+        return float("nan")
+    return row["token_cost_per_problem"] / base["token_cost_per_problem"]
 
 
 def parse_mode(mode: str) -> tuple[str, bool]:
@@ -141,6 +256,7 @@ def run(workdir: str, settings: ReproduceConfig = ReproduceConfig(), *, progress
     results = {"settings": dataclasses.asdict(settings), "base_model": base_dir,
                "base": _evaluate_dir(base_dir, problems, settings, key), "runs": {}}
     say(f"      base: pass@1 {results['base']['pass@1']:.3f}, mean length {results['base']['mean_length']:.1f}")
+    results["inference"] = _inference_rows(workdir, base_dir, problems, settings, key, results, say)
 
     say(f"[3/4] RL: {len(settings.modes)} reward modes x {len(settings.seeds)} seeds")
     for mode in settings.modes:
@@ -240,11 +356,21 @@ def summarize_runs(results: dict, settings: ReproduceConfig) -> dict[str, dict[s
 
 
 def results_markdown(results: dict) -> str:
-    cols = list(TABLE_KEYS) + ["kl_to_base_last", "base_loglik_last"]
+    cols = list(TABLE_KEYS) + ["cost_ratio", "kl_to_base_last", "base_loglik_last"]
     lines = ["| model | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     base = results["base"]
-    lines.append("| base | " + " | ".join(f"{base[c]:.3f}" if c in base else "" for c in cols) + " |")
+
+    def plain_row(name: str, row: dict) -> str:
+        row = {**row, "cost_ratio": _cost_ratio(row, base)}
+        return f"| {name} | " + " | ".join(f"{row[c]:.3f}" if c in row else "" for c in cols) + " |"
+
+    lines.append(plain_row("base", base))
+    for mode, row in results.get("inference", {}).items():
+        lines.append(plain_row(f"infer:{mode}", row))
     for mode, metrics in results["summary"].items():
+        cost = metrics.get("token_cost_per_problem")
+        if cost is not None and base.get("token_cost_per_problem"):
+            metrics = {**metrics, "cost_ratio": (cost[0] / base["token_cost_per_problem"], cost[1] / base["token_cost_per_problem"])}
         cells = []
         for c in cols:
             if c in metrics:

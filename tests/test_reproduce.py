@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from sharpjax.models.hf import load_model
-from sharpjax.reproduce import FIXED_LENGTH, ReproduceConfig, run
+from sharpjax.reproduce import DEFAULT_INFERENCE_MODES, FIXED_LENGTH, ReproduceConfig, run
 from sharpjax.train.metrics import read_metrics
 
 
@@ -28,13 +28,25 @@ def _cache(tmp_path_factory, monkeypatch):
 
 def test_quick_pipeline_end_to_end(tmp_path):
     settings = ReproduceConfig(size="quick", modes=("task", "likelihood", "power-a2"), seeds=(0,),
-                                 test_problems=8, eval_samples=4)
+                                 test_problems=8, eval_samples=4, inference_modes=("temp-a2", "power-mcmc-a2"))
     results = run(str(tmp_path), settings, progress=False)
     on_disk = json.loads((tmp_path / "results.json").read_text())
     assert on_disk["summary"].keys() == {"task", "likelihood", "power-a2"}
-    assert "| likelihood |" in (tmp_path / "results.md").read_text()
+    assert on_disk["inference"].keys() == {"temp-a2", "power-mcmc-a2"}
+    table = (tmp_path / "results.md").read_text()
+    assert "| likelihood |" in table and "| infer:power-mcmc-a2 |" in table and "cost_ratio" in table
     for k in ("pass@1", "pass@4", "maj@4", "mean_length", "no_answer_rate"):
         assert k in results["base"]
+    base, temp, mcmc = results["base"], results["inference"]["temp-a2"], results["inference"]["power-mcmc-a2"]
+    for row in (base, temp, mcmc):
+        assert (row["num_problems"], row["num_samples"]) == (8, 4)
+    # Plain sampling (T = 1 or 1/alpha) draws exactly the response tokens: cost = n * mean length.
+    for row in (base, temp):
+        assert row["token_cost_per_problem"] == pytest.approx(4 * row["mean_length"], rel=1e-6)
+    # Power MCMC draws every token of its final responses and 8 blocks x 2 MH proposals per chain of >= 1 token
+    # each (a suffix from a uniform position: ~half a response on average, rejected ones included).
+    assert mcmc["token_cost_per_problem"] >= 4 * max(mcmc["mean_length"], 16)
+    assert mcmc["token_cost_per_problem"] > 2 * base["token_cost_per_problem"]  # ~8x expected
     runs = results["runs"]
     for mode in ("task", "likelihood", "power-a2"):
         assert os.path.isdir(runs[f"{mode}_seed0"]["workdir"])
@@ -105,7 +117,7 @@ def test_default_pipeline_task_reward_improves_accuracy(tmp_path):
 
 def test_fixed_length_run_and_rerun_reuses_finished_runs(tmp_path, monkeypatch):
     settings = ReproduceConfig(size="quick", modes=("likelihood:fixed",), seeds=(0,), test_problems=4,
-                                 eval_samples=2)
+                                 eval_samples=2, inference_modes=("temp-a4",))
     first = run(str(tmp_path), settings, progress=False)
     fixed = first["runs"]["likelihood-fixed_seed0"]
     config = json.loads((tmp_path / "runs" / "likelihood-fixed_seed0" / "config.json").read_text())
@@ -118,9 +130,14 @@ def test_fixed_length_run_and_rerun_reuses_finished_runs(tmp_path, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("a finished run was trained again")
 
+    def no_evaluation(*args, **kwargs):
+        raise AssertionError("a finished inference-time row was evaluated again")
+
     monkeypatch.setattr("sharpjax.reproduce.train", no_training)
+    monkeypatch.setattr("sharpjax.reproduce._evaluate_inference", no_evaluation)
     again = run(str(tmp_path), settings, progress=False)
     assert again["runs"]["likelihood-fixed_seed0"] == fixed
+    assert again["inference"] == first["inference"]
     assert again["summary"] == first["summary"]
 
 
@@ -131,6 +148,9 @@ def test_unknown_mode_fails_before_any_work(tmp_path):
         run(str(tmp_path), ReproduceConfig(size="quick", modes=("task", "taks")), progress=False)
     with pytest.raises(ConfigError, match="':fixed'"):
         run(str(tmp_path), ReproduceConfig(size="quick", modes=("likelihood:fixd",)), progress=False)
+    for bad in ("power-mcmc", "power-mcmc-a0", "power-mcmc-ax", "greedy-a2", "temp-a-1"):
+        with pytest.raises(ConfigError, match=f"inference mode '{bad}'"):
+            run(str(tmp_path), ReproduceConfig(size="quick", modes=("task",), inference_modes=(bad,)), progress=False)
     assert not (tmp_path / "runs").exists()
 
 
@@ -144,16 +164,21 @@ def test_main_job_command_line(monkeypatch, capsys):
     assert workdir == "w" and settings.size == "quick" and settings.seeds == (0, 1)
     assert settings.modes == ("task", "likelihood:fixed") and (settings.test_problems, settings.eval_samples) == (16, 4)
     assert settings.retrain_base is False  # the shipped base model unless asked
-    main_job.main(["--size", "large", "--retrain-base"])
+    assert settings.inference_modes == DEFAULT_INFERENCE_MODES
+    main_job.main(["--size", "large", "--retrain-base", "--inference-modes", "temp-a2,power-smc-a4"])
     assert calls[-1][1].size == "large" and calls[-1][1].test_problems == 500 and calls[-1][1].retrain_base
+    assert calls[-1][1].inference_modes == ("temp-a2", "power-smc-a4")
+    main_job.main(["--quick", "--inference-modes", ""])
+    assert calls[-1][1].inference_modes == ()
     for bad, message in ((["--modes", "task,taks"], "unknown reward preset 'taks'"),
                          (["--test-problems", "0"], "positive integer"),
                          (["--seeds", "x"], "--seeds 'x'"),
-                         (["--size", "huge"], "invalid choice")):
+                         (["--size", "huge"], "invalid choice"),
+                         (["--inference-modes", "power-mcmc-a4,tmp-a2"], "inference mode 'tmp-a2'")):
         with pytest.raises(SystemExit):
             main_job.main(bad)
         assert message in capsys.readouterr().err
-    assert len(calls) == 2
+    assert len(calls) == 3
 
 
 def test_retrain_base_reaches_the_base_model_resolution(tmp_path, monkeypatch):
