@@ -77,6 +77,27 @@ def test_errors(hf_checkpoint, bench_file, tmp_path, capsys):
     assert e.value.code == 2 and "NAME=PATH" in capsys.readouterr().err
 
 
+def test_data_file_errors_name_the_file_and_line(tmp_path):
+    # issue 16, item 7: the CLI reads --data_file with sharpjax.data.load_dataset, so an empty
+    # file is an error (not "argmax of an empty sequence" later) and a malformed line is
+    # reported at its line in the file (json's own lineno is 1 within the line).
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(SystemExit) as e:
+        cli.load_benchmarks(["toy"], data_files={"toy": str(empty)}, data_dir=None, limit=None)
+    assert "holds no problems" in str(e.value.code) and str(empty) in str(e.value.code)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"problem": "1+1?", "answer": "2"}\n\n{"problem": "2+2?", "answer": "4"}\n{"problem": "3+3?",\n')
+    with pytest.raises(SystemExit) as e:
+        cli.load_benchmarks(["toy"], data_files={"toy": str(bad)}, data_dir=None, limit=None)
+    assert f"{bad}:4: not valid JSON" in str(e.value.code)
+    missing = tmp_path / "missing.jsonl"
+    missing.write_text('{"problem": "1+1?"}\n')
+    with pytest.raises(SystemExit) as e:
+        cli.load_benchmarks(["toy"], data_files={"toy": str(missing)}, data_dir=None, limit=None)
+    assert f"{missing}:1: missing required field 'answer'" in str(e.value.code)
+
+
 DATA_DIR = os.environ.get("SHARPJAX_DATA_DIR") or os.path.join(os.path.dirname(ROOT), "shared", "data")
 
 
