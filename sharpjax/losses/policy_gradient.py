@@ -108,7 +108,9 @@ def policy_gradient_loss(
     Args:
       logp_BT: log pi_theta of each sampled response token under the current params, the
         only input with a gradient.
-      rollout_logp_BT: log-probs recorded by the sampler (treated as constants).
+      rollout_logp_BT: log-probs of the tokens under the distribution they were sampled
+        from, the behaviour policy (the sampler's `sampling_logprobs`: tempered when T != 1);
+        treated as constants.
       advantages_B: one advantage per response (e.g. `compute_advantages(...).reshape(-1)`),
         shared by its tokens; treated as constants.
       mask_BT: 1 on valid response tokens (EOS included), 0 on prompt and padding.
