@@ -155,14 +155,23 @@ class _TensorReader:
             raise ModelFileError(f"{path}: tensor {name!r} cannot be read ({e}): the file is corrupt.") from None
 
 
-def check_model_files(model_dir: str) -> ModelConfig:
+def check_model_files(model_dir: str, *, weights_required: bool = True) -> ModelConfig:
     """Reads config.json and every safetensors header of `model_dir` (no weights): a missing,
     corrupt or truncated file is a ModelFileError naming it, before anything heavy runs.
+
+    Args:
+      model_dir: a Hugging Face model directory.
+      weights_required: False accepts a directory with no weight files at all (the launcher's
+        fit check plans from config.json alone; loading reports the missing weights later).
 
     Returns:
       The model's config.
     """
     config = load_config(model_dir)
+    if not weights_required and not any(
+        os.path.exists(os.path.join(model_dir, name)) for name in (SINGLE_FILE, INDEX_FILE)
+    ):
+        return config
     reader = _TensorReader(model_dir)
     for path in sorted(set(reader.files.values())):
         with _open_safetensors(path):

@@ -302,7 +302,8 @@ def check_model_dir(model_dir: str, field: str = "config.model_dir") -> None:
     else:
         from sharpjax.models.hf import check_model_files
 
-        check_model_files(model_dir)  # a missing / corrupt / truncated file: ModelFileError naming it
+        # A corrupt config.json or a corrupt / truncated safetensors file: ModelFileError naming it.
+        check_model_files(model_dir, weights_required=False)
 
 
 def resolve_model_dirs(config_dict):
