@@ -220,7 +220,9 @@ def load_params(
     return params
 
 
-def load_model(model_dir: str, *, dtype: str | None = None, shardings: Params | None = None) -> tuple[Params, ModelConfig]:
+def load_model(
+    model_dir: str, *, dtype: str | None = None, shardings: Params | None = None
+) -> tuple[Params, ModelConfig]:
     """`load_config` + `load_params`: (params, config) from a Hugging Face directory."""
     config = load_config(model_dir, dtype=dtype)
     return load_params(model_dir, config, shardings=shardings), config

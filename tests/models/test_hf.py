@@ -45,7 +45,8 @@ def test_round_trip_gives_identical_tensors(hf_checkpoint, tmp_path, family, max
         assert n1 == n2 and torch.equal(p1, p2), n1
     # and sharpjax reloads its own (sharded) export.
     again, _ = load_model(str(tmp_path), dtype="float32")
-    assert all(np.array_equal(a, b) for a, b in zip(np.asarray(params["embed"])[None], np.asarray(again["embed"])[None]))
+    embeds = zip(np.asarray(params["embed"])[None], np.asarray(again["embed"])[None])
+    assert all(np.array_equal(a, b) for a, b in embeds)
 
 
 def test_unknown_model_type(hf_checkpoint, tmp_path):
@@ -105,7 +106,8 @@ def test_corrupt_config_json_names_the_file(hf_checkpoint, tmp_path):
 @pytest.mark.parametrize("max_shard_bytes", [None, 20_000], ids=["single", "sharded"])
 def test_truncated_safetensors_names_the_file(hf_checkpoint, tmp_path, max_shard_bytes):
     params, config = load_model(hf_checkpoint("qwen3"), dtype="float32")
-    save_model(str(tmp_path), params, config, **({} if max_shard_bytes is None else {"max_shard_bytes": max_shard_bytes}))
+    shard = {} if max_shard_bytes is None else {"max_shard_bytes": max_shard_bytes}
+    save_model(str(tmp_path), params, config, **shard)
     files = sorted(tmp_path.glob("*.safetensors"))
     victim = files[-1]
     data = victim.read_bytes()
