@@ -115,3 +115,12 @@ def test_truncated_safetensors_names_the_file(hf_checkpoint, tmp_path, max_shard
     for load in (load_model, check_model_files):
         with pytest.raises(ModelFileError, match=re.escape(str(victim)) + ".*truncated or corrupt"):
             load(str(tmp_path))
+
+
+def test_reference_llama_uses_llama3_rope_scaling():
+    # Why setup.cfg's floor is transformers>=5.0: the reference models are configured with
+    # `rope_parameters`, which transformers 4.x ignores without a word (its key was
+    # `rope_scaling`), so every Llama parity test would compare against default RoPE.
+    from tests.tiny import build_hf_model
+
+    assert build_hf_model("llama").model.rotary_emb.rope_type == "llama3"
