@@ -130,7 +130,8 @@ def policy_gradient_loss(
       is_weight_{mean,max}, is_clip_frac (tokens whose importance weight hit the cap),
       ppo_clip_frac (tokens where the clipped surrogate is active; 0 without PPO),
       rollout_logp_abs_diff(_max) (|logp_train - logp_rollout|, ~0 when the sampler and the
-      trainer agree) and num_tokens (the normalizer used).
+      trainer agree; at a sampling temperature T != 1 it also holds the tempering) and
+      num_tokens (the normalizer used).
 
     Raises:
       ValueError: config.kl_coef > 0 and ref_logp_BT is None.
