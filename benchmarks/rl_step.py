@@ -43,7 +43,8 @@ def time_steps(size: str, steps: int, trim: bool) -> dict:
     return {
         # Step 1 of both sides starts from the same weights and samples with the same key, and
         # trimming is exact: the same rewards and (to fp32 reordering) the same loss.
-        "step1": {k: all_rows[0][k] for k in ("reward/reward", "loss", "response_length", "grad_norm")},
+        "step1": {k: all_rows[0][k] for k in (
+            "reward/reward", "response_length", "entropy", "kl_to_base", "loss", "grad_norm")},
         "step_s": statistics.median(r["step_s"] for r in rows),
         "update_s": statistics.median(r["update_s"] for r in rows),
         "response_length": statistics.mean(r["response_length"] for r in rows),

@@ -52,5 +52,8 @@ def test_rl_step_benchmark_quick(tmp_path):
     trimmed, padded = results["trimmed"]["step1"], results["padded"]["step1"]
     assert trimmed["reward/reward"] == padded["reward/reward"]
     assert trimmed["response_length"] == padded["response_length"] < results["padded"]["budget"]
+    # Scored columns: the update's own log-probs (entropy) and the reference's (KL to the base).
+    assert trimmed["entropy"] > 0.1 and trimmed["entropy"] == pytest.approx(padded["entropy"], rel=1e-4)
+    assert trimmed["kl_to_base"] == pytest.approx(padded["kl_to_base"], rel=1e-4, abs=1e-4)
     assert trimmed["loss"] == pytest.approx(padded["loss"], rel=1e-4, abs=1e-6)
-    assert trimmed["grad_norm"] == pytest.approx(padded["grad_norm"], rel=1e-4)
+    assert trimmed["grad_norm"] == pytest.approx(padded["grad_norm"], rel=1e-4, abs=1e-6)
