@@ -38,8 +38,13 @@ def time_steps(size: str, steps: int, trim: bool) -> dict:
     config.eval.every = steps + 1
     with tempfile.TemporaryDirectory() as workdir:
         train(RunConfig.from_config_dict(config), workdir, progress=False)
-        rows = [r for r in read_metrics(workdir) if "step_s" in r][WARMUP:]
+        all_rows = [r for r in read_metrics(workdir) if "step_s" in r]
+        rows = all_rows[WARMUP:]
     return {
+        # Step 1 of both sides starts from the same weights and samples with the same key, and
+        # trimming is exact: the same rewards and (to fp32 reordering) the same loss.
+        "step1": {k: all_rows[0][k] for k in (
+            "reward/reward", "response_length", "entropy", "kl_to_base", "loss", "grad_norm")},
         "step_s": statistics.median(r["step_s"] for r in rows),
         "update_s": statistics.median(r["update_s"] for r in rows),
         "response_length": statistics.mean(r["response_length"] for r in rows),

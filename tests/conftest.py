@@ -47,17 +47,31 @@ def pytest_configure(config):
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-@pytest.fixture(scope="session")
-def data_dir():
+def in_ci() -> bool:
+    """CI=true (set by .ci/run and by CI services): missing test data is a failure, not a skip."""
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+def find_data_dir():
     """The benchmark data directory (math500.jsonl, ...): $SHARPJAX_DATA_DIR, else the
-    checkout's sibling ../shared/data. Tests that need the real files skip without it."""
+    checkout's sibling ../shared/data. Without it the calling test skips, or, under CI=true,
+    fails: CI must run every test that guards the data-dependent code."""
     from pathlib import Path
 
     env = os.environ.get("SHARPJAX_DATA_DIR")
     path = Path(env) if env else Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
     if not (path / "math500.jsonl").is_file():
-        pytest.skip(
+        message = (
             f"benchmark data not found at {path} (no math500.jsonl): set SHARPJAX_DATA_DIR to "
             "the directory holding the benchmark JSONL files to run these tests."
         )
+        if in_ci():
+            pytest.fail(f"CI=true: {message}", pytrace=False)
+        pytest.skip(message)
     return path.resolve()
+
+
+@pytest.fixture(scope="session")
+def data_dir():
+    """`find_data_dir()` as a fixture."""
+    return find_data_dir()

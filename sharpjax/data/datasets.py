@@ -331,12 +331,12 @@ def load_dataset(
     """
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
         raise ValueError(f"limit must be None or an int >= 0, got {limit!r}.")
-    if not isinstance(name, str) or not (
-        name in _LOCAL or name in _REMOTE or (name.startswith(_HUB_PREFIX) and len(name) > 4)
-    ):
-        raise ValueError(f"unknown dataset {name!r}; known: {_known_names()}.")
-    if path is not None:
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"unknown dataset {name!r}; known: {_known_names()} (or pass path= to a file).")
+    if path is not None:  # Any name: it only labels the problems (default ids and source).
         return _read_file(Path(path).expanduser(), name=name, limit=limit)
+    if not (name in _LOCAL or name in _REMOTE or (name.startswith(_HUB_PREFIX) and len(name) > 4)):
+        raise ValueError(f"unknown dataset {name!r}; known: {_known_names()} (or pass path= to a file).")
     if name in _LOCAL:
         return _read_file(
             resolve_data_dir(data_dir) / _LOCAL[name].filename, name=name, limit=limit

@@ -27,7 +27,6 @@ import json
 import os
 import sys
 import time
-import types
 import zlib
 
 from sharpjax.data import load_dataset
@@ -100,22 +99,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _read_jsonl(path: str, limit: int | None) -> list[types.SimpleNamespace]:
-    problems = []
-    with open(path) as f:
-        for i, line in enumerate(f):
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            if "problem" not in row or "answer" not in row:
-                raise ValueError(f"{path}:{i + 1}: a line needs 'problem' and 'answer' fields.")
-            problem = types.SimpleNamespace(id=str(row.get("id", i)), problem=row["problem"], answer=str(row["answer"]))
-            problems.append(problem)
-            if limit is not None and len(problems) >= limit:
-                break
-    return problems
-
-
 def load_benchmarks(names: list[str], *, data_files: dict[str, str], data_dir: str | None, limit: int | None):
     """{name: problems}, from --data_file entries or `sharpjax.data.load_dataset`.
 
@@ -127,10 +110,12 @@ def load_benchmarks(names: list[str], *, data_files: dict[str, str], data_dir: s
             path = data_files[name]
             if not os.path.isfile(path):
                 raise SystemExit(f"error: --data_file {name}={path}: no such file.")
-            out[name] = _read_jsonl(path, limit)
-            continue
         try:
-            out[name] = list(load_dataset(name, data_dir=data_dir, limit=limit))
+            # One reader for every file: malformed lines are reported as file:line.
+            if name in data_files:
+                out[name] = load_dataset(name, path=data_files[name], limit=limit)
+            else:
+                out[name] = list(load_dataset(name, data_dir=data_dir, limit=limit))
         except (ValueError, FileNotFoundError) as e:
             raise SystemExit(f"error: benchmark {name!r}: {e}") from None
         if not out[name]:

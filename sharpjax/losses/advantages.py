@@ -29,6 +29,18 @@ def _check_group(rewards_PG: Array, name: str) -> None:
         )
 
 
+def _shift(rewards_PG: Array) -> Array:
+    """Rewards minus the group's first reward: the advantages are shift-invariant, and a group
+    whose rewards are all equal becomes exactly 0, so its advantages are exactly 0.
+
+    Without the shift, float32 rounding of mean(R) leaves ~|R| * 1e-7 per response (3e-5
+    for a sequence log-likelihood of a few hundred nats), and normalize_std divides that
+    leftover by std + eps ~ 1e-6: a collapsed group would get advantages of 1-10, all of one
+    sign.
+    """
+    return rewards_PG - rewards_PG[:, :1]
+
+
 def _normalize(
     advantages_PG: Array, rewards_PG: Array, normalize_std: bool, eps: float
 ) -> Array:
@@ -45,7 +57,8 @@ def rloo_advantages(
     """RLOO advantages A_i = R_i - mean_{j != i} R_j within each prompt's group.
 
     Equivalently A_i = G / (G - 1) * (R_i - mean_j R_j): they sum to zero over each group
-    and are unchanged by adding a constant to every reward of a group.
+    and are unchanged by adding a constant to every reward of a group, so they are computed
+    on R - R_0 (the group's first reward): a group of equal rewards gets exactly 0.
 
     Args:
       rewards_PG: scalar reward of each response, [prompts, samples per prompt].
@@ -60,7 +73,7 @@ def rloo_advantages(
       ValueError: rewards are not 2-D or the group size is < 2 (leave-one-out needs >= 2).
     """
     _check_group(rewards_PG, "rloo_advantages")
-    rewards_PG = jnp.asarray(rewards_PG, compute_dtype(rewards_PG))
+    rewards_PG = _shift(jnp.asarray(rewards_PG, compute_dtype(rewards_PG)))
     g = rewards_PG.shape[1]
     total_P1 = jnp.sum(rewards_PG, axis=1, keepdims=True)
     baseline_PG = (total_P1 - rewards_PG) / (g - 1)
@@ -84,7 +97,7 @@ def grpo_advantages(
       Advantages, [prompts, samples per prompt], at least fp32.
     """
     _check_group(rewards_PG, "grpo_advantages")
-    rewards_PG = jnp.asarray(rewards_PG, compute_dtype(rewards_PG))
+    rewards_PG = _shift(jnp.asarray(rewards_PG, compute_dtype(rewards_PG)))
     advantages_PG = rewards_PG - jnp.mean(rewards_PG, axis=1, keepdims=True)
     return _normalize(advantages_PG, rewards_PG, normalize_std, eps)
 

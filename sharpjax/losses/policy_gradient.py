@@ -108,7 +108,9 @@ def policy_gradient_loss(
     Args:
       logp_BT: log pi_theta of each sampled response token under the current params, the
         only input with a gradient.
-      rollout_logp_BT: log-probs recorded by the sampler (treated as constants).
+      rollout_logp_BT: log-probs of the tokens under the distribution they were sampled
+        from, the behaviour policy (the sampler's `sampling_logprobs`: tempered when T != 1);
+        treated as constants.
       advantages_B: one advantage per response (e.g. `compute_advantages(...).reshape(-1)`),
         shared by its tokens; treated as constants.
       mask_BT: 1 on valid response tokens (EOS included), 0 on prompt and padding.
@@ -128,7 +130,8 @@ def policy_gradient_loss(
       is_weight_{mean,max}, is_clip_frac (tokens whose importance weight hit the cap),
       ppo_clip_frac (tokens where the clipped surrogate is active; 0 without PPO),
       rollout_logp_abs_diff(_max) (|logp_train - logp_rollout|, ~0 when the sampler and the
-      trainer agree) and num_tokens (the normalizer used).
+      trainer agree; at a sampling temperature T != 1 it also holds the tempering) and
+      num_tokens (the normalizer used).
 
     Raises:
       ValueError: config.kl_coef > 0 and ref_logp_BT is None.

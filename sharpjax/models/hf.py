@@ -19,7 +19,7 @@ import numpy as np
 import safetensors
 import safetensors.numpy
 
-from sharpjax.errors import ConfigError, ModelFileError
+from sharpjax.errors import ModelFileError
 from sharpjax.models.config import ModelConfig
 from sharpjax.models.transformer import Params, param_logical_axes
 
@@ -90,12 +90,34 @@ def load_config(model_dir: str, *, dtype: str | None = None) -> ModelConfig:
     path = os.path.join(model_dir, "config.json")
     if not os.path.isfile(path):
         raise ModelFileError(f"{path} not found: a Hugging Face model directory needs config.json.")
-    with open(path) as f:
-        try:
-            hf = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path} is not valid JSON: {e}") from None
+    hf = _read_json(path, "config.json")
+    if not isinstance(hf, dict):
+        raise ModelFileError(f"{path} holds a JSON {type(hf).__name__}, not an object: the file is corrupt; "
+                             "re-download or re-export the model directory.")
     return ModelConfig.from_hf_dict(hf, dtype=dtype, source=path)
+
+
+def _read_json(path: str, what: str):
+    """A model directory's JSON file; a corrupt one is a ModelFileError naming it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelFileError(
+            f"{path} is not valid JSON ({e}): the model directory's {what} is corrupt or truncated; "
+            "re-download or re-export it."
+        ) from None
+
+
+def _open_safetensors(path: str):
+    """An open safetensors file; a truncated or corrupt one is a ModelFileError naming it."""
+    try:
+        return safetensors.safe_open(path, "numpy")
+    except Exception as e:  # safetensors raises its own SafetensorError (not exported stably)
+        raise ModelFileError(
+            f"{path} cannot be read as safetensors ({e}): the file is truncated or corrupt (an interrupted "
+            "download or copy?); re-download or re-export the model directory."
+        ) from None
 
 
 class _TensorReader:
@@ -105,11 +127,13 @@ class _TensorReader:
         index_path = os.path.join(model_dir, INDEX_FILE)
         single_path = os.path.join(model_dir, SINGLE_FILE)
         if os.path.isfile(index_path):
-            with open(index_path) as f:
-                weight_map = json.load(f)["weight_map"]
+            index = _read_json(index_path, INDEX_FILE)
+            weight_map = index.get("weight_map") if isinstance(index, dict) else None
+            if not isinstance(weight_map, dict):
+                raise ModelFileError(f"{index_path} has no 'weight_map' object: the index is corrupt; re-export it.")
             self.files = {name: os.path.join(model_dir, fname) for name, fname in weight_map.items()}
         elif os.path.isfile(single_path):
-            with safetensors.safe_open(single_path, "numpy") as f:
+            with _open_safetensors(single_path) as f:
                 self.files = {name: single_path for name in f.keys()}
         else:
             raise ModelFileError(f"{model_dir}: neither {SINGLE_FILE} nor {INDEX_FILE} found.")
@@ -124,8 +148,35 @@ class _TensorReader:
             raise ModelFileError(f"tensor {name!r} (for {needed_for}) is missing from {', '.join(where)}.")
         path = self.files[name]
         if path not in self._handles:
-            self._handles[path] = safetensors.safe_open(path, "numpy").__enter__()
-        return self._handles[path].get_tensor(name)
+            self._handles[path] = _open_safetensors(path).__enter__()
+        try:
+            return self._handles[path].get_tensor(name)
+        except Exception as e:  # a header that promises more bytes than the file holds
+            raise ModelFileError(f"{path}: tensor {name!r} cannot be read ({e}): the file is corrupt.") from None
+
+
+def check_model_files(model_dir: str, *, weights_required: bool = True) -> ModelConfig:
+    """Reads config.json and every safetensors header of `model_dir` (no weights): a missing,
+    corrupt or truncated file is a ModelFileError naming it, before anything heavy runs.
+
+    Args:
+      model_dir: a Hugging Face model directory.
+      weights_required: False accepts a directory with no weight files at all (the launcher's
+        fit check plans from config.json alone; loading reports the missing weights later).
+
+    Returns:
+      The model's config.
+    """
+    config = load_config(model_dir)
+    if not weights_required and not any(
+        os.path.exists(os.path.join(model_dir, name)) for name in (SINGLE_FILE, INDEX_FILE)
+    ):
+        return config
+    reader = _TensorReader(model_dir)
+    for path in sorted(set(reader.files.values())):
+        with _open_safetensors(path):
+            pass
+    return config
 
 
 def load_params(
@@ -169,7 +220,9 @@ def load_params(
     return params
 
 
-def load_model(model_dir: str, *, dtype: str | None = None, shardings: Params | None = None) -> tuple[Params, ModelConfig]:
+def load_model(
+    model_dir: str, *, dtype: str | None = None, shardings: Params | None = None
+) -> tuple[Params, ModelConfig]:
     """`load_config` + `load_params`: (params, config) from a Hugging Face directory."""
     config = load_config(model_dir, dtype=dtype)
     return load_params(model_dir, config, shardings=shardings), config

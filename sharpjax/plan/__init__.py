@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import inspect
-import json
 import math
 import os
 import re
@@ -81,8 +80,9 @@ def model_config_for(run: RunConfig) -> ModelConfig:
     published config of a paper model named like the directory (e.g. .../Qwen3-4B-Instruct-2507)."""
     path = os.path.join(run.model_dir, "config.json")
     if os.path.isfile(path):
-        with open(path) as f:
-            return ModelConfig.from_hf_dict(json.load(f), dtype=run.dtype, source=path)
+        from sharpjax.models.hf import load_config  # a corrupt config.json: ModelFileError naming it
+
+        return load_config(run.model_dir, dtype=run.dtype)
     name = os.path.basename(os.path.normpath(run.model_dir))
     if name in PAPER_MODELS:
         return ModelConfig.from_hf_dict(PAPER_MODELS[name], dtype=run.dtype, source=f"{name} (published config.json)")

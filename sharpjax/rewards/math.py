@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import logging
 import numbers
 import re
 import signal
@@ -322,16 +323,28 @@ def _call_with_alarm(fn, timeout_s: float | None):
         signal.signal(signal.SIGALRM, old)
 
 
-def _mv():
-    """Import math-verify lazily, with its own signal timeouts switched off (we own them)."""
-    import math_verify
-    import math_verify.grader
-    import math_verify.parser
+class _DropTimeoutDisabledWarning(logging.Filter):
+    """Drops math-verify's "Timeout is disabled" warning and nothing else: we pass timeout=None
+    on purpose (its SIGALRM would cancel ours) and bound every call with our own deadline.
+    A logging filter, not a write to math-verify's private module flags, so it holds
+    whatever math-verify calls them."""
 
-    # We pass timeout=None to math-verify (its SIGALRM would cancel ours); this silences
-    # the once-per-process warning that it then has no timeout.
-    math_verify.parser.TIMEOUT_WARNING_SHOWN = True
-    math_verify.grader.TIMEOUT_WARNING_SHOWN = True
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Timeout is disabled")
+
+
+_DROP_TIMEOUT_WARNING = _DropTimeoutDisabledWarning()
+MATH_VERIFY_LOGGERS = ("math_verify.parser", "math_verify.grader")
+
+
+def _mv():
+    """Import math-verify lazily, its timeout-disabled warning filtered (we own the timeouts)."""
+    import math_verify
+
+    for name in MATH_VERIFY_LOGGERS:
+        logger = logging.getLogger(name)
+        if _DROP_TIMEOUT_WARNING not in logger.filters:
+            logger.addFilter(_DROP_TIMEOUT_WARNING)
     return math_verify
 
 

@@ -126,7 +126,8 @@ class RolloutBatch:
       response_mask: [B, P + M] 1 on response tokens (the stop token included).
       logprobs: [B, P + M] log pi(token_t | <t) at temperature 1 on response tokens, else 0.
       sampling_logprobs: [B, P + M] the same under the tempered, top-k/top-p filtered
-        distribution that the tokens were actually drawn from.
+        distribution that the tokens were actually drawn from (the behaviour policy: the
+        denominator of the loss's importance weight); equal to `logprobs` at T = 1 untruncated.
       lengths: [B] response lengths in tokens.
       finished: [B] True where a stop token ended the response ("eos"), False: "length".
       prompt_index: [B] row of the prompt batch each response answers.
@@ -209,7 +210,12 @@ def _next_token(logits_BV, key, sampling: SamplingConfig):
     else:
         tempered_BV = filter_logits(logits_BV / sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p)
         token_B = jax.random.categorical(key, tempered_BV, axis=-1).astype(jnp.int32)
-        sampling_logprobs_BV = jax.nn.log_softmax(tempered_BV, axis=-1)
+        if sampling.temperature == 1.0 and sampling.top_k == 0 and sampling.top_p == 1.0:
+            # The sampled distribution is the policy: the same array, so the importance weight
+            # exp(logp_train - sampling_logp) of the paper's setting is bit-identical to before.
+            sampling_logprobs_BV = logprobs_BV
+        else:
+            sampling_logprobs_BV = jax.nn.log_softmax(tempered_BV, axis=-1)
     pick = lambda lp: jnp.take_along_axis(lp, token_B[:, None], axis=-1)[:, 0]  # noqa: E731
     return token_B, pick(logprobs_BV), pick(sampling_logprobs_BV)
 

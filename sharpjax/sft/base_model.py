@@ -288,7 +288,8 @@ def resolve_model_dir(model_dir: str, *, retrain: bool = False) -> str:
 
 
 def check_model_dir(model_dir: str, field: str = "config.model_dir") -> None:
-    """Raises ConfigError unless `model_dir` is `sft:<known size>` or an existing directory (no training)."""
+    """Raises ConfigError unless `model_dir` is `sft:<known size>` or an existing directory (no training),
+    and ModelFileError when that directory's config.json or safetensors files are missing or corrupt."""
     if model_dir.startswith("sft:"):
         from sharpjax.configs.small_scale import sft_config
 
@@ -298,6 +299,11 @@ def check_model_dir(model_dir: str, field: str = "config.model_dir") -> None:
             f"{field}={model_dir!r} is not a directory; give a local Hugging Face model directory "
             "(config.json + *.safetensors + tokenizer files) or 'sft:quick' / 'sft:default'."
         )
+    else:
+        from sharpjax.models.hf import check_model_files
+
+        # A corrupt config.json or a corrupt / truncated safetensors file: ModelFileError naming it.
+        check_model_files(model_dir, weights_required=False)
 
 
 def resolve_model_dirs(config_dict):

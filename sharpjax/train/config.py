@@ -281,6 +281,26 @@ class RunConfig:
             raise ConfigError(f"config.rollout.temperature={r.temperature} must be > 0.")
         if not 0 < r.top_p <= 1:
             raise ConfigError(f"config.rollout.top_p={r.top_p} must be in (0, 1].")
+        if r.top_p < 1 or r.top_k != 0:
+            # Temperature is corrected (the importance weight's denominator is the tempered
+            # distribution the tokens were drawn from); truncation cannot be: tokens outside the
+            # top-k / nucleus have probability 0 under the sampler but not under the policy, so
+            # no importance weight recovers their share of the on-policy gradient.
+            raise ConfigError(
+                f"config.rollout.top_p={r.top_p}, config.rollout.top_k={r.top_k}: truncated sampling is not "
+                "supported in training (tokens outside the nucleus / top-k can never be sampled, so the "
+                "policy gradient would be biased with no importance weight to correct it); use top_p=1.0 "
+                "and top_k=0 (the paper's setting)."
+            )
+        lc = self.loss
+        if lc.ppo_clip_eps is not None or lc.ppo_clip_eps_high is not None:
+            # The loop makes one update per rollout, so the PPO ratio is exactly 1 at that update
+            # and the clip never acts: refuse the options rather than accept and ignore them.
+            raise ConfigError(
+                f"config.loss.ppo_clip_eps={lc.ppo_clip_eps}, config.loss.ppo_clip_eps_high={lc.ppo_clip_eps_high}: "
+                "PPO clipping is not supported in training (the loop makes one update per rollout, where the "
+                "PPO ratio is 1 and the clip is inactive); leave both None (the paper's REINFORCE loss)."
+            )
         _positive(t.steps, "config.train.steps")
         _positive(t.micro_batches, "config.train.micro_batches")
         _positive(t.checkpoint_every, "config.train.checkpoint_every")
@@ -296,14 +316,14 @@ class RunConfig:
             raise ConfigError(f"config.eval.every={e.every} must be >= 0 (0: validate only at start and end).")
         _positive(e.num_samples, "config.eval.num_samples")
         _positive(e.batch_size, "config.eval.batch_size")
-        if not (e.metric.startswith(("pass@", "maj@")) or e.metric in ("mean_length", "no_answer")):
-            raise ConfigError(f"config.eval.metric={e.metric!r} must be 'pass@k' or 'maj@k' (e.g. 'pass@1').")
+        self._check_best_checkpoint_metric()
         if self.data.task not in ("math", "arithmetic"):
             raise ConfigError(f"config.data.task={self.data.task!r} must be 'math' or 'arithmetic'.")
         if self.data.verifier not in ("boxed", "math_verify"):
             raise ConfigError(
                 f"config.data.verifier={self.data.verifier!r} must be 'boxed' or 'math_verify' (the paper's)."
             )
+        self._check_validation_sets()
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ConfigError(f"config.dtype={self.dtype!r} must be 'float32', 'bfloat16' or 'float16'.")
         if r.chunk_prompts is not None:
@@ -323,6 +343,44 @@ class RunConfig:
                 f"config.train.micro_batches={t.micro_batches} does not divide the batch of "
                 f"{r.prompts_per_step} x {r.samples_per_prompt} = {batch} responses."
             )
+
+    def _check_best_checkpoint_metric(self) -> None:
+        """eval.metric must be a key validation reports, else the best checkpoint is silently never chosen."""
+        from sharpjax.eval.metrics import DEFAULT_KS  # numpy only; validation reports these ks
+
+        e = self.eval
+        n = e.num_samples
+        allowed = [f"{m}@{k}" for m in ("pass", "maj") for k in DEFAULT_KS if k <= n] + ["mean@1"]
+        kind, _, k = e.metric.partition("@")
+        if e.metric in allowed:
+            return
+        if kind in ("pass", "maj") and k.isdigit() and int(k) > n:
+            why = f"validation draws config.eval.num_samples={n} samples per problem, so it reports no {e.metric}"
+        else:
+            why = "validation reports no such metric (the best checkpoint is the one with the highest value)"
+        raise ConfigError(
+            f"config.eval.metric={e.metric!r}: {why}; use one of {', '.join(allowed)}"
+            + (" or raise config.eval.num_samples." if kind in ("pass", "maj") else ".")
+        )
+
+    def _check_validation_sets(self) -> None:
+        """data.validation names sets the task has (the first one decides the best checkpoint)."""
+        d = self.data
+        if d.task == "arithmetic":
+            if d.validation not in ((), ("arithmetic",)):
+                raise ConfigError(
+                    f"config.data.validation={d.validation!r}: the arithmetic task has one held-out set, "
+                    "'arithmetic'; use ('arithmetic',), or () for no validation."
+                )
+            return
+        from sharpjax.data import available_datasets  # no jax; names only
+
+        known = available_datasets()
+        for name in d.validation:
+            if name not in known and not (name.startswith("hub:") and len(name) > 4):
+                raise ConfigError(
+                    f"config.data.validation: unknown benchmark {name!r}; known: {', '.join(known)}, hub:<dataset id>."
+                )
 
     def check_against(self, *, context_length: int, prompt_length: int | None = None, num_devices: int) -> None:
         """Checks that need the model and the devices (still before anything compiles)."""

@@ -56,7 +56,8 @@ class TrainBatch:
       tokens: [B, T] prompt + response tokens.
       attention_mask: [B, T] 1 on real tokens.
       response_mask: [B, T] 1 on response tokens (the loss's tokens).
-      rollout_logprobs: [B, T] sampler log-probs (importance-weight denominator).
+      rollout_logprobs: [B, T] log-probs of the distribution the sampler drew the tokens from
+        (tempered when rollout.temperature != 1): the importance-weight denominator.
       advantages: [B] one advantage per response.
       ref_logprobs: [B, T] frozen reference log-probs (zeros unless the loss has a KL term).
     """
@@ -268,7 +269,11 @@ def compute_rewards(
 
     L_ref is scored under the frozen reference params (skipped when neither the reward nor
     a KL term needs it, unless `score_reference`: then it is only logged, e.g. for the
-    KL(pi || base) curve); L_pol is the sampler's own log-probs at temperature 1.
+    KL(pi || base) curve); L_pol is the sampler's own log-probs at temperature 1 (the trained
+    policy's log-likelihood). The batch's importance-weight denominator is the sampled
+    distribution's log-probs (`rollout.sampling_logprobs`), so at temperature T != 1 the
+    truncated weight min(pi / q_T, cap) turns samples of q_T into on-policy gradient estimates
+    (exactly so for one-token responses; per token, as truncated IS does, for longer ones).
     `ref_logp_BT`, when given, is that scoring already done (`reference_logprobs`, dispatched
     earlier so it overlaps the host's answer verification); `ref_params` is then unused.
 
@@ -298,7 +303,9 @@ def compute_rewards(
         tokens=rollout.tokens,
         attention_mask=rollout.attention_mask,
         response_mask=mask,
-        rollout_logprobs=rollout.logprobs,
+        # The behaviour policy of the importance weight is what the tokens were drawn from (at
+        # T != 1 the tempered distribution), while L_pol above is the policy's own likelihood.
+        rollout_logprobs=rollout.sampling_logprobs,
         advantages=advantages,
         ref_logprobs=jnp.zeros_like(rollout.logprobs) if ref_logp is None else ref_logp,
     )

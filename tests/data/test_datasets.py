@@ -364,3 +364,10 @@ def test_render_prompt_uses_the_chat_template():
     tok.chat_template = None
     with pytest.raises(ValueError, match="chat_template"):
         render_prompt(tok, "x")
+
+
+def test_path_accepts_any_name(tmp_path):
+    # The docstring's promise (issue 16, item 7): with path= the name only labels the problems.
+    path = _write(tmp_path, [json.dumps({"problem": "1+1?", "answer": "2"})])
+    (problem,) = load_dataset("my_benchmark", path=path)
+    assert (problem.id, problem.source, problem.answer) == ("my_benchmark-0", "my_benchmark", "2")

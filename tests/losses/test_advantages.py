@@ -113,3 +113,17 @@ def test_reward_metrics():
     assert float(metrics["zero_std_group_frac"]) == 0.5
     assert float(metrics["reward/task"]) == pytest.approx(2 / 6)
     assert all(v.shape == () for v in metrics.values())
+
+
+@pytest.mark.parametrize("estimator", ["rloo", "grpo"])
+@pytest.mark.parametrize("normalize_std", [False, True])
+def test_equal_rewards_give_exactly_zero_advantages(estimator, normalize_std):
+    # A collapsed likelihood group: every response is the same, R = L_ref ~ -300 nats. In fp32,
+    # mean(R) does not round back to R, so without the shift by R_0 each advantage is ~3e-5 and
+    # normalize_std divides it by ~1e-6 (issue 16, item 3).
+    rewards_PG = np.full((3, 8), -312.74, np.float32)
+    rewards_PG[1] = 0.1
+    rewards_PG[2] = 123456.7
+    config = LossConfig(advantage_estimator=estimator, normalize_std=normalize_std)
+    advantages = np.asarray(compute_advantages(jnp.asarray(rewards_PG), config=config))
+    assert np.all(advantages == 0.0), advantages

@@ -6,7 +6,7 @@ import sys
 
 import jax
 import pytest
-from jax.sharding import PartitionSpec
+from jax.sharding import AbstractMesh, PartitionSpec
 
 from sharpjax.parallel import logical_to_spec, make_mesh
 
@@ -29,8 +29,13 @@ def test_sharded_forward_matches_unsharded(hf_checkpoint, family):
 
 
 def test_logical_to_spec_replicates_indivisible_dims():
-    mesh = make_mesh(1, 1, 1, devices=jax.devices()[:1])
-    assert logical_to_spec(("embed", "heads"), (64, 4), mesh) == PartitionSpec(None, None)
+    # On a mesh with fsdp=4, tensor=2 (abstract: the rules need only the axis sizes; a 1x1x1
+    # mesh replicates everything whatever the sizes, so it could not tell the cases apart).
+    mesh = AbstractMesh((1, 4, 2), ("data", "fsdp", "tensor"))
+    assert logical_to_spec(("embed", "heads"), (64, 4), mesh) == PartitionSpec("fsdp", "tensor")
+    assert logical_to_spec(("embed", "heads"), (66, 3), mesh) == PartitionSpec(None, None)
+    assert logical_to_spec(("embed", "kv_heads"), (64, 1), mesh) == PartitionSpec("fsdp", None)
+    assert logical_to_spec(("layers", "embed", "mlp"), (2, 6, 8), mesh) == PartitionSpec(None, None, "tensor")
 
 
 def test_mesh_errors():

@@ -138,3 +138,16 @@ def test_bad_sampling_configs():
         SamplingConfig(temperature=0.0, ignore_eos=True)
     with pytest.raises(ValueError, match="top_p"):
         SamplingConfig(top_p=1.5, ignore_eos=True)
+
+
+def test_untempered_sampling_logprobs_are_the_policy_logprobs_bit_for_bit():
+    # The loss's importance weight uses sampling_logprobs as its behaviour policy (issue 16,
+    # item 1): at the paper's T = 1, untruncated, they must be the temperature-1 log-probs
+    # exactly, so the paper's update is unchanged; at T != 1 they differ.
+    params, config = _tiny_model()
+    prompt = np.array([[4, 5, 6], [7, 8, 9]], np.int32)
+    for temperature, same in ((1.0, True), (0.7, False)):
+        sampling = SamplingConfig(max_new_tokens=6, num_samples=4, temperature=temperature, ignore_eos=True)
+        out = sample(params, prompt, np.ones_like(prompt), jax.random.key(2), config=config, sampling=sampling)
+        equal = np.array_equal(np.asarray(out.sampling_logprobs), np.asarray(out.logprobs))
+        assert equal == same, temperature

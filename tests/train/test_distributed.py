@@ -32,10 +32,12 @@ def _env(**extra):
 
 
 @pytest.mark.slow
+@pytest.mark.guard  # CI's second stage: multi-process training must keep matching one process
 def test_two_processes_match_one(tmp_path):
     model_dir = make_tiny_model(str(tmp_path / "model"))
     single = subprocess.run([sys.executable, SCRIPT, model_dir, str(tmp_path / "single")], cwd=ROOT, timeout=600,
-                            env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=2"), capture_output=True, text=True)
+                            env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=2"), capture_output=True,
+                            text=True)
     assert single.returncode == 0, single.stdout + single.stderr[-3000:]
 
     port = _free_port()

@@ -37,3 +37,23 @@ def test_launcher_trains_with_overrides_and_rejects_bad_configs(tmp_path):
 
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["reward"]["alpha"] == 4.0 and config["train"]["steps"] == 2
+
+
+def test_launcher_names_the_bad_file_of_a_model_directory(tmp_path):
+    # issue 16, item 6: a corrupt config.json or a truncated safetensors file stops the launcher
+    # with one line naming the file (exit 2, no traceback), before anything trains or compiles.
+    model = make_tiny_model(str(tmp_path / "model"))
+    common = ["--config", "experiments/rl_arithmetic.py:quick:power-a2", f"--config.model_dir={model}",
+              "--workdir", str(tmp_path / "run")]
+    weights = os.path.join(model, "model.safetensors")
+    data = open(weights, "rb").read()
+    with open(weights, "wb") as f:
+        f.write(data[:-100])
+    out = launch(*common)
+    assert out.returncode == 2 and f"{weights} cannot be read as safetensors" in out.stderr, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr
+    with open(os.path.join(model, "config.json"), "w") as f:
+        f.write('{"model_type": "llama", ')
+    out = launch(*common)
+    assert out.returncode == 2 and f"{model}/config.json is not valid JSON" in out.stderr, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr and not os.path.exists(tmp_path / "run")

@@ -289,3 +289,73 @@ def test_chunked_projection_loss_and_gradient_equal_full_logits():
         scale = float(np.abs(np.asarray(y)).max()) or 1.0
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-5 * scale)
     assert any(float(np.abs(np.asarray(x)).max()) > 0 for x in jax.tree.leaves(ga[0]))
+
+
+def _tempered_expected_gradient(temperature: float, *, behaviour_from_batch: bool = True):
+    """Exact expected loss gradient at `temperature` vs the on-policy gradient, by enumeration.
+
+    One-token responses over a vocabulary of 4 (the policy a logits table), groups of K = 3
+    drawn i.i.d. from q_T = softmax(theta / T); every group is listed with its probability
+    under q_T, built into a RolloutBatch (logprobs: log pi, sampling_logprobs: log q_T), and
+    passed through `compute_rewards` (R = r - L_pol, RLOO) and the paper's loss. The
+    on-policy gradient is -grad J, J = E_pi[r] + H(pi). behaviour_from_batch=False uses the
+    temperature-1 log-probs as the weight's denominator instead (the uncorrected estimator).
+    """
+    from sharpjax.losses import LossConfig, toy
+    from sharpjax.rewards import RewardConfig
+    from sharpjax.rollout.sampler import RolloutBatch
+    from sharpjax.train.step import compute_rewards
+
+    k = 3
+    space = toy.enumerate_sequences(4, 1)
+    theta_SV = jnp.asarray([[0.9, -0.4, 0.3, -1.1]], jnp.float64)
+    task_N = jnp.asarray([1.0, 0.0, 0.0, 1.0])
+    log_q_N = toy.sequence_logprobs(theta_SV / temperature, space)
+    groups_MK = toy.all_groups(space.num_sequences, k)
+    rows_B = groups_MK.reshape(-1)
+    b = rows_B.shape[0]
+    ones_B1 = jnp.ones((b, 1), jnp.int32)
+    rollout = RolloutBatch(
+        tokens=jnp.asarray(space.tokens_NT[rows_B]), attention_mask=ones_B1, response_mask=ones_B1,
+        logprobs=toy.token_logprobs(theta_SV, space)[rows_B],
+        sampling_logprobs=toy.token_logprobs(theta_SV / temperature, space)[rows_B],
+        lengths=ones_B1[:, 0], finished=jnp.ones((b,), bool), prompt_index=jnp.repeat(jnp.arange(b // k), k),
+    )
+    config = LossConfig()  # the paper's: RLOO, token mean, importance weights capped at 20
+    scored = compute_rewards(
+        None, rollout, task_N[rows_B], model=None, reward=RewardConfig.tilted_sampling(alpha=0.0, beta_inv=1.0),
+        loss=config, group_size=k,
+    )
+    weights_M = toy.group_probs(jnp.exp(log_q_N), groups_MK)
+    behaviour_BT = scored.batch.rollout_logprobs if behaviour_from_batch else rollout.logprobs
+    split = lambda x: x.reshape(-1, k, *x.shape[1:])  # noqa: E731
+
+    def expected_loss(theta_SV):
+        logp_MK1 = split(toy.token_logprobs(theta_SV, space)[rows_B])
+        loss_M, metrics = jax.vmap(
+            lambda logp, rollout_logp, adv, mask: policy_gradient_loss(
+                logp, rollout_logp_BT=rollout_logp, advantages_B=adv, mask_BT=mask, config=config
+            )
+        )(logp_MK1, split(behaviour_BT), split(scored.batch.advantages), split(ones_B1))
+        return jnp.sum(weights_M * loss_M), metrics
+
+    grad_SV, metrics = jax.grad(expected_loss, has_aux=True)(theta_SV)
+    assert float(jnp.max(metrics["is_clip_frac"])) == 0.0  # the cap does not act on this toy
+    on_policy_SV = -jax.grad(
+        lambda t: toy.objective(t, space, task_reward_N=task_N, ref_logp_N=jnp.zeros(4), w_task=1.0, w_ref=0.0,
+                                w_pol=1.0)
+    )(theta_SV)
+    return np.asarray(grad_SV), np.asarray(on_policy_SV)
+
+
+def test_tempered_rollouts_give_the_on_policy_gradient():
+    """issue 16, item 1: at T = 0.7 the importance weight's behaviour policy is the tempered
+    distribution the tokens were drawn from, so the expected gradient is the on-policy one."""
+    with jax.enable_x64(True):
+        grad_SV, on_policy_SV = _tempered_expected_gradient(0.7)
+        # Rewards are float32 by design (sharpjax.rewards): ~1e-7 relative, amplified by RLOO's differences.
+        np.testing.assert_allclose(grad_SV, on_policy_SV, rtol=2e-6, atol=1e-9)
+        # Not vacuous: with temperature-1 log-probs as the behaviour (weights ~1) the expected
+        # gradient is far from the on-policy one at this temperature.
+        uncorrected_SV, _ = _tempered_expected_gradient(0.7, behaviour_from_batch=False)
+        assert np.max(np.abs(uncorrected_SV - on_policy_SV)) > 1e-2 * np.max(np.abs(on_policy_SV))

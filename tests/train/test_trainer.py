@@ -60,18 +60,29 @@ def test_sigterm_checkpoints_and_stops(tiny_model_dir, tmp_path, monkeypatch):
     config = RunConfig.from_config_dict(tiny_config(tiny_model_dir, reward="power-a2", eval__at_start=False))
     trainer = Trainer(config, str(tmp_path), progress=False)
     original = trainer.rollout_and_update
+    during = []
+
+    def previous_handler(signum, frame):  # must neither run nor stay replaced after the run
+        raise AssertionError("the run's own SIGTERM handler should have caught the signal")
 
     def step_then_signal(step):
         out = original(step)
+        during.append(signal.getsignal(signal.SIGTERM))
         if step == 0:
             os.kill(os.getpid(), signal.SIGTERM)
         return out
 
     monkeypatch.setattr(trainer, "rollout_and_update", step_then_signal)
-    result = trainer.run()
+    saved = signal.signal(signal.SIGTERM, previous_handler)
+    try:
+        result = trainer.run()
+        after = signal.getsignal(signal.SIGTERM)
+    finally:
+        signal.signal(signal.SIGTERM, saved)
     assert result.interrupted and result.last_step == 1
     assert trainer.checkpointer.latest_step() == 1
-    assert signal.getsignal(signal.SIGTERM) is not None  # the previous handler is back
+    assert during and during[0] is not previous_handler  # the run installs its own handler ...
+    assert after is previous_handler  # ... and puts the previous one back
 
 
 @pytest.mark.parametrize(
@@ -84,6 +95,16 @@ def test_sigterm_checkpoints_and_stops(tiny_model_dir, tmp_path, monkeypatch):
         ({"train__tokens_per_micro_batch": 0}, "config.train.tokens_per_micro_batch"),
         ({"rollout__temperature": 0.0}, "config.rollout.temperature"),
         ({"data__task": "poetry"}, "config.data.task"),
+        # issue 16: options that were accepted and then ignored or wrong are refused, naming the field.
+        ({"rollout__top_p": 0.9}, "config.rollout.top_p=0.9"),
+        ({"rollout__top_k": 20}, "config.rollout.top_k=20"),
+        ({"loss__ppo_clip_eps": 0.2}, "config.loss.ppo_clip_eps=0.2"),
+        # Best-checkpoint selection would be silently off (item 5).
+        ({"eval__metric": "pass@4", "eval__num_samples": 2}, "config.eval.metric='pass@4'.*num_samples=2"),
+        ({"eval__metric": "no_answer"}, "config.eval.metric='no_answer'"),
+        ({"eval__metric": "pass@3", "eval__num_samples": 4}, "config.eval.metric='pass@3'"),
+        ({"data__validation": ("math500",)}, "config.data.validation=.*arithmetic"),
+        ({"data__task": "math", "data__validation": ("math_500",)}, "config.data.validation: unknown benchmark"),
     ],
 )
 def test_bad_configs_name_the_field(tiny_model_dir, overrides, message):
