@@ -370,7 +370,8 @@ def results_markdown(results: dict) -> str:
     for mode, metrics in results["summary"].items():
         cost = metrics.get("token_cost_per_problem")
         if cost is not None and base.get("token_cost_per_problem"):
-            metrics = {**metrics, "cost_ratio": (cost[0] / base["token_cost_per_problem"], cost[1] / base["token_cost_per_problem"])}
+            base_cost = base["token_cost_per_problem"]
+            metrics = {**metrics, "cost_ratio": (cost[0] / base_cost, cost[1] / base_cost)}
         cells = []
         for c in cols:
             if c in metrics:
