@@ -48,7 +48,7 @@ def pytest_configure(config):
 
 
 def in_ci() -> bool:
-    """CI=true (set by .ci/run and by CI services): missing test data is a failure, not a skip."""
+    """CI=true (set by CI services): missing test data is a failure, not a skip."""
     return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
 
 
