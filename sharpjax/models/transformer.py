@@ -241,14 +241,8 @@ def _causal_attention(
     return jax.nn.dot_product_attention(q_BTNH, k_BTKH, v_BTKH, is_causal=True, implementation=implementation)
 
 
-def _layer(config: ModelConfig, inv_freq, x_BTD, p, positions_BT, visible_BTS, kv):
-    """One pre-norm block.
-
-    Without a cache `kv` and `visible_BTS` are None: the rows are right padded (see
-    `roll_rows`), attention is causal, and it returns this block's new (k [B, T, K, H], v).
-    With one, `kv` is (this layer's k cache [B, K, S, H], v cache, write slot) and
-    `visible_BTS` is [B, T, S] over the cache slots; it returns the updated (k, v) buffers.
-    """
+def _project_qkv(config: ModelConfig, inv_freq, x_BTD, p, positions_BT):
+    """The block's attention inputs: pre-norm, q/k/v projections (+ biases, q/k norms), RoPE."""
     h_BTD = rms_norm(x_BTD, p["attn_norm"], config.rms_norm_eps)
     q_BTNH = jnp.einsum("btd,dnh->btnh", h_BTD, p["q"])
     k_BTKH = jnp.einsum("btd,dkh->btkh", h_BTD, p["k"])
@@ -258,20 +252,11 @@ def _layer(config: ModelConfig, inv_freq, x_BTD, p, positions_BT, visible_BTS, k
     if config.qk_norm:
         q_BTNH = rms_norm(q_BTNH, p["q_norm"], config.rms_norm_eps)
         k_BTKH = rms_norm(k_BTKH, p["k_norm"], config.rms_norm_eps)
-    q_BTNH = apply_rope(q_BTNH, positions_BT, inv_freq)
-    k_BTKH = apply_rope(k_BTKH, positions_BT, inv_freq)
-    k_BKTH, v_BKTH = k_BTKH.transpose(0, 2, 1, 3), v_BTKH.transpose(0, 2, 1, 3)
-    if kv is None:
-        attn_BTNH = _causal_attention(q_BTNH, k_BTKH, v_BTKH, attention_implementation(config))
-        new_kv = (k_BTKH, v_BTKH)
-    else:
-        # Write first, then attend over the whole (updated) buffer: the write is in place and
-        # every read comes after it, so XLA needs no copy of the cache.
-        k_cache_BKSH, v_cache_BKSH, start = kv
-        k_cache_BKSH = jax.lax.dynamic_update_slice(k_cache_BKSH, k_BKTH.astype(k_cache_BKSH.dtype), (0, 0, start, 0))
-        v_cache_BKSH = jax.lax.dynamic_update_slice(v_cache_BKSH, v_BKTH.astype(v_cache_BKSH.dtype), (0, 0, start, 0))
-        attn_BTNH = _attention(q_BTNH, k_cache_BKSH, v_cache_BKSH, visible_BTS, config.num_kv_heads)
-        new_kv = (k_cache_BKSH, v_cache_BKSH)
+    return apply_rope(q_BTNH, positions_BT, inv_freq), apply_rope(k_BTKH, positions_BT, inv_freq), v_BTKH
+
+
+def _output_and_mlp(config: ModelConfig, x_BTD, attn_BTNH, p):
+    """The rest of the block after attention: output projection + residual, then the SwiGLU MLP + residual."""
     attn_BTD = jnp.einsum("btnh,nhd->btd", attn_BTNH, p["o"])
     if config.o_bias:
         attn_BTD = attn_BTD + p["o_bias"]
@@ -285,7 +270,31 @@ def _layer(config: ModelConfig, inv_freq, x_BTD, p, positions_BT, visible_BTS, k
     mlp_BTD = jnp.einsum("btf,fd->btd", jax.nn.silu(gate_BTF) * up_BTF, p["down"])
     if config.mlp_bias:
         mlp_BTD = mlp_BTD + p["down_bias"]
-    return x_BTD + mlp_BTD, new_kv
+    return x_BTD + mlp_BTD
+
+
+def _layer(config: ModelConfig, inv_freq, x_BTD, p, positions_BT, visible_BTS, kv):
+    """One pre-norm block.
+
+    Without a cache `kv` and `visible_BTS` are None: the rows are right padded (see
+    `roll_rows`), attention is causal, and it returns this block's new (k [B, T, K, H], v).
+    With one, `kv` is (this layer's k cache [B, K, S, H], v cache, write slot) and
+    `visible_BTS` is [B, T, S] over the cache slots; it returns the updated (k, v) buffers.
+    """
+    q_BTNH, k_BTKH, v_BTKH = _project_qkv(config, inv_freq, x_BTD, p, positions_BT)
+    k_BKTH, v_BKTH = k_BTKH.transpose(0, 2, 1, 3), v_BTKH.transpose(0, 2, 1, 3)
+    if kv is None:
+        attn_BTNH = _causal_attention(q_BTNH, k_BTKH, v_BTKH, attention_implementation(config))
+        new_kv = (k_BTKH, v_BTKH)
+    else:
+        # Write first, then attend over the whole (updated) buffer: the write is in place and
+        # every read comes after it, so XLA needs no copy of the cache.
+        k_cache_BKSH, v_cache_BKSH, start = kv
+        k_cache_BKSH = jax.lax.dynamic_update_slice(k_cache_BKSH, k_BKTH.astype(k_cache_BKSH.dtype), (0, 0, start, 0))
+        v_cache_BKSH = jax.lax.dynamic_update_slice(v_cache_BKSH, v_BKTH.astype(v_cache_BKSH.dtype), (0, 0, start, 0))
+        attn_BTNH = _attention(q_BTNH, k_cache_BKSH, v_cache_BKSH, visible_BTS, config.num_kv_heads)
+        new_kv = (k_cache_BKSH, v_cache_BKSH)
+    return _output_and_mlp(config, x_BTD, attn_BTNH, p), new_kv
 
 
 def forward(
@@ -500,41 +509,17 @@ def _decode_layer(
 ):
     """`_layer` for one new token per row against the cache, with this layer's own params `p`.
 
-    The same operations in the same order as `_layer`'s cache branch (the sampler's
-    log-probs stay bitwise equal), kept separate so the decode path can change its
-    attention without touching the prefill/training path.
+    It shares `_project_qkv` and `_output_and_mlp` with `_layer`; only the attention differs,
+    so the decode path can change its attention without touching the prefill/training path.
     """
-    h_BTD = rms_norm(x_B1D, p["attn_norm"], config.rms_norm_eps)
-    q_BTNH = jnp.einsum("btd,dnh->btnh", h_BTD, p["q"])
-    k_BTKH = jnp.einsum("btd,dkh->btkh", h_BTD, p["k"])
-    v_BTKH = jnp.einsum("btd,dkh->btkh", h_BTD, p["v"])
-    if config.qkv_bias:
-        q_BTNH, k_BTKH, v_BTKH = q_BTNH + p["q_bias"], k_BTKH + p["k_bias"], v_BTKH + p["v_bias"]
-    if config.qk_norm:
-        q_BTNH = rms_norm(q_BTNH, p["q_norm"], config.rms_norm_eps)
-        k_BTKH = rms_norm(k_BTKH, p["k_norm"], config.rms_norm_eps)
-    q_BTNH = apply_rope(q_BTNH, positions_B1, inv_freq)
-    k_BTKH = apply_rope(k_BTKH, positions_B1, inv_freq)
+    q_BTNH, k_BTKH, v_BTKH = _project_qkv(config, inv_freq, x_B1D, p, positions_B1)
     k_BKTH, v_BKTH = k_BTKH.transpose(0, 2, 1, 3), v_BTKH.transpose(0, 2, 1, 3)
     # Write first, then attend over the updated buffer: the write is in place.
     k_cache_BKSH = jax.lax.dynamic_update_slice(k_cache_BKSH, k_BKTH.astype(k_cache_BKSH.dtype), (0, 0, start, 0))
     v_cache_BKSH = jax.lax.dynamic_update_slice(v_cache_BKSH, v_BKTH.astype(v_cache_BKSH.dtype), (0, 0, start, 0))
     attn_BTNH = _decode_attention(q_BTNH, k_cache_BKSH, v_cache_BKSH, visible_B1S, config.num_kv_heads,
                                   first_slot_B=first_slot_B, num_filled=start + 1, impl=attention)
-    attn_BTD = jnp.einsum("btnh,nhd->btd", attn_BTNH, p["o"])
-    if config.o_bias:
-        attn_BTD = attn_BTD + p["o_bias"]
-    x_BTD = x_B1D + attn_BTD
-
-    h_BTD = rms_norm(x_BTD, p["mlp_norm"], config.rms_norm_eps)
-    gate_BTF = jnp.einsum("btd,df->btf", h_BTD, p["gate"])
-    up_BTF = jnp.einsum("btd,df->btf", h_BTD, p["up"])
-    if config.mlp_bias:
-        gate_BTF, up_BTF = gate_BTF + p["gate_bias"], up_BTF + p["up_bias"]
-    mlp_BTD = jnp.einsum("btf,fd->btd", jax.nn.silu(gate_BTF) * up_BTF, p["down"])
-    if config.mlp_bias:
-        mlp_BTD = mlp_BTD + p["down_bias"]
-    return x_BTD + mlp_BTD, (k_cache_BKSH, v_cache_BKSH)
+    return _output_and_mlp(config, x_B1D, attn_BTNH, p), (k_cache_BKSH, v_cache_BKSH)
 
 
 def decode_step(
