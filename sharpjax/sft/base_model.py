@@ -260,10 +260,7 @@ def resolve_model_dir(model_dir: str, *, retrain: bool = False) -> str:
     """
     if not model_dir.startswith("sft:"):
         if not os.path.isdir(model_dir):
-            raise ConfigError(
-                f"config.model_dir={model_dir!r} is not a directory; give a local Hugging Face model directory "
-                "(config.json + *.safetensors + tokenizer files) or 'sft:quick' / 'sft:default'."
-            )
+            raise _not_a_model_dir(model_dir, "config.model_dir")
         return model_dir
     from sharpjax.configs.small_scale import sft_config
 
@@ -287,6 +284,13 @@ def resolve_model_dir(model_dir: str, *, retrain: bool = False) -> str:
     )
 
 
+def _not_a_model_dir(model_dir: str, field: str) -> ConfigError:
+    return ConfigError(
+        f"{field}={model_dir!r} is not a directory; give a local Hugging Face model directory "
+        "(config.json + *.safetensors + tokenizer files) or 'sft:quick' / 'sft:default'."
+    )
+
+
 def check_model_dir(model_dir: str, field: str = "config.model_dir") -> None:
     """Raises ConfigError unless `model_dir` is `sft:<known size>` or an existing directory (no training),
     and ModelFileError when that directory's config.json or safetensors files are missing or corrupt."""
@@ -295,10 +299,7 @@ def check_model_dir(model_dir: str, field: str = "config.model_dir") -> None:
 
         sft_config(model_dir.split(":", 1)[1])
     elif not os.path.isdir(model_dir):
-        raise ConfigError(
-            f"{field}={model_dir!r} is not a directory; give a local Hugging Face model directory "
-            "(config.json + *.safetensors + tokenizer files) or 'sft:quick' / 'sft:default'."
-        )
+        raise _not_a_model_dir(model_dir, field)
     else:
         from sharpjax.models.hf import check_model_files
 
