@@ -22,6 +22,14 @@ once. It is an optimistic bound: worst-case (full-length) responses, no communic
 
 `check_fit` turns an over-budget plan into a ConfigError naming the knob to change; the
 launcher runs it before loading any weights.
+
+`config.train.remat="auto"` is resolved here too (`choose_remat`, `preflight_run`): the
+cheapest-compute policy whose plan fits, "none" (the backward recomputes nothing), else
+"dots" (recomputes the elementwise work between the saved matmul outputs), else "full"
+(recomputes each layer's forward). Only the update's memory depends on it, so the rollout and
+the scoring are planned once. A run with no plan (no `config.plan.target`, no local GPU, or
+`config.plan.method="off"`) resolves to `REMAT_DEFAULT` = "full": with no memory figure to
+choose by, the policy that holds the least, which is also `TrainConfig`'s default.
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ __all__ = [
     "GiB", "GPUS", "Gpu", "Target", "parse_target", "PAPER_MODELS", "Plan", "ProgramPlan", "PlanShapes",
     "aot_available",
     "check_fit", "gpu_attention", "local_target", "model_config_for", "plan_run", "plan_shapes", "preflight",
+    "preflight_run", "REMAT_CANDIDATES", "REMAT_DEFAULT", "RematChoice", "choose_remat",
 ]
 
 GiB = 2**30
@@ -276,6 +285,111 @@ def check_fit(plan: Plan, run: RunConfig, *, max_fraction: float = 0.9) -> None:
     )
 
 
+# ---- remat="auto" ------------------------------------------------------------------------
+
+# Cheapest compute first: the update's passes are 3 forwards' worth ("none": forward + 2x
+# backward), 3.5 ("dots": the elementwise work between the saved matmul outputs is redone)
+# and 4 ("full": each layer's forward is redone); the memory held goes the other way.
+REMAT_CANDIDATES = ("none", "dots", "full")
+REMAT_DEFAULT = "full"  # "auto" without a plan: the least memory, and TrainConfig's default
+
+
+def _with_remat(run: RunConfig, remat: str) -> RunConfig:
+    return dataclasses.replace(run, train=dataclasses.replace(run.train, remat=remat))
+
+
+def _fits(plan: Plan, max_fraction: float) -> bool:
+    return all(p.peak_bytes <= max_fraction * plan.memory_bytes for p in plan.programs)
+
+
+@dataclasses.dataclass(frozen=True)
+class RematChoice:
+    """What `config.train.remat="auto"` resolved to, and the plans that chose it.
+
+    Attributes:
+      policy: the first of REMAT_CANDIDATES whose plan fits; None when none does.
+      plans: (policy, plan) of each candidate planned, cheapest first (all three with
+        `plan_all`, else up to the first that fits).
+      max_fraction: the fit limit, a fraction of the device's memory.
+    """
+
+    policy: str | None
+    plans: tuple[tuple[str, Plan], ...]
+    max_fraction: float
+
+    @property
+    def plan(self) -> Plan:
+        """The chosen policy's plan ("full"'s, the least memory, when none fits)."""
+        return dict(self.plans)[self.policy or REMAT_CANDIDATES[-1]]
+
+    def peaks(self) -> str:
+        """"none 95%, dots 76%": each candidate's train_step peak as a fraction of the device."""
+        return ", ".join(f"{name} {_program(plan, 'train_step').peak_bytes / plan.memory_bytes:.0%}"
+                         for name, plan in self.plans)
+
+    def summary(self) -> str:
+        """The launcher's one line: the policy and the plan's numbers that chose it."""
+        plan = self.plan
+        step = _program(plan, "train_step")
+        return (f"remat: auto -> {self.policy} ({plan.method} plan, {plan.target.name}: train_step peak "
+                f"{step.peak_bytes / GiB:.1f} of {plan.memory_bytes / GiB:.1f} GiB per device; train_step peak "
+                f"per policy {self.peaks()}, limit {self.max_fraction:.0%})")
+
+
+def _program(plan: Plan, name: str) -> ProgramPlan:
+    return next(p for p in plan.programs if p.name == name)
+
+
+def choose_remat(
+    run: RunConfig, target: Target | str, *, method: str = "auto", model: ModelConfig | None = None,
+    memory_bytes: int | None = None, prompt_len: int | None = None, max_fraction: float = 0.9,
+    plan_all: bool = False,
+) -> RematChoice:
+    """Plans `run` with each of REMAT_CANDIDATES, cheapest compute first, and picks the first
+    whose every program is at most `max_fraction` of the device (whatever `run.train.remat`).
+
+    Only the train step depends on the policy: the rollout and the scoring are planned (or
+    compiled) once. Without `plan_all` the candidates after the first that fits are not
+    planned (an AOT compile of a 3B train step takes minutes on a small CPU).
+    """
+    base = plan_run(_with_remat(run, REMAT_CANDIDATES[0]), target, method=method, model=model,
+                    memory_bytes=memory_bytes, prompt_len=prompt_len)
+    plans = [(REMAT_CANDIDATES[0], base)]
+    for policy in REMAT_CANDIDATES[1:]:
+        if not plan_all and _fits(plans[-1][1], max_fraction):
+            break
+        plans.append((policy, _replan_train_step(base, _with_remat(run, policy))))
+    policy = next((name for name, plan in plans if _fits(plan, max_fraction)), None)
+    return RematChoice(policy=policy, plans=tuple(plans), max_fraction=max_fraction)
+
+
+def _replan_train_step(plan: Plan, run: RunConfig) -> Plan:
+    """`plan` with its train_step planned again for `run` (another remat policy)."""
+    if plan.method == "aot":
+        (step,), notes = _aot_programs(run, plan.model, plan.target, plan.shapes, names=("train_step",))
+        notes = tuple(n for n in plan.notes if not n.startswith("train_step:")) + notes
+    else:
+        step = next(p for p in _analytic_programs(run, plan.model, plan.shapes) if p.name == "train_step")
+        notes = plan.notes
+    step = dataclasses.replace(step, phases=_phases("train_step", run, plan.model, plan.shapes))
+    programs = tuple(step if p.name == "train_step" else p for p in plan.programs)
+    return dataclasses.replace(plan, programs=programs, notes=notes)
+
+
+def check_remat_choice(choice: RematChoice, run: RunConfig) -> None:
+    """Raises ConfigError when no remat policy fits: the least-memory policy's knob, prefixed
+    with what "auto" tried."""
+    if choice.policy is not None:
+        return
+    try:
+        check_fit(choice.plan, _with_remat(run, REMAT_CANDIDATES[-1]), max_fraction=choice.max_fraction)
+    except ConfigError as e:
+        raise ConfigError(
+            f"config.train.remat='auto': no policy fits (train_step peak per policy {choice.peaks()}); {e}"
+        ) from None
+    # Unreachable: "full" does not fit, so check_fit raised.
+
+
 def _knob(program: str, part: str, run: RunConfig, target: Target) -> str:
     t, m, r = run.train, run.mesh, run.rollout
     shard = f"raise config.mesh.fsdp (now {m.fsdp}) to shard params, gradients and Adam state over more devices"
@@ -452,11 +566,12 @@ def _phases(name: str, run: RunConfig, model: ModelConfig, s: PlanShapes) -> tup
 
 # ---- AOT compile ------------------------------------------------------------------------
 
-def _aot_programs(run: RunConfig, model: ModelConfig, target: Target, s: PlanShapes) -> list[ProgramPlan]:
+def _aot_programs(run: RunConfig, model: ModelConfig, target: Target, s: PlanShapes,
+                  names: tuple[str, ...] = ("rollout", "scoring", "train_step")) -> list[ProgramPlan]:
     if getattr(model, "attention", None) == "auto":  # tracing on this CPU host would pick XLA's attention
         model = model.replace(attention=gpu_attention(model))
     out, notes = [], []
-    for name in ("rollout", "scoring", "train_step"):
+    for name in names:
         try:
             with _target_cudnn(target):
                 out.append(_aot_compile(run, model, target, s, name))
@@ -593,12 +708,27 @@ def local_target() -> tuple[Target, int] | None:
 
 def preflight(run: RunConfig, *, model: ModelConfig | None = None) -> str:
     """The launcher's fit check, before any weights load: raises ConfigError naming the knob
-    when the run cannot fit, else returns a one-line summary that says which plan it used."""
+    when the run cannot fit, else returns a summary that says which plan it used (and, for
+    `config.train.remat="auto"`, a first line with the policy chosen: see `preflight_run`)."""
+    return preflight_run(run, model=model)[1]
+
+
+def preflight_run(run: RunConfig, *, model: ModelConfig | None = None) -> tuple[RunConfig, str]:
+    """`preflight`, and `run` with `config.train.remat="auto"` resolved to none|dots|full.
+
+    The policy is the cheapest-compute one whose plan fits (`choose_remat`) on the plan's
+    target (`config.plan.target`, else the local GPUs); with no plan (no target and no GPU, or
+    `config.plan.method="off"`) it is REMAT_DEFAULT ("full"). The returned summary then starts
+    with one line naming the policy and the numbers that chose it. Raises ConfigError when
+    the run cannot fit (with "auto": under any policy).
+    """
     p = run.plan
-    if p.method == "off":
-        return "fit check off (config.plan.method='off')"
+    auto = run.train.remat == "auto"
     memory = int(p.device_memory_gb * GiB) if p.device_memory_gb else None
-    if p.target:
+    target = None
+    if p.method == "off":
+        skipped = "fit check off (config.plan.method='off')"
+    elif p.target:
         try:
             target = parse_target(p.target)
         except ValueError as e:
@@ -606,11 +736,28 @@ def preflight(run: RunConfig, *, model: ModelConfig | None = None) -> str:
     else:
         local = local_target()
         if local is None:
-            return "fit check skipped: no config.plan.target and no local GPU"
-        target, local_memory = local
-        memory = memory or local_memory
-    plan = plan_run(run, target, method=p.method, model=model, memory_bytes=memory)
-    check_fit(plan, run, max_fraction=p.max_memory_fraction)
+            skipped = "fit check skipped: no config.plan.target and no local GPU"
+        else:
+            target, local_memory = local
+            memory = memory or local_memory
+    if target is None:
+        if not auto:
+            return run, skipped
+        why = "no plan" if p.method == "off" else "no config.plan.target and no local GPU"
+        line = (f"remat: auto -> {REMAT_DEFAULT} ({why} to choose by: the policy that holds the least "
+                "activation memory)")
+        return _with_remat(run, REMAT_DEFAULT), f"{line}\n{skipped}"
+    lines = []
+    if auto:
+        choice = choose_remat(run, target, method=p.method, model=model, memory_bytes=memory,
+                              max_fraction=p.max_memory_fraction)
+        check_remat_choice(choice, run)
+        run, plan = _with_remat(run, choice.policy), choice.plan
+        lines.append(choice.summary())
+    else:
+        plan = plan_run(run, target, method=p.method, model=model, memory_bytes=memory)
+        check_fit(plan, run, max_fraction=p.max_memory_fraction)
     worst = max(plan.programs, key=lambda q: q.peak_bytes)
-    return (f"fit check ({plan.method} plan, {target.name}): peak {worst.peak_bytes / GiB:.1f} GiB per device "
-            f"({worst.name}) of {plan.memory_bytes / GiB:.1f} GiB, limit {p.max_memory_fraction:.0%}")
+    lines.append(f"fit check ({plan.method} plan, {target.name}): peak {worst.peak_bytes / GiB:.1f} GiB per device "
+                 f"({worst.name}) of {plan.memory_bytes / GiB:.1f} GiB, limit {p.max_memory_fraction:.0%}")
+    return run, "\n".join(lines)

@@ -95,9 +95,12 @@ def main(argv):
         from sharpjax.train.trainer import train
 
         maybe_initialize_distributed()
-        from sharpjax.plan import preflight
+        from sharpjax.plan import preflight_run
 
-        print(preflight(run), flush=True)  # before any weights load: a run that cannot fit stops here
+        # Before any weights load: a run that cannot fit stops here, and remat="auto" becomes the
+        # policy the plan chose (the line says which), so the train step is built with it.
+        run, summary = preflight_run(run)
+        print(summary, flush=True)
         result = train(run, _WORKDIR.value, config_dict=config_dict.to_dict(), stop_after=_STOP_AFTER.value)
     except SharpjaxError as e:
         _fail(str(e))
