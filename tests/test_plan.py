@@ -14,13 +14,17 @@ from sharpjax.errors import ConfigError
 from sharpjax.models.config import ModelConfig
 from sharpjax.plan import (
     PAPER_MODELS,
+    REMAT_CANDIDATES,
+    REMAT_DEFAULT,
     GiB,
     aot_available,
     check_fit,
+    choose_remat,
     model_config_for,
     parse_target,
     plan_run,
     preflight,
+    preflight_run,
 )
 from sharpjax.train.config import RunConfig
 
@@ -223,3 +227,87 @@ def test_paper_configs_fit_their_targets(model, target):
     assert plan.shapes.width == run.rollout.max_total_length
     default = RunConfig.from_config_dict(rl_math.get_config(f"{model}:task:fixed")).plan.target
     assert default == ("h100x8" if model == "qwen3_4b" else "h100x4")
+
+
+# ---- train.remat="auto" ---------------------------------------------------------------------
+
+# A long budget and one micro-batch: the update's activations dominate, so the policy decides the fit.
+ACTIVATION_BOUND = dict(rollout=dict(max_total_length=4096, prompt_buckets=(64,)), train=dict(micro_batches=1))
+
+
+def _auto_run(tmp_path, memory_bytes=None, **plan):
+    sections = {k: dict(v) for k, v in ACTIVATION_BOUND.items()}
+    sections["train"]["remat"] = "auto"
+    plan = dict(target="h100x1", method="analytic", **plan)
+    if memory_bytes is not None:
+        plan["device_memory_gb"] = memory_bytes / GiB
+    return tiny_run(tmp_path, plan=plan, **sections)
+
+
+def test_remat_auto_picks_the_cheapest_policy_that_fits(tmp_path):
+    """On a fake device sized just above each policy's planned peak, "auto" picks that policy:
+    the cheapest compute (none < dots < full) whose every program is within the limit."""
+    fixed = {r: plan_run(tiny_run(tmp_path, **{**ACTIVATION_BOUND, "train": {"micro_batches": 1, "remat": r}}),
+                         "h100x1", method="analytic") for r in REMAT_CANDIDATES}
+    peak = {r: p.peak_bytes for r, p in fixed.items()}
+    # The premise: each policy holds less than the cheaper-compute one, and the update is the peak.
+    assert peak["none"] > peak["dots"] > peak["full"]
+    assert all(max(p.programs, key=lambda q: q.peak_bytes).name == "train_step" for p in fixed.values())
+    for expected in REMAT_CANDIDATES:
+        memory = math.ceil(peak[expected] / 0.9) + 1  # `expected` fits; anything cheaper is over
+        resolved, summary = preflight_run(_auto_run(tmp_path, memory))
+        assert resolved.train.remat == expected
+        line = summary.splitlines()[0]
+        assert line.startswith(f"remat: auto -> {expected} (analytic plan, h100x1")
+        assert f"{peak[expected] / GiB:.1f} of {memory / GiB:.1f} GiB" in line  # the numbers that chose it
+        assert f"{expected} {peak[expected] / memory:.0%}" in line and "limit 90%" in line
+        assert summary.splitlines()[1].startswith("fit check (analytic plan, h100x1)")
+        # The candidates after the chosen one are not planned (each is an AOT compile on a GPU target).
+        choice = choose_remat(_auto_run(tmp_path), "h100x1", method="analytic", memory_bytes=memory)
+        assert [r for r, _ in choice.plans] == list(REMAT_CANDIDATES[:REMAT_CANDIDATES.index(expected) + 1])
+        assert choice.plan.remat == expected and choice.plan.peak_bytes == peak[expected]
+        # plan_run of an "auto" run is the chosen policy's plan.
+        auto_plan = plan_run(_auto_run(tmp_path), "h100x1", method="analytic", memory_bytes=memory)
+        assert auto_plan.remat == expected and auto_plan.peak_bytes == peak[expected]
+    # All three planned on request (the CLI's table), each the fixed policy's plan.
+    choice = choose_remat(_auto_run(tmp_path), "h100x1", method="analytic", plan_all=True)
+    assert choice.policy == "none"
+    assert {r: p.peak_bytes for r, p in choice.plans} == peak
+
+
+def test_remat_auto_when_nothing_fits_names_the_knobs(tmp_path):
+    full = plan_run(tiny_run(tmp_path, **{**ACTIVATION_BOUND, "train": {"micro_batches": 1, "remat": "full"}}),
+                    "h100x1", method="analytic")
+    run = _auto_run(tmp_path, full.peak_bytes // 2)
+    with pytest.raises(ConfigError) as e:
+        preflight_run(run)
+    msg = str(e.value)
+    assert msg.startswith("config.train.remat='auto': no policy fits (train_step peak per policy none ")
+    assert "does not fit on h100x1" in msg and "raise config.train.micro_batches (now 1)" in msg
+    assert "set config.train.remat" not in msg  # "full" was tried: the knob left is the micro-batches
+    assert "\n" not in msg
+
+
+def test_remat_auto_without_a_plan_is_full(tmp_path):
+    """No target and no GPU (this CPU), or the plan off: "full", the policy holding the least."""
+    run = tiny_run(tmp_path, train=dict(remat="auto"))
+    resolved, summary = preflight_run(run)
+    assert resolved.train.remat == REMAT_DEFAULT == "full"
+    assert summary.splitlines() == ["remat: auto -> full (no config.plan.target and no local GPU to choose by: the "
+                                    "policy that holds the least activation memory)",
+                                    "fit check skipped: no config.plan.target and no local GPU"]
+    off, summary = preflight_run(tiny_run(tmp_path, train=dict(remat="auto"), plan=dict(target="h100x1", method="off")))
+    assert off.train.remat == "full" and summary.startswith("remat: auto -> full (no plan")
+    # A fixed policy is left alone, and the summary is the fit check's alone.
+    fixed, summary = preflight_run(tiny_run(tmp_path, train=dict(remat="dots"), plan=dict(target="h100x1",
+                                                                                        method="analytic")))
+    assert fixed.train.remat == "dots" and summary.startswith("fit check (") and "\n" not in summary
+
+
+def test_the_train_step_never_sees_auto(tmp_path):
+    from sharpjax.train.step import StepConfig
+
+    model = model_config_for(tiny_run(tmp_path))
+    with pytest.raises(ValueError, match="resolve 'auto'"):
+        StepConfig(model=model, remat="auto")
+    assert StepConfig(model=model, remat="dots").remat == "dots"

@@ -205,6 +205,7 @@ class Plan:
     programs: tuple[ProgramPlan, ...]
     memory_bytes: int  # device memory planned against
     notes: tuple[str, ...] = ()  # what the compile could not do as the GPU run would
+    remat: str = ""  # the train step's remat policy planned ("auto" resolved)
 
     @property
     def peak_bytes(self) -> int:
@@ -218,7 +219,8 @@ class Plan:
         s = self.shapes
         head = (f"{self.target.name} ({self.method}): mesh data x fsdp x tensor = {' x '.join(map(str, s.mesh))}, "
                 f"prompt {s.prompt_len} + response {s.new_tokens} tokens, {s.rows} rows in {s.micro_batches} "
-                f"micro-batches (scoring {s.scoring_rows or s.rows} rows a pass), {s.rollout_calls} sampler call(s) of "
+                f"micro-batches (scoring {s.scoring_rows or s.rows} rows a pass, update remat {self.remat}), "
+                f"{s.rollout_calls} sampler call(s) of "
                 f"{s.prompts_per_call * s.samples} rows; "
                 f"device {self.memory_bytes / GiB:.1f} GiB")
         columns = f"  {'program':<11} " + " ".join(
@@ -250,7 +252,14 @@ def plan_run(
     run: RunConfig, target: Target | str, *, method: str = "auto", model: ModelConfig | None = None,
     memory_bytes: int | None = None, prompt_len: int | None = None,
 ) -> Plan:
-    """Plans `run` on `target`. method: "aot" | "analytic" | "auto" (aot when the plugin imports)."""
+    """Plans `run` on `target`. method: "aot" | "analytic" | "auto" (aot when the plugin imports).
+
+    With `run.train.remat="auto"`: the plan of the policy `choose_remat` picks at
+    `config.plan.max_memory_fraction` ("full"'s when none fits); `Plan.remat` says which.
+    """
+    if run.train.remat == "auto":
+        return choose_remat(run, target, method=method, model=model, memory_bytes=memory_bytes,
+                            prompt_len=prompt_len, max_fraction=run.plan.max_memory_fraction).plan
     target = parse_target(target) if isinstance(target, str) else target
     model = model or model_config_for(run)
     shapes = plan_shapes(run, model, target.count, prompt_len=prompt_len)
@@ -265,7 +274,7 @@ def plan_run(
         raise ValueError(f"method={method!r}; expected 'aot', 'analytic' or 'auto'.")
     programs = tuple(dataclasses.replace(p, phases=_phases(p.name, run, model, shapes)) for p in programs)
     return Plan(target=target, method=method, shapes=shapes, model=model, programs=programs,
-                memory_bytes=memory_bytes or target.gpu.memory_bytes, notes=notes)
+                memory_bytes=memory_bytes or target.gpu.memory_bytes, notes=notes, remat=run.train.remat)
 
 
 def check_fit(plan: Plan, run: RunConfig, *, max_fraction: float = 0.9) -> None:
@@ -274,6 +283,8 @@ def check_fit(plan: Plan, run: RunConfig, *, max_fraction: float = 0.9) -> None:
     over = [p for p in plan.programs if p.peak_bytes > limit]
     if not over:
         return
+    if run.train.remat == "auto" and plan.remat:  # the knob names the policy the plan was made with
+        run = _with_remat(run, plan.remat)
     p = max(over, key=lambda q: q.peak_bytes / limit)
     parts = dict(_analytic_parts(run, plan.model, plan.shapes)[p.name])
     big = max(parts, key=parts.get)
@@ -373,7 +384,7 @@ def _replan_train_step(plan: Plan, run: RunConfig) -> Plan:
         notes = plan.notes
     step = dataclasses.replace(step, phases=_phases("train_step", run, plan.model, plan.shapes))
     programs = tuple(step if p.name == "train_step" else p for p in plan.programs)
-    return dataclasses.replace(plan, programs=programs, notes=notes)
+    return dataclasses.replace(plan, programs=programs, notes=notes, remat=run.train.remat)
 
 
 def check_remat_choice(choice: RematChoice, run: RunConfig) -> None:

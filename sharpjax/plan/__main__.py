@@ -54,7 +54,8 @@ def main(argv):
         for name, p in choice.plans:
             step = next(q for q in p.programs if q.name == "train_step")
             worst = max(q.peak_bytes for q in p.programs)
-            print(f"  {name:<5} train_step peak {step.peak_bytes / GiB:6.1f} GiB ({step.peak_bytes / p.memory_bytes:4.0%}), "
+            frac = step.peak_bytes / p.memory_bytes
+            print(f"  {name:<5} train_step peak {step.peak_bytes / GiB:6.1f} GiB ({frac:4.0%}), "
                   f"max over programs {worst / p.memory_bytes:4.0%}, update {step.time_s(p.target.gpu):6.2f} s"
                   f"{'  <- chosen' if name == choice.policy else ''}")
         print(f"remat auto -> {choice.policy or 'nothing fits'}; the plan with {choice.policy or 'full'}:")
@@ -63,7 +64,8 @@ def main(argv):
         with open(_JSON.value, "w") as f:
             out = plan_to_dict(plan)
             if choice is not None:
-                out["remat"] = {"chosen": choice.policy, "candidates": {name: plan_to_dict(p) for name, p in choice.plans}}
+                out["remat"] = {"chosen": choice.policy,
+                                "candidates": {name: plan_to_dict(p) for name, p in choice.plans}}
             json.dump(out, f, indent=2)
     try:
         if choice is not None:
