@@ -133,13 +133,16 @@ def test_preflight_says_which_plan_it_used(tmp_path):
         preflight(tiny_run(tmp_path, plan=dict(target="v100x2")))
 
 
-def test_launcher_refuses_a_run_that_cannot_fit_in_seconds(tmp_path):
+@pytest.mark.parametrize("remat", [None, "auto"])
+def test_launcher_refuses_a_run_that_cannot_fit_in_seconds(tmp_path, remat):
     """The issue's bad-fit check: a tiny model on an artificially small device fails in seconds,
-    before any weights load (the model directory has no weights at all), naming the knob."""
+    before any weights load (the model directory has no weights at all), naming the knob; with
+    train.remat="auto" after trying every policy."""
     tiny_run(tmp_path)  # writes tiny/config.json only
     cmd = [sys.executable, "-m", "sharpjax.train", "--config", "experiments/rl_arithmetic.py:quick:task",
            f"--config.model_dir={tmp_path / 'tiny'}", "--config.plan.target=h100x1", "--config.plan.method=analytic",
            "--config.plan.device_memory_gb=0.0001", f"--workdir={tmp_path / 'run'}"]
+    cmd += [f"--config.train.remat={remat}"] if remat else []
     t0 = time.perf_counter()
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120,
                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
@@ -147,6 +150,8 @@ def test_launcher_refuses_a_run_that_cannot_fit_in_seconds(tmp_path):
     assert out.returncode == 2, out.stderr[-2000:]
     assert "does not fit on h100x1" in out.stderr and "analytic plan" in out.stderr
     assert "raise config.train.micro_batches (now 1)" in out.stderr  # activations dominate this tiny run
+    if remat == "auto":
+        assert "config.train.remat='auto': no policy fits (train_step peak per policy none " in out.stderr
     assert elapsed < 30  # "fails in seconds" (mostly the interpreter and jax import)
     assert not os.path.exists(tmp_path / "run" / "checkpoints")
 
@@ -159,6 +164,11 @@ def test_plan_cli_prints_the_table(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "h100x8 (analytic)" in out.stdout and "train_step" in out.stdout
     plan = json.load(open(tmp_path / "plan.json"))
+    # The paper config's remat="auto": every candidate's line, the choice, and the chosen plan.
+    remat = plan["remat"]
+    assert set(remat["candidates"]) == set(REMAT_CANDIDATES) and remat["chosen"] in REMAT_CANDIDATES
+    assert f"remat auto -> {remat['chosen']}" in out.stdout and f"update remat {remat['chosen']}" in out.stdout
+    assert plan["programs"] == remat["candidates"][remat["chosen"]]["programs"]
     assert set(plan["programs"]) == {"rollout", "scoring", "train_step"}
     assert all(p["peak_bytes"] <= 0.9 * plan["memory_bytes"] for p in plan["programs"].values())
 
@@ -221,8 +231,9 @@ def test_paper_configs_fit_their_targets(model, target):
     rl_math = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(rl_math)
     run = RunConfig.from_config_dict(rl_math.get_config(f"{model}:task:{target}"))
-    assert run.plan.target == target
+    assert run.plan.target == target and run.train.remat == "auto"
     plan = plan_run(run, target, method="analytic")
+    assert plan.remat in REMAT_CANDIDATES  # the launcher's choice for the target
     check_fit(plan, run, max_fraction=0.9)
     assert plan.shapes.width == run.rollout.max_total_length
     default = RunConfig.from_config_dict(rl_math.get_config(f"{model}:task:fixed")).plan.target
