@@ -322,3 +322,16 @@ def test_the_train_step_never_sees_auto(tmp_path):
     with pytest.raises(ValueError, match="resolve 'auto'"):
         StepConfig(model=model, remat="auto")
     assert StepConfig(model=model, remat="dots").remat == "dots"
+
+
+def test_remat_auto_on_an_analytic_plan_of_a_sharded_mesh_is_full(tmp_path):
+    """The closed form undercounts what XLA keeps for none/dots once params are sharded (fsdp),
+    so there the analytic plan picks full even with room for none; the line says why."""
+    run = tiny_run(tmp_path, mesh=dict(data=1, fsdp=2), train=dict(remat="auto"),
+                   plan=dict(target="h100x2", method="analytic"))
+    resolved, summary = preflight_run(run)
+    assert resolved.train.remat == "full"
+    assert "only full on an analytic plan of a sharded mesh" in summary.splitlines()[0]
+    choice = choose_remat(run, "h100x2", method="analytic", plan_all=True)
+    none = dict(choice.plans)["none"]
+    assert none.peak_bytes < 0.01 * none.memory_bytes and choice.policy == "full"  # none fits; not trusted

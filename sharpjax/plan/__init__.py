@@ -27,9 +27,12 @@ launcher runs it before loading any weights.
 cheapest-compute policy whose plan fits, "none" (the backward recomputes nothing), else
 "dots" (recomputes the elementwise work between the saved matmul outputs), else "full"
 (recomputes each layer's forward). Only the update's memory depends on it, so the rollout and
-the scoring are planned once. A run with no plan (no `config.plan.target`, no local GPU, or
-`config.plan.method="off"`) resolves to `REMAT_DEFAULT` = "full": with no memory figure to
-choose by, the policy that holds the least, which is also `TrainConfig`'s default.
+the scoring are planned once. On a mesh with fsdp or tensor > 1 the analytic closed form
+undercounts what XLA keeps for "none" and "dots", so there an analytic plan picks "full"; the
+AOT plan (the default where the jax-cuda12 plugin imports, as on a GPU host) picks among all
+three. A run with no plan (no `config.plan.target`, no local GPU, or `config.plan.method="off"`)
+resolves to `REMAT_DEFAULT` = "full": with no memory figure to choose by, the policy that holds
+the least, which is also `TrainConfig`'s default.
 """
 
 from __future__ import annotations
@@ -305,6 +308,16 @@ REMAT_CANDIDATES = ("none", "dots", "full")
 REMAT_DEFAULT = "full"  # "auto" without a plan: the least memory, and TrainConfig's default
 
 
+def _trusted_policies(plan: Plan) -> tuple[str, ...]:
+    """The candidates `plan` may choose. The analytic closed form counts the layer scan's saved
+    activations sharded over the batch axes; XLA's compile of a mesh with fsdp or tensor > 1
+    holds far more under "none"/"dots" (3B on h100x4: dots 102 GiB vs 63 in the closed form;
+    4B on h100x8: 257 vs 69; BENCHMARKS.md, "Train step"), so only "full", whose closed form
+    errs high there, is chosen on an analytic plan of a sharded mesh."""
+    _, f, t = plan.shapes.mesh
+    return REMAT_CANDIDATES[-1:] if plan.method == "analytic" and f * t > 1 else REMAT_CANDIDATES
+
+
 def _with_remat(run: RunConfig, remat: str) -> RunConfig:
     return dataclasses.replace(run, train=dataclasses.replace(run.train, remat=remat))
 
@@ -327,6 +340,7 @@ class RematChoice:
     policy: str | None
     plans: tuple[tuple[str, Plan], ...]
     max_fraction: float
+    trusted: tuple[str, ...] = REMAT_CANDIDATES  # the candidates the plan's method may choose
 
     @property
     def plan(self) -> Plan:
@@ -342,9 +356,12 @@ class RematChoice:
         """The launcher's one line: the policy and the plan's numbers that chose it."""
         plan = self.plan
         step = _program(plan, "train_step")
+        only = ("" if self.trusted == REMAT_CANDIDATES else
+                f"; only {', '.join(self.trusted)} on an analytic plan of a sharded mesh: plan.method='aot' "
+                "compiles the others")
         return (f"remat: auto -> {self.policy} ({plan.method} plan, {plan.target.name}: train_step peak "
                 f"{step.peak_bytes / GiB:.1f} of {plan.memory_bytes / GiB:.1f} GiB per device; train_step peak "
-                f"per policy {self.peaks()}, limit {self.max_fraction:.0%})")
+                f"per policy {self.peaks()}, limit {self.max_fraction:.0%}{only})")
 
 
 def _program(plan: Plan, name: str) -> ProgramPlan:
@@ -357,7 +374,8 @@ def choose_remat(
     plan_all: bool = False,
 ) -> RematChoice:
     """Plans `run` with each of REMAT_CANDIDATES, cheapest compute first, and picks the first
-    whose every program is at most `max_fraction` of the device (whatever `run.train.remat`).
+    whose every program is at most `max_fraction` of the device (whatever `run.train.remat`);
+    an analytic plan of a sharded mesh picks only "full" (`_trusted_policies`).
 
     Only the train step depends on the policy: the rollout and the scoring are planned (or
     compiled) once. Without `plan_all` the candidates after the first that fits are not
@@ -365,13 +383,15 @@ def choose_remat(
     """
     base = plan_run(_with_remat(run, REMAT_CANDIDATES[0]), target, method=method, model=model,
                     memory_bytes=memory_bytes, prompt_len=prompt_len)
+    trusted = _trusted_policies(base)
+    ok = lambda name, plan: name in trusted and _fits(plan, max_fraction)  # noqa: E731
     plans = [(REMAT_CANDIDATES[0], base)]
     for policy in REMAT_CANDIDATES[1:]:
-        if not plan_all and _fits(plans[-1][1], max_fraction):
+        if not plan_all and ok(*plans[-1]):
             break
         plans.append((policy, _replan_train_step(base, _with_remat(run, policy))))
-    policy = next((name for name, plan in plans if _fits(plan, max_fraction)), None)
-    return RematChoice(policy=policy, plans=tuple(plans), max_fraction=max_fraction)
+    policy = next((name for name, plan in plans if ok(name, plan)), None)
+    return RematChoice(policy=policy, plans=tuple(plans), max_fraction=max_fraction, trusted=trusted)
 
 
 def _replan_train_step(plan: Plan, run: RunConfig) -> Plan:

@@ -57,7 +57,8 @@ def main(argv):
             frac = step.peak_bytes / p.memory_bytes
             print(f"  {name:<5} train_step peak {step.peak_bytes / GiB:6.1f} GiB ({frac:4.0%}), "
                   f"max over programs {worst / p.memory_bytes:4.0%}, update {step.time_s(p.target.gpu):6.2f} s"
-                  f"{'  <- chosen' if name == choice.policy else ''}")
+                  f"{'  <- chosen' if name == choice.policy else ''}"
+                  f"{'' if name in choice.trusted else '  (not chosen by an analytic plan of a sharded mesh)'}")
         print(f"remat auto -> {choice.policy or 'nothing fits'}; the plan with {choice.policy or 'full'}:")
     print(plan.table())
     if _JSON.value:

@@ -178,9 +178,10 @@ class TrainConfig:
       micro_batches: gradient accumulation inside the step.
       remat: per-layer activation checkpointing, "none" | "dots" | "full" | "auto" (more
         memory, less recompute, first). "auto": the launcher's memory plan picks the first of
-        none, dots, full that fits the plan's target (`sharpjax.plan.preflight_run`); with no
-        plan (no config.plan.target, no GPU, or plan.method="off") "full", which holds the
-        least. The train step only ever sees the resolved policy.
+        none, dots, full that fits the plan's target (`sharpjax.plan.preflight_run`; an
+        analytic plan of an fsdp/tensor-sharded mesh picks only full); with no plan (no
+        config.plan.target, no GPU, or plan.method="off") "full", which holds the least. The
+        train step only ever sees the resolved policy.
       logits_chunk: positions per chunk of the vocabulary projection.
       tokens_per_micro_batch: tokens per device in one pass of the reference model's scoring
         of a step (rows per pass = this // sequence length, at least 1): bounds its memory
