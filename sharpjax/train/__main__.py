@@ -14,6 +14,11 @@ import os
 import re
 import sys
 
+# The fit check (and train.remat="auto") allows a program up to config.plan.max_memory_fraction
+# (0.9) of the device's memory; JAX's allocator would otherwise cap the process at 75% of it.
+# Read when the GPU client starts, so setting it before any device is touched is enough.
+os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.95")
+
 from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
