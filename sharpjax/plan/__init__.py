@@ -55,7 +55,7 @@ __all__ = [
     "GiB", "GPUS", "Gpu", "Target", "parse_target", "PAPER_MODELS", "Plan", "ProgramPlan", "PlanShapes",
     "aot_available",
     "check_fit", "gpu_attention", "local_target", "model_config_for", "plan_run", "plan_shapes", "preflight",
-    "preflight_run", "REMAT_CANDIDATES", "REMAT_DEFAULT", "RematChoice", "choose_remat",
+    "preflight_run", "REMAT_CANDIDATES", "REMAT_DEFAULT", "RematChoice", "check_remat_choice", "choose_remat",
 ]
 
 GiB = 2**30
@@ -333,8 +333,9 @@ class RematChoice:
     Attributes:
       policy: the first of REMAT_CANDIDATES whose plan fits; None when none does.
       plans: (policy, plan) of each candidate planned, cheapest first (all three with
-        `plan_all`, else up to the first that fits).
+        `plan_all`, else up to the one chosen).
       max_fraction: the fit limit, a fraction of the device's memory.
+      trusted: the candidates the plan's method may choose (`_trusted_policies`).
     """
 
     policy: str | None
@@ -352,16 +353,19 @@ class RematChoice:
         return ", ".join(f"{name} {_program(plan, 'train_step').peak_bytes / plan.memory_bytes:.0%}"
                          for name, plan in self.plans)
 
+    def restriction(self) -> str:
+        """"" or why some candidates were not eligible (appended to the summary and the error)."""
+        return ("" if self.trusted == REMAT_CANDIDATES else
+                f"; only {', '.join(self.trusted)} on an analytic plan of a sharded mesh: plan.method='aot' "
+                "compiles the others")
+
     def summary(self) -> str:
         """The launcher's one line: the policy and the plan's numbers that chose it."""
         plan = self.plan
         step = _program(plan, "train_step")
-        only = ("" if self.trusted == REMAT_CANDIDATES else
-                f"; only {', '.join(self.trusted)} on an analytic plan of a sharded mesh: plan.method='aot' "
-                "compiles the others")
         return (f"remat: auto -> {self.policy} ({plan.method} plan, {plan.target.name}: train_step peak "
                 f"{step.peak_bytes / GiB:.1f} of {plan.memory_bytes / GiB:.1f} GiB per device; train_step peak "
-                f"per policy {self.peaks()}, limit {self.max_fraction:.0%}{only})")
+                f"per policy {self.peaks()}, limit {self.max_fraction:.0%}{self.restriction()})")
 
 
 def _program(plan: Plan, name: str) -> ProgramPlan:
@@ -416,9 +420,9 @@ def check_remat_choice(choice: RematChoice, run: RunConfig) -> None:
         check_fit(choice.plan, _with_remat(run, REMAT_CANDIDATES[-1]), max_fraction=choice.max_fraction)
     except ConfigError as e:
         raise ConfigError(
-            f"config.train.remat='auto': no policy fits (train_step peak per policy {choice.peaks()}); {e}"
+            f"config.train.remat='auto': no policy fits (train_step peak per policy {choice.peaks()}"
+            f"{choice.restriction()}); {e}"
         ) from None
-    # Unreachable: "full" does not fit, so check_fit raised.
 
 
 def _knob(program: str, part: str, run: RunConfig, target: Target) -> str:
