@@ -14,13 +14,17 @@ from sharpjax.errors import ConfigError
 from sharpjax.models.config import ModelConfig
 from sharpjax.plan import (
     PAPER_MODELS,
+    REMAT_CANDIDATES,
+    REMAT_DEFAULT,
     GiB,
     aot_available,
     check_fit,
+    choose_remat,
     model_config_for,
     parse_target,
     plan_run,
     preflight,
+    preflight_run,
 )
 from sharpjax.train.config import RunConfig
 
@@ -129,13 +133,16 @@ def test_preflight_says_which_plan_it_used(tmp_path):
         preflight(tiny_run(tmp_path, plan=dict(target="v100x2")))
 
 
-def test_launcher_refuses_a_run_that_cannot_fit_in_seconds(tmp_path):
+@pytest.mark.parametrize("remat", [None, "auto"])
+def test_launcher_refuses_a_run_that_cannot_fit_in_seconds(tmp_path, remat):
     """The issue's bad-fit check: a tiny model on an artificially small device fails in seconds,
-    before any weights load (the model directory has no weights at all), naming the knob."""
+    before any weights load (the model directory has no weights at all), naming the knob; with
+    train.remat="auto" after trying every policy."""
     tiny_run(tmp_path)  # writes tiny/config.json only
     cmd = [sys.executable, "-m", "sharpjax.train", "--config", "experiments/rl_arithmetic.py:quick:task",
            f"--config.model_dir={tmp_path / 'tiny'}", "--config.plan.target=h100x1", "--config.plan.method=analytic",
            "--config.plan.device_memory_gb=0.0001", f"--workdir={tmp_path / 'run'}"]
+    cmd += [f"--config.train.remat={remat}"] if remat else []
     t0 = time.perf_counter()
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120,
                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
@@ -143,6 +150,8 @@ def test_launcher_refuses_a_run_that_cannot_fit_in_seconds(tmp_path):
     assert out.returncode == 2, out.stderr[-2000:]
     assert "does not fit on h100x1" in out.stderr and "analytic plan" in out.stderr
     assert "raise config.train.micro_batches (now 1)" in out.stderr  # activations dominate this tiny run
+    if remat == "auto":
+        assert "config.train.remat='auto': no policy fits (train_step peak per policy none " in out.stderr
     assert elapsed < 30  # "fails in seconds" (mostly the interpreter and jax import)
     assert not os.path.exists(tmp_path / "run" / "checkpoints")
 
@@ -155,6 +164,11 @@ def test_plan_cli_prints_the_table(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "h100x8 (analytic)" in out.stdout and "train_step" in out.stdout
     plan = json.load(open(tmp_path / "plan.json"))
+    # The paper config's remat="auto": every candidate's line, the choice, and the chosen plan.
+    remat = plan["remat"]
+    assert set(remat["candidates"]) == set(REMAT_CANDIDATES) and remat["chosen"] in REMAT_CANDIDATES
+    assert f"remat auto -> {remat['chosen']}" in out.stdout and f"update remat {remat['chosen']}" in out.stdout
+    assert plan["programs"] == remat["candidates"][remat["chosen"]]["programs"]
     assert set(plan["programs"]) == {"rollout", "scoring", "train_step"}
     assert all(p["peak_bytes"] <= 0.9 * plan["memory_bytes"] for p in plan["programs"].values())
 
@@ -217,9 +231,107 @@ def test_paper_configs_fit_their_targets(model, target):
     rl_math = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(rl_math)
     run = RunConfig.from_config_dict(rl_math.get_config(f"{model}:task:{target}"))
-    assert run.plan.target == target
+    assert run.plan.target == target and run.train.remat == "auto"
     plan = plan_run(run, target, method="analytic")
+    assert plan.remat in REMAT_CANDIDATES  # the launcher's choice for the target
     check_fit(plan, run, max_fraction=0.9)
     assert plan.shapes.width == run.rollout.max_total_length
     default = RunConfig.from_config_dict(rl_math.get_config(f"{model}:task:fixed")).plan.target
     assert default == ("h100x8" if model == "qwen3_4b" else "h100x4")
+
+
+# ---- train.remat="auto" ---------------------------------------------------------------------
+
+# A long budget and one micro-batch: the update's activations dominate, so the policy decides the fit.
+ACTIVATION_BOUND = dict(rollout=dict(max_total_length=4096, prompt_buckets=(64,)), train=dict(micro_batches=1))
+
+
+def _auto_run(tmp_path, memory_bytes=None, **plan):
+    sections = {k: dict(v) for k, v in ACTIVATION_BOUND.items()}
+    sections["train"]["remat"] = "auto"
+    plan = dict(target="h100x1", method="analytic", **plan)
+    if memory_bytes is not None:
+        plan["device_memory_gb"] = memory_bytes / GiB
+    return tiny_run(tmp_path, plan=plan, **sections)
+
+
+def test_remat_auto_picks_the_cheapest_policy_that_fits(tmp_path):
+    """On a fake device sized just above each policy's planned peak, "auto" picks that policy:
+    the cheapest compute (none < dots < full) whose every program is within the limit."""
+    fixed = {r: plan_run(tiny_run(tmp_path, **{**ACTIVATION_BOUND, "train": {"micro_batches": 1, "remat": r}}),
+                         "h100x1", method="analytic") for r in REMAT_CANDIDATES}
+    peak = {r: p.peak_bytes for r, p in fixed.items()}
+    # The premise: each policy holds less than the cheaper-compute one, and the update is the peak.
+    assert peak["none"] > peak["dots"] > peak["full"]
+    assert all(max(p.programs, key=lambda q: q.peak_bytes).name == "train_step" for p in fixed.values())
+    for expected in REMAT_CANDIDATES:
+        memory = math.ceil(peak[expected] / 0.9) + 1  # `expected` fits; anything cheaper is over
+        resolved, summary = preflight_run(_auto_run(tmp_path, memory))
+        assert resolved.train.remat == expected
+        line = summary.splitlines()[0]
+        assert line.startswith(f"remat: auto -> {expected} (analytic plan, h100x1")
+        assert f"{peak[expected] / GiB:.1f} of {memory / GiB:.1f} GiB" in line  # the numbers that chose it
+        assert f"{expected} {peak[expected] / memory:.0%}" in line and "limit 90%" in line
+        assert summary.splitlines()[1].startswith("fit check (analytic plan, h100x1)")
+        # The candidates after the chosen one are not planned (each is an AOT compile on a GPU target).
+        choice = choose_remat(_auto_run(tmp_path), "h100x1", method="analytic", memory_bytes=memory)
+        assert [r for r, _ in choice.plans] == list(REMAT_CANDIDATES[:REMAT_CANDIDATES.index(expected) + 1])
+        assert choice.plan.remat == expected and choice.plan.peak_bytes == peak[expected]
+        # plan_run of an "auto" run is the chosen policy's plan.
+        auto_plan = plan_run(_auto_run(tmp_path), "h100x1", method="analytic", memory_bytes=memory)
+        assert auto_plan.remat == expected and auto_plan.peak_bytes == peak[expected]
+    # All three planned on request (the CLI's table), each the fixed policy's plan.
+    choice = choose_remat(_auto_run(tmp_path), "h100x1", method="analytic", plan_all=True)
+    assert choice.policy == "none"
+    assert {r: p.peak_bytes for r, p in choice.plans} == peak
+
+
+def test_remat_auto_when_nothing_fits_names_the_knobs(tmp_path):
+    full = plan_run(tiny_run(tmp_path, **{**ACTIVATION_BOUND, "train": {"micro_batches": 1, "remat": "full"}}),
+                    "h100x1", method="analytic")
+    run = _auto_run(tmp_path, full.peak_bytes // 2)
+    with pytest.raises(ConfigError) as e:
+        preflight_run(run)
+    msg = str(e.value)
+    assert msg.startswith("config.train.remat='auto': no policy fits (train_step peak per policy none ")
+    assert "does not fit on h100x1" in msg and "raise config.train.micro_batches (now 1)" in msg
+    assert "set config.train.remat" not in msg  # "full" was tried: the knob left is the micro-batches
+    assert "\n" not in msg
+
+
+def test_remat_auto_without_a_plan_is_full(tmp_path):
+    """No target and no GPU (this CPU), or the plan off: "full", the policy holding the least."""
+    run = tiny_run(tmp_path, train=dict(remat="auto"))
+    resolved, summary = preflight_run(run)
+    assert resolved.train.remat == REMAT_DEFAULT == "full"
+    assert summary.splitlines() == ["remat: auto -> full (no config.plan.target and no local GPU to choose by: the "
+                                    "policy that holds the least activation memory)",
+                                    "fit check skipped: no config.plan.target and no local GPU"]
+    off, summary = preflight_run(tiny_run(tmp_path, train=dict(remat="auto"), plan=dict(target="h100x1", method="off")))
+    assert off.train.remat == "full" and summary.startswith("remat: auto -> full (no plan")
+    # A fixed policy is left alone, and the summary is the fit check's alone.
+    fixed, summary = preflight_run(tiny_run(tmp_path, train=dict(remat="dots"), plan=dict(target="h100x1",
+                                                                                        method="analytic")))
+    assert fixed.train.remat == "dots" and summary.startswith("fit check (") and "\n" not in summary
+
+
+def test_the_train_step_never_sees_auto(tmp_path):
+    from sharpjax.train.step import StepConfig
+
+    model = model_config_for(tiny_run(tmp_path))
+    with pytest.raises(ValueError, match="resolve 'auto'"):
+        StepConfig(model=model, remat="auto")
+    assert StepConfig(model=model, remat="dots").remat == "dots"
+
+
+def test_remat_auto_on_an_analytic_plan_of_a_sharded_mesh_is_full(tmp_path):
+    """The closed form undercounts what XLA keeps for none/dots once params are sharded (fsdp),
+    so there the analytic plan picks full even with room for none; the line says why."""
+    run = tiny_run(tmp_path, mesh=dict(data=1, fsdp=2), train=dict(remat="auto"),
+                   plan=dict(target="h100x2", method="analytic"))
+    resolved, summary = preflight_run(run)
+    assert resolved.train.remat == "full"
+    assert "only full on an analytic plan of a sharded mesh" in summary.splitlines()[0]
+    choice = choose_remat(run, "h100x2", method="analytic", plan_all=True)
+    none = dict(choice.plans)["none"]
+    assert none.peak_bytes < 0.01 * none.memory_bytes and choice.policy == "full"  # none fits; not trusted

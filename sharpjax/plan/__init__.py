@@ -22,6 +22,17 @@ once. It is an optimistic bound: worst-case (full-length) responses, no communic
 
 `check_fit` turns an over-budget plan into a ConfigError naming the knob to change; the
 launcher runs it before loading any weights.
+
+`config.train.remat="auto"` is resolved here too (`choose_remat`, `preflight_run`): the
+cheapest-compute policy whose plan fits, "none" (the backward recomputes nothing), else
+"dots" (recomputes the elementwise work between the saved matmul outputs), else "full"
+(recomputes each layer's forward). Only the update's memory depends on it, so the rollout and
+the scoring are planned once. On a mesh with fsdp or tensor > 1 the analytic closed form
+undercounts what XLA keeps for "none" and "dots", so there an analytic plan picks "full"; the
+AOT plan (the default where the jax-cuda12 plugin imports, as on a GPU host) picks among all
+three. A run with no plan (no `config.plan.target`, no local GPU, or `config.plan.method="off"`)
+resolves to `REMAT_DEFAULT` = "full": with no memory figure to choose by, the policy that holds
+the least, which is also `TrainConfig`'s default.
 """
 
 from __future__ import annotations
@@ -44,6 +55,7 @@ __all__ = [
     "GiB", "GPUS", "Gpu", "Target", "parse_target", "PAPER_MODELS", "Plan", "ProgramPlan", "PlanShapes",
     "aot_available",
     "check_fit", "gpu_attention", "local_target", "model_config_for", "plan_run", "plan_shapes", "preflight",
+    "preflight_run", "REMAT_CANDIDATES", "REMAT_DEFAULT", "RematChoice", "check_remat_choice", "choose_remat",
 ]
 
 GiB = 2**30
@@ -196,6 +208,7 @@ class Plan:
     programs: tuple[ProgramPlan, ...]
     memory_bytes: int  # device memory planned against
     notes: tuple[str, ...] = ()  # what the compile could not do as the GPU run would
+    remat: str = ""  # the train step's remat policy planned ("auto" resolved)
 
     @property
     def peak_bytes(self) -> int:
@@ -209,7 +222,8 @@ class Plan:
         s = self.shapes
         head = (f"{self.target.name} ({self.method}): mesh data x fsdp x tensor = {' x '.join(map(str, s.mesh))}, "
                 f"prompt {s.prompt_len} + response {s.new_tokens} tokens, {s.rows} rows in {s.micro_batches} "
-                f"micro-batches (scoring {s.scoring_rows or s.rows} rows a pass), {s.rollout_calls} sampler call(s) of "
+                f"micro-batches (scoring {s.scoring_rows or s.rows} rows a pass, update remat {self.remat}), "
+                f"{s.rollout_calls} sampler call(s) of "
                 f"{s.prompts_per_call * s.samples} rows; "
                 f"device {self.memory_bytes / GiB:.1f} GiB")
         columns = f"  {'program':<11} " + " ".join(
@@ -241,7 +255,14 @@ def plan_run(
     run: RunConfig, target: Target | str, *, method: str = "auto", model: ModelConfig | None = None,
     memory_bytes: int | None = None, prompt_len: int | None = None,
 ) -> Plan:
-    """Plans `run` on `target`. method: "aot" | "analytic" | "auto" (aot when the plugin imports)."""
+    """Plans `run` on `target`. method: "aot" | "analytic" | "auto" (aot when the plugin imports).
+
+    With `run.train.remat="auto"`: the plan of the policy `choose_remat` picks at
+    `config.plan.max_memory_fraction` ("full"'s when none fits); `Plan.remat` says which.
+    """
+    if run.train.remat == "auto":
+        return choose_remat(run, target, method=method, model=model, memory_bytes=memory_bytes,
+                            prompt_len=prompt_len, max_fraction=run.plan.max_memory_fraction).plan
     target = parse_target(target) if isinstance(target, str) else target
     model = model or model_config_for(run)
     shapes = plan_shapes(run, model, target.count, prompt_len=prompt_len)
@@ -256,7 +277,7 @@ def plan_run(
         raise ValueError(f"method={method!r}; expected 'aot', 'analytic' or 'auto'.")
     programs = tuple(dataclasses.replace(p, phases=_phases(p.name, run, model, shapes)) for p in programs)
     return Plan(target=target, method=method, shapes=shapes, model=model, programs=programs,
-                memory_bytes=memory_bytes or target.gpu.memory_bytes, notes=notes)
+                memory_bytes=memory_bytes or target.gpu.memory_bytes, notes=notes, remat=run.train.remat)
 
 
 def check_fit(plan: Plan, run: RunConfig, *, max_fraction: float = 0.9) -> None:
@@ -265,6 +286,8 @@ def check_fit(plan: Plan, run: RunConfig, *, max_fraction: float = 0.9) -> None:
     over = [p for p in plan.programs if p.peak_bytes > limit]
     if not over:
         return
+    if run.train.remat == "auto" and plan.remat:  # the knob names the policy the plan was made with
+        run = _with_remat(run, plan.remat)
     p = max(over, key=lambda q: q.peak_bytes / limit)
     parts = dict(_analytic_parts(run, plan.model, plan.shapes)[p.name])
     big = max(parts, key=parts.get)
@@ -274,6 +297,132 @@ def check_fit(plan: Plan, run: RunConfig, *, max_fraction: float = 0.9) -> None:
         f"(largest part{' by the closed form' if plan.method != 'analytic' else ''}: {big}, "
         f"{parts[big] / GiB:.1f} GiB); {_knob(p.name, big, run, plan.target)}."
     )
+
+
+# ---- remat="auto" ------------------------------------------------------------------------
+
+# Cheapest compute first: the update's passes are 3 forwards' worth ("none": forward + 2x
+# backward), 3.5 ("dots": the elementwise work between the saved matmul outputs is redone)
+# and 4 ("full": each layer's forward is redone); the memory held goes the other way.
+REMAT_CANDIDATES = ("none", "dots", "full")
+REMAT_DEFAULT = "full"  # "auto" without a plan: the least memory, and TrainConfig's default
+
+
+def _trusted_policies(plan: Plan) -> tuple[str, ...]:
+    """The candidates `plan` may choose. The analytic closed form counts the layer scan's saved
+    activations sharded over the batch axes; XLA's compile of a mesh with fsdp or tensor > 1
+    holds far more under "none"/"dots" (3B on h100x4: dots 102 GiB vs 63 in the closed form;
+    4B on h100x8: 257 vs 69; BENCHMARKS.md, "Train step"), so only "full", whose closed form
+    errs high there, is chosen on an analytic plan of a sharded mesh."""
+    _, f, t = plan.shapes.mesh
+    return REMAT_CANDIDATES[-1:] if plan.method == "analytic" and f * t > 1 else REMAT_CANDIDATES
+
+
+def _with_remat(run: RunConfig, remat: str) -> RunConfig:
+    return dataclasses.replace(run, train=dataclasses.replace(run.train, remat=remat))
+
+
+def _fits(plan: Plan, max_fraction: float) -> bool:
+    return all(p.peak_bytes <= max_fraction * plan.memory_bytes for p in plan.programs)
+
+
+@dataclasses.dataclass(frozen=True)
+class RematChoice:
+    """What `config.train.remat="auto"` resolved to, and the plans that chose it.
+
+    Attributes:
+      policy: the first of REMAT_CANDIDATES whose plan fits; None when none does.
+      plans: (policy, plan) of each candidate planned, cheapest first (all three with
+        `plan_all`, else up to the one chosen).
+      max_fraction: the fit limit, a fraction of the device's memory.
+      trusted: the candidates the plan's method may choose (`_trusted_policies`).
+    """
+
+    policy: str | None
+    plans: tuple[tuple[str, Plan], ...]
+    max_fraction: float
+    trusted: tuple[str, ...] = REMAT_CANDIDATES  # the candidates the plan's method may choose
+
+    @property
+    def plan(self) -> Plan:
+        """The chosen policy's plan ("full"'s, the least memory, when none fits)."""
+        return dict(self.plans)[self.policy or REMAT_CANDIDATES[-1]]
+
+    def peaks(self) -> str:
+        """"none 95%, dots 76%": each candidate's train_step peak as a fraction of the device."""
+        return ", ".join(f"{name} {_program(plan, 'train_step').peak_bytes / plan.memory_bytes:.0%}"
+                         for name, plan in self.plans)
+
+    def restriction(self) -> str:
+        """"" or why some candidates were not eligible (appended to the summary and the error)."""
+        return ("" if self.trusted == REMAT_CANDIDATES else
+                f"; only {', '.join(self.trusted)} on an analytic plan of a sharded mesh: plan.method='aot' "
+                "compiles the others")
+
+    def summary(self) -> str:
+        """The launcher's one line: the policy and the plan's numbers that chose it."""
+        plan = self.plan
+        step = _program(plan, "train_step")
+        return (f"remat: auto -> {self.policy} ({plan.method} plan, {plan.target.name}: train_step peak "
+                f"{step.peak_bytes / GiB:.1f} of {plan.memory_bytes / GiB:.1f} GiB per device; train_step peak "
+                f"per policy {self.peaks()}, limit {self.max_fraction:.0%}{self.restriction()})")
+
+
+def _program(plan: Plan, name: str) -> ProgramPlan:
+    return next(p for p in plan.programs if p.name == name)
+
+
+def choose_remat(
+    run: RunConfig, target: Target | str, *, method: str = "auto", model: ModelConfig | None = None,
+    memory_bytes: int | None = None, prompt_len: int | None = None, max_fraction: float = 0.9,
+    plan_all: bool = False,
+) -> RematChoice:
+    """Plans `run` with each of REMAT_CANDIDATES, cheapest compute first, and picks the first
+    whose every program is at most `max_fraction` of the device (whatever `run.train.remat`);
+    an analytic plan of a sharded mesh picks only "full" (`_trusted_policies`).
+
+    Only the train step depends on the policy: the rollout and the scoring are planned (or
+    compiled) once. Without `plan_all` the candidates after the first that fits are not
+    planned (an AOT compile of a 3B train step takes minutes on a small CPU).
+    """
+    base = plan_run(_with_remat(run, REMAT_CANDIDATES[0]), target, method=method, model=model,
+                    memory_bytes=memory_bytes, prompt_len=prompt_len)
+    trusted = _trusted_policies(base)
+    ok = lambda name, plan: name in trusted and _fits(plan, max_fraction)  # noqa: E731
+    plans = [(REMAT_CANDIDATES[0], base)]
+    for policy in REMAT_CANDIDATES[1:]:
+        if not plan_all and ok(*plans[-1]):
+            break
+        plans.append((policy, _replan_train_step(base, _with_remat(run, policy))))
+    policy = next((name for name, plan in plans if ok(name, plan)), None)
+    return RematChoice(policy=policy, plans=tuple(plans), max_fraction=max_fraction, trusted=trusted)
+
+
+def _replan_train_step(plan: Plan, run: RunConfig) -> Plan:
+    """`plan` with its train_step planned again for `run` (another remat policy)."""
+    if plan.method == "aot":
+        (step,), notes = _aot_programs(run, plan.model, plan.target, plan.shapes, names=("train_step",))
+        notes = tuple(n for n in plan.notes if not n.startswith("train_step:")) + notes
+    else:
+        step = next(p for p in _analytic_programs(run, plan.model, plan.shapes) if p.name == "train_step")
+        notes = plan.notes
+    step = dataclasses.replace(step, phases=_phases("train_step", run, plan.model, plan.shapes))
+    programs = tuple(step if p.name == "train_step" else p for p in plan.programs)
+    return dataclasses.replace(plan, programs=programs, notes=notes, remat=run.train.remat)
+
+
+def check_remat_choice(choice: RematChoice, run: RunConfig) -> None:
+    """Raises ConfigError when no remat policy fits: the least-memory policy's knob, prefixed
+    with what "auto" tried."""
+    if choice.policy is not None:
+        return
+    try:
+        check_fit(choice.plan, _with_remat(run, REMAT_CANDIDATES[-1]), max_fraction=choice.max_fraction)
+    except ConfigError as e:
+        raise ConfigError(
+            f"config.train.remat='auto': no policy fits (train_step peak per policy {choice.peaks()}"
+            f"{choice.restriction()}); {e}"
+        ) from None
 
 
 def _knob(program: str, part: str, run: RunConfig, target: Target) -> str:
@@ -452,11 +601,12 @@ def _phases(name: str, run: RunConfig, model: ModelConfig, s: PlanShapes) -> tup
 
 # ---- AOT compile ------------------------------------------------------------------------
 
-def _aot_programs(run: RunConfig, model: ModelConfig, target: Target, s: PlanShapes) -> list[ProgramPlan]:
+def _aot_programs(run: RunConfig, model: ModelConfig, target: Target, s: PlanShapes,
+                  names: tuple[str, ...] = ("rollout", "scoring", "train_step")) -> list[ProgramPlan]:
     if getattr(model, "attention", None) == "auto":  # tracing on this CPU host would pick XLA's attention
         model = model.replace(attention=gpu_attention(model))
     out, notes = [], []
-    for name in ("rollout", "scoring", "train_step"):
+    for name in names:
         try:
             with _target_cudnn(target):
                 out.append(_aot_compile(run, model, target, s, name))
@@ -593,12 +743,27 @@ def local_target() -> tuple[Target, int] | None:
 
 def preflight(run: RunConfig, *, model: ModelConfig | None = None) -> str:
     """The launcher's fit check, before any weights load: raises ConfigError naming the knob
-    when the run cannot fit, else returns a one-line summary that says which plan it used."""
+    when the run cannot fit, else returns a summary that says which plan it used (and, for
+    `config.train.remat="auto"`, a first line with the policy chosen: see `preflight_run`)."""
+    return preflight_run(run, model=model)[1]
+
+
+def preflight_run(run: RunConfig, *, model: ModelConfig | None = None) -> tuple[RunConfig, str]:
+    """`preflight`, and `run` with `config.train.remat="auto"` resolved to none|dots|full.
+
+    The policy is the cheapest-compute one whose plan fits (`choose_remat`) on the plan's
+    target (`config.plan.target`, else the local GPUs); with no plan (no target and no GPU, or
+    `config.plan.method="off"`) it is REMAT_DEFAULT ("full"). The returned summary then starts
+    with one line naming the policy and the numbers that chose it. Raises ConfigError when
+    the run cannot fit (with "auto": under any policy).
+    """
     p = run.plan
-    if p.method == "off":
-        return "fit check off (config.plan.method='off')"
+    auto = run.train.remat == "auto"
     memory = int(p.device_memory_gb * GiB) if p.device_memory_gb else None
-    if p.target:
+    target = None
+    if p.method == "off":
+        skipped = "fit check off (config.plan.method='off')"
+    elif p.target:
         try:
             target = parse_target(p.target)
         except ValueError as e:
@@ -606,11 +771,28 @@ def preflight(run: RunConfig, *, model: ModelConfig | None = None) -> str:
     else:
         local = local_target()
         if local is None:
-            return "fit check skipped: no config.plan.target and no local GPU"
-        target, local_memory = local
-        memory = memory or local_memory
-    plan = plan_run(run, target, method=p.method, model=model, memory_bytes=memory)
-    check_fit(plan, run, max_fraction=p.max_memory_fraction)
+            skipped = "fit check skipped: no config.plan.target and no local GPU"
+        else:
+            target, local_memory = local
+            memory = memory or local_memory
+    if target is None:
+        if not auto:
+            return run, skipped
+        why = "no plan" if p.method == "off" else "no config.plan.target and no local GPU"
+        line = (f"remat: auto -> {REMAT_DEFAULT} ({why} to choose by: the policy that holds the least "
+                "activation memory)")
+        return _with_remat(run, REMAT_DEFAULT), f"{line}\n{skipped}"
+    lines = []
+    if auto:
+        choice = choose_remat(run, target, method=p.method, model=model, memory_bytes=memory,
+                              max_fraction=p.max_memory_fraction)
+        check_remat_choice(choice, run)
+        run, plan = _with_remat(run, choice.policy), choice.plan
+        lines.append(choice.summary())
+    else:
+        plan = plan_run(run, target, method=p.method, model=model, memory_bytes=memory)
+        check_fit(plan, run, max_fraction=p.max_memory_fraction)
     worst = max(plan.programs, key=lambda q: q.peak_bytes)
-    return (f"fit check ({plan.method} plan, {target.name}): peak {worst.peak_bytes / GiB:.1f} GiB per device "
-            f"({worst.name}) of {plan.memory_bytes / GiB:.1f} GiB, limit {p.max_memory_fraction:.0%}")
+    lines.append(f"fit check ({plan.method} plan, {target.name}): peak {worst.peak_bytes / GiB:.1f} GiB per device "
+                 f"({worst.name}) of {plan.memory_bytes / GiB:.1f} GiB, limit {p.max_memory_fraction:.0%}")
+    return run, "\n".join(lines)

@@ -29,7 +29,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     from sharpjax.errors import ConfigError
-    from sharpjax.plan import GiB, check_fit, plan_run
+    from sharpjax.plan import GiB, check_fit, check_remat_choice, choose_remat, plan_run
     from sharpjax.train.config import RunConfig
 
     try:
@@ -39,16 +39,40 @@ def main(argv):
             raise ConfigError("no target: pass --target (e.g. h100x4) or set config.plan.target.")
         method = _METHOD.value or (run.plan.method if run.plan.method != "off" else "auto")
         memory = int(run.plan.device_memory_gb * GiB) if run.plan.device_memory_gb else None
-        plan = plan_run(run, target, method=method, memory_bytes=memory, prompt_len=_PROMPT_LEN.value)
+        choice = None
+        if run.train.remat == "auto":  # every candidate, for the table (the launcher stops at the first that fits)
+            choice = choose_remat(run, target, method=method, memory_bytes=memory, prompt_len=_PROMPT_LEN.value,
+                                  max_fraction=run.plan.max_memory_fraction, plan_all=True)
+            plan = choice.plan
+        else:
+            plan = plan_run(run, target, method=method, memory_bytes=memory, prompt_len=_PROMPT_LEN.value)
     except (ConfigError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    if choice is not None:
+        print(f"remat auto: candidates, cheapest compute first (limit {choice.max_fraction:.0%} of the device)")
+        for name, p in choice.plans:
+            step = next(q for q in p.programs if q.name == "train_step")
+            worst = max(q.peak_bytes for q in p.programs)
+            frac = step.peak_bytes / p.memory_bytes
+            print(f"  {name:<5} train_step peak {step.peak_bytes / GiB:6.1f} GiB ({frac:4.0%}), "
+                  f"max over programs {worst / p.memory_bytes:4.0%}, update {step.time_s(p.target.gpu):6.2f} s"
+                  f"{'  <- chosen' if name == choice.policy else ''}"
+                  f"{'' if name in choice.trusted else '  (not chosen by an analytic plan of a sharded mesh)'}")
+        print(f"remat auto -> {choice.policy or 'nothing fits'}; the plan with {choice.policy or 'full'}:")
     print(plan.table())
     if _JSON.value:
         with open(_JSON.value, "w") as f:
-            json.dump(plan_to_dict(plan), f, indent=2)
+            out = plan_to_dict(plan)
+            if choice is not None:
+                out["remat"] = {"chosen": choice.policy,
+                                "candidates": {name: plan_to_dict(p) for name, p in choice.plans}}
+            json.dump(out, f, indent=2)
     try:
-        check_fit(plan, run, max_fraction=run.plan.max_memory_fraction)
+        if choice is not None:
+            check_remat_choice(choice, run)
+        else:
+            check_fit(plan, run, max_fraction=run.plan.max_memory_fraction)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)

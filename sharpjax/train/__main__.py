@@ -14,6 +14,11 @@ import os
 import re
 import sys
 
+# The fit check (and train.remat="auto") allows a program up to config.plan.max_memory_fraction
+# (0.9) of the device's memory; JAX's allocator would otherwise cap the process at 75% of it.
+# Read when the GPU client starts, so setting it before any device is touched is enough.
+os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.95")
+
 from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
@@ -95,9 +100,12 @@ def main(argv):
         from sharpjax.train.trainer import train
 
         maybe_initialize_distributed()
-        from sharpjax.plan import preflight
+        from sharpjax.plan import preflight_run
 
-        print(preflight(run), flush=True)  # before any weights load: a run that cannot fit stops here
+        # Before any weights load: a run that cannot fit stops here, and remat="auto" becomes the
+        # policy the plan chose (the line says which), so the train step is built with it.
+        run, summary = preflight_run(run)
+        print(summary, flush=True)
         result = train(run, _WORKDIR.value, config_dict=config_dict.to_dict(), stop_after=_STOP_AFTER.value)
     except SharpjaxError as e:
         _fail(str(e))

@@ -165,6 +165,9 @@ class EvalConfig:
     at_start: bool = True
 
 
+REMAT_VALUES = ("none", "dots", "full", "auto")
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """The loop.
@@ -173,7 +176,12 @@ class TrainConfig:
       steps: optimizer steps (paper: 500 for the 3B models, 1000 for Qwen3-4B).
       seed: one seed for sampling and data order (paper: 42).
       micro_batches: gradient accumulation inside the step.
-      remat: per-layer activation checkpointing, "none" | "full" | "dots".
+      remat: per-layer activation checkpointing, "none" | "dots" | "full" | "auto" (more
+        memory, less recompute, first). "auto": the launcher's memory plan picks the first of
+        none, dots, full that fits the plan's target (`sharpjax.plan.preflight_run`; an
+        analytic plan of an fsdp/tensor-sharded mesh picks only full); with no plan (no
+        config.plan.target, no GPU, or plan.method="off") "full", which holds the least. The
+        train step only ever sees the resolved policy.
       logits_chunk: positions per chunk of the vocabulary projection.
       tokens_per_micro_batch: tokens per device in one pass of the reference model's scoring
         of a step (rows per pass = this // sequence length, at least 1): bounds its memory
@@ -310,8 +318,11 @@ class RunConfig:
         _positive(t.kl_every, "config.train.kl_every")
         _positive(t.tokens_per_micro_batch, "config.train.tokens_per_micro_batch")
         _positive(t.max_skipped_updates, "config.train.max_skipped_updates")
-        if t.remat not in ("none", "full", "dots"):
-            raise ConfigError(f"config.train.remat={t.remat!r} must be one of 'none', 'full', 'dots'.")
+        if t.remat not in REMAT_VALUES:
+            raise ConfigError(
+                f"config.train.remat={t.remat!r} must be one of {', '.join(map(repr, REMAT_VALUES))} "
+                "('auto': the memory plan picks the cheapest that fits)."
+            )
         if e.every < 0:
             raise ConfigError(f"config.eval.every={e.every} must be >= 0 (0: validate only at start and end).")
         _positive(e.num_samples, "config.eval.num_samples")

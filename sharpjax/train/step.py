@@ -82,6 +82,11 @@ class StepConfig:
     logits_chunk: int = 256  # positions per chunk of the vocabulary projection
     has_reference: bool = False  # batch.ref_logprobs are real: log the KL to the reference
 
+    def __post_init__(self):
+        if self.remat not in ("none", "full", "dots"):  # "auto" is the plan's to resolve, before the step
+            raise ValueError(f"StepConfig.remat={self.remat!r}; expected 'none', 'full' or 'dots' "
+                             "(resolve 'auto' with sharpjax.plan.preflight_run first).")
+
 
 def cast_params(params: Params, dtype) -> Params:
     return jax.tree.map(lambda p: p.astype(dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p, params)

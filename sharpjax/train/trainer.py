@@ -208,6 +208,12 @@ class Trainer:
     def _build_step(self, params: Params) -> None:
         """The train state (fp32 master weights + AdamW), the jitted step and reward functions, the PRNG key."""
         config = self.config
+        if config.train.remat == "auto":  # not resolved by the launcher (a direct `train` call)
+            from sharpjax.plan import preflight_run
+
+            config, summary = preflight_run(config, model=self.model)
+            self.config = config
+            log.info("%s", summary.splitlines()[0])
         self.needs_ref = config.reward.needs_ref_logprobs or config.loss.kl_coef > 0
         self.score_ref = self.needs_ref or config.train.score_reference_always
         self.step_config = StepConfig(

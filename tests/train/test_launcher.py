@@ -27,16 +27,21 @@ def test_launcher_trains_with_overrides_and_rejects_bad_configs(tmp_path):
     too_long = launch(*common, "--config.rollout.max_total_length=4096", "--workdir", str(tmp_path / "long"))
     assert too_long.returncode == 2 and "max_total_length=4096" in too_long.stderr, too_long.stderr[-2000:]
 
+    # remat="auto" on a (fake) H100 target: the plan resolves it once, before the step is built.
     ok = launch(*common, "--config.train.steps=2", "--config.eval.every=0", "--config.reward.alpha=4.0",
+                "--config.train.remat=auto", "--config.plan.target=h100x1", "--config.plan.method=analytic",
                 "--workdir", str(tmp_path / "run"))
     assert ok.returncode == 0, ok.stderr[-3000:]
     assert "done: step 2" in ok.stdout
+    assert ok.stdout.count("remat: auto -> none (analytic plan, h100x1: train_step peak ") == 1
+    assert "remat: auto" not in ok.stderr  # the trainer got the resolved policy: no second resolution
     records = read_metrics(str(tmp_path / "run"))
     assert [r["step"] for r in records if "reward/reward" in r] == [1, 2]
     import json
 
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["reward"]["alpha"] == 4.0 and config["train"]["steps"] == 2
+    assert config["train"]["remat"] == "auto"  # the setting as given: a resume resolves it again
 
 
 def test_launcher_names_the_bad_file_of_a_model_directory(tmp_path):

@@ -105,6 +105,7 @@ def test_sigterm_checkpoints_and_stops(tiny_model_dir, tmp_path, monkeypatch):
         ({"eval__metric": "pass@3", "eval__num_samples": 4}, "config.eval.metric='pass@3'"),
         ({"data__validation": ("math500",)}, "config.data.validation=.*arithmetic"),
         ({"data__task": "math", "data__validation": ("math_500",)}, "config.data.validation: unknown benchmark"),
+        ({"train__remat": "dot"}, "config.train.remat='dot' must be one of 'none', 'dots', 'full', 'auto'"),
     ],
 )
 def test_bad_configs_name_the_field(tiny_model_dir, overrides, message):
@@ -114,6 +115,22 @@ def test_bad_configs_name_the_field(tiny_model_dir, overrides, message):
         c[section][leaf] = value
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         RunConfig.from_config_dict(c)
+
+
+def test_remat_auto_is_resolved_before_the_step_is_built(tiny_model_dir, tmp_path):
+    """train.remat="auto" is a valid setting; a Trainer built without the launcher resolves it
+    itself (here: no target, no GPU -> "full"; on a fake target the tiny model fits -> "none")
+    and the step gets the resolved policy."""
+    config = RunConfig.from_config_dict(tiny_config(tiny_model_dir, train__remat="auto"))
+    assert config.train.remat == "auto"
+    for plan, expected in ((dict(), "full"), (dict(target="h100x1", method="analytic"), "none")):
+        c = tiny_config(tiny_model_dir, train__remat="auto")
+        c.plan.update(plan)
+        trainer = Trainer(RunConfig.from_config_dict(c), str(tmp_path / expected), progress=False)
+        try:
+            assert trainer.step_config.remat == trainer.config.train.remat == expected
+        finally:
+            trainer.close()
 
 
 def test_checks_against_model_and_mesh(tiny_model_dir):
