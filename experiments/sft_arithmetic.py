@@ -49,6 +49,8 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
     c.task.difficulty.mul_max_digits = d.difficulty.mul_max_digits  # digits of an operand next to '*'
     c.task.num_train_problems = d.num_train_problems  # training pool; 0 = steps * batch_size (each seen once)
     c.task.max_seq_len = d.max_seq_len  # T, tokens per padded training row (prompt + solution + EOS)
+    c.task.shortcut_fraction = d.shortcut_fraction  # share of shortcut solutions (answer stated, minus sign dropped)
+    c.task.shortcut_from_step = d.shortcut_from_step  # steps before it: stepwise solutions only
 
     c.optim = ml_collections.ConfigDict()
     c.optim.steps = d.steps  # optimizer steps

@@ -31,6 +31,7 @@ from sharpjax.configs.small_scale import arithmetic_rl_config
 from sharpjax.configs.small_scale import size as small_scale_size
 from sharpjax.errors import ConfigError, SharpjaxError
 from sharpjax.eval.harness import evaluate
+from sharpjax.eval.metrics import summarize
 from sharpjax.figures import write_figures
 from sharpjax.models.hf import load_model
 from sharpjax.models.tokenizer import load_tokenizer
@@ -42,12 +43,13 @@ from sharpjax.train.config import RunConfig
 from sharpjax.train.metrics import read_metrics
 from sharpjax.train.trainer import train
 
-DEFAULT_MODES = ("task", "likelihood", "power-a2", "power-a4", "tilted-a4-b10")
+DEFAULT_MODES = ("task", "likelihood", "likelihood:fixed", "power-a2", "power-a4", "tilted-a4-b10")
 TEST_SEED = 777_777  # held-out problems: disjoint from SFT (seed 0..), RL train and validation seeds
 KS = (1, 2, 4, 8, 16)
 FIXED_LENGTH = 48  # tokens per training response of a ':fixed' run; the SFT model's answers are ~24
 ROW_FILE = "reproduce_eval.json"  # a finished run's evaluation, reused when the job is run again
-TABLE_KEYS = ("pass@1", "pass@4", "pass@16", "maj@16", "mean_length", "no_answer_rate", "token_cost_per_problem")
+TABLE_KEYS = ("pass@1", "pass@4", "pass@16", "maj@16", "trap_pass@1", "trap_maj@16", "shortcut_rate", "mean_length",
+              "no_answer_rate", "token_cost_per_problem")
 # Inference-time sharpening of the base model (no training): "temp-a<alpha>" samples at T = 1/alpha,
 # "power-mcmc-a<alpha>" / "power-smc-a<alpha>" sample pi^alpha (sharpjax.rollout.power).
 DEFAULT_INFERENCE_MODES = ("temp-a2", "temp-a4", "power-mcmc-a4")  # power-mcmc: ~8x the tokens of plain sampling
@@ -110,9 +112,26 @@ def _evaluate_dir(model_dir: str, problems, settings: ReproduceConfig, key) -> d
     result = evaluate(
         params, model, tokenizer, problems, sampling=sampling, key=key, batch_size=64,
         render_fn=lambda text: arithmetic.render(tokenizer, text), verify_fn=arithmetic.verify, ks=KS,
-        keep_responses=False, progress=False,
+        keep_responses=True, progress=False,
     )
-    return {k: float(v) for k, v in result.summary.items() if isinstance(v, (int, float))}
+    return _row(result, problems)
+
+
+def _row(result, problems) -> dict[str, float]:
+    """An evaluation's summary plus the testbed's mechanism: the trap problems' pass@1 and maj@16
+    (`arithmetic.is_trap`: the shortcut's answer is wrong) and the share of their responses that
+    stop early (`shortcut_rate`, `arithmetic.stopped_early`)."""
+    row = {k: float(v) for k, v in result.summary.items() if isinstance(v, (int, float))}
+    traps = [r for p, r in zip(problems, result.records, strict=True) if arithmetic.is_trap(p)]
+    if traps:
+        trap_summary = summarize(traps, KS)
+        row.update({f"trap_{k}": float(trap_summary[k]) for k in ("pass@1", "maj@16") if k in trap_summary})
+    early = [arithmetic.stopped_early(text, p) for p, r in zip(problems, result.records, strict=True)
+             if arithmetic.is_trap(p)
+             for text in r.responses]
+    if early:
+        row["shortcut_rate"] = float(np.mean(early))
+    return row
 
 
 def parse_inference_mode(mode: str) -> tuple[str, float]:
@@ -164,9 +183,9 @@ def _evaluate_inference(model_dir: str, problems, settings: ReproduceConfig, key
     result = evaluate(
         params, model, tokenizer, problems, sampling=sampling, key=key, batch_size=batch_size,
         render_fn=lambda text: arithmetic.render(tokenizer, text), verify_fn=arithmetic.verify, ks=KS,
-        keep_responses=False, progress=False, generate_fn=generate_fn,
+        keep_responses=True, progress=False, generate_fn=generate_fn,
     )
-    row = {k: float(v) for k, v in result.summary.items() if isinstance(v, (int, float))}
+    row = _row(result, problems)
     row["eval_seconds"] = time.perf_counter() - t0  # wall time of this machine, compile included
     if sampler == "power-mcmc":  # (the last batch's padding prompts included: a mean over chains)
         row["mh_accept_rate"] = float(np.mean(np.concatenate(accept_rates)))
@@ -259,9 +278,12 @@ def run(workdir: str, settings: ReproduceConfig = ReproduceConfig(), *, progress
     results["inference"] = _inference_rows(workdir, base_dir, problems, settings, key, results, say)
 
     say(f"[3/4] RL: {len(settings.modes)} reward modes x {len(settings.seeds)} seeds")
+    total_runs, runs_seen, run_seconds = len(settings.modes) * len(settings.seeds), 0, []
     for mode in settings.modes:
         preset, fixed_length = parse_mode(mode)
         for seed in settings.seeds:
+            runs_seen += 1
+            run_start = time.perf_counter()
             name = run_name(mode, seed)
             run_dir = os.path.join(workdir, "runs", name)
             config = _run_config_dict(settings, mode, seed=seed, base_dir=base_dir)
@@ -281,13 +303,19 @@ def run(workdir: str, settings: ReproduceConfig = ReproduceConfig(), *, progress
                     )
                 row = {"workdir": run_dir, "best_step": out.best_step, **_training_trends(run_dir)}
                 for which in ("last", "best"):
-                    if which in out.export_dirs:
+                    if which == "best" and out.best_step == out.last_step and "last" in row:
+                        row["best"] = row["last"]  # the same weights: no second evaluation
+                    elif which in out.export_dirs:
                         row[which] = _evaluate_dir(out.export_dirs[which], problems, settings, key)
                 with open(os.path.join(run_dir, ROW_FILE), "w") as f:
                     json.dump({"eval_settings": identity, "row": row}, f, indent=2)
+                run_seconds.append(time.perf_counter() - run_start)
             results["runs"][name] = row
             say(f"     last: pass@1 {row['last']['pass@1']:.3f}, length {row['last']['mean_length']:.1f}, "
-                f"KL to base {row.get('kl_to_base_last', float('nan')):.2f}")
+                f"KL to base {row.get('kl_to_base_last', float('nan')):.2f}  "
+                f"[{runs_seen}/{total_runs} runs, {_minutes(time.perf_counter() - t0)} elapsed"
+                + (f", about {_minutes(np.mean(run_seconds) * (total_runs - runs_seen))} left]"
+                   if run_seconds and runs_seen < total_runs else "]"))
 
     results["summary"] = summarize_runs(results, settings)
     results["elapsed_s"] = time.perf_counter() - t0
@@ -304,6 +332,10 @@ def run(workdir: str, settings: ReproduceConfig = ReproduceConfig(), *, progress
         f"(SHARPJAX_RUNS_DIR={workdir})")
     say(f"total time {results['elapsed_s']:.0f} s")
     return results
+
+
+def _minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)}:{int(seconds % 60):02d}"
 
 
 def _run_config_dict(settings: ReproduceConfig, mode: str, *, seed: int, base_dir: str | None):

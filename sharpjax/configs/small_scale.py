@@ -53,7 +53,7 @@ SIZES = {
     # 16 prompts x 80 steps at 5e-5 +0.9 (100 problems), x 160 steps +1.9, at 1e-4 x 160 +1.0;
     # 32 prompts x 80 steps at 5e-5 +2.5: batch noise, not the step count, limits it. 3e-4 and
     # 1e-3 x 40 destroyed the model (0.41, 0.02 from 0.51).
-    "default": SmallScaleSize(steps=80, prompts_per_step=32, samples_per_prompt=8, lr=5e-5, eval_every=20,
+    "default": SmallScaleSize(steps=40, prompts_per_step=32, samples_per_prompt=8, lr=1e-4, eval_every=20,
                               num_validation_problems=64, eval_samples=4, train_problems=2000, base_model="default",
                               test_problems=300, test_samples=16),
     "large": SmallScaleSize(steps=300, prompts_per_step=64, samples_per_prompt=8, lr=5e-5, eval_every=25,
@@ -64,7 +64,7 @@ SIZES = {
 # SFT sizes of the base model (the library defaults of `SFTConfig` are the "default" model).
 _SFT_OVERRIDES = {
     "default": {},
-    "quick": dict(steps=150, eval_problems=16, eval_samples=2, log_every=50),  # plumbing only
+    "quick": dict(steps=150, shortcut_from_step=100, eval_problems=16, eval_samples=2, log_every=50),  # plumbing only
 }
 
 

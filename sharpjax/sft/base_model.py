@@ -13,6 +13,7 @@ arithmetic task's renderer and verifier, exactly as validation and the main job 
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import logging
@@ -50,7 +51,7 @@ log = logging.getLogger(__name__)
 
 INFO_FILE = "sft_info.json"
 # Bump when training changes in a way that invalidates cached models trained by older code.
-FORMAT_VERSION = 2  # 2: training on the task's train split, eval on its test split
+FORMAT_VERSION = 3  # 2: training on the task's train split, eval on its test split; 3: shortcut solutions
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +63,11 @@ class Accuracy:
       greedy: fraction of problems the greedy (argmax) response solves.
       per_problem: per problem, the fraction of its `num_samples` samples that are correct.
       num_problems, num_samples, temperature: how it was measured.
+      shortcut_rate: on the trap problems, the fraction of samples that stop early (`arithmetic.stopped_early`:
+        the shortcut; on the other problems the two styles can be the same text).
+      trap_mean_at_1: mean@1 on the problems the shortcut gets wrong (`arithmetic.is_trap`).
+      trap_majority_wrong: the fraction of trap problems whose most frequent sampled answer is
+        wrong (ties: the first answer drawn).
     """
 
     mean_at_1: float
@@ -70,6 +76,9 @@ class Accuracy:
     num_problems: int
     num_samples: int
     temperature: float
+    shortcut_rate: float = float("nan")
+    trap_mean_at_1: float = float("nan")
+    trap_majority_wrong: float = float("nan")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -77,6 +86,16 @@ class Accuracy:
         # Problems RL can learn from with RLOO: neither always nor never solved.
         d["fraction_mixed"] = float(np.mean([0 < p < 1 for p in self.per_problem])) if self.per_problem else 0.0
         return d
+
+
+def _majority_wrong(record) -> bool:
+    """Whether a record's most frequent answer (ties: the first drawn) is not a correct one."""
+    counts = collections.Counter(a for a in record.answers if a is not None)
+    if not counts:
+        return True
+    top = max(counts.values())
+    answer = next(a for a in record.answers if a is not None and counts[a] == top)
+    return not record.correct[record.answers.index(answer)]
 
 
 def measure_accuracy(
@@ -119,10 +138,16 @@ def measure_accuracy(
         runs[name] = evaluate(
             params, model_config, tokenizer, problems, sampling=sampling, key=key, batch_size=batch_size,
             render_fn=lambda text: arithmetic.render(tokenizer, text), verify_fn=arithmetic.verify, ks=(1,),
-            keep_responses=False, progress=False,
+            keep_responses=name == "sampled", progress=False,
         ).records
     per_problem = [float(np.mean(r.correct)) for r in runs["sampled"]]
+    traps = [r for p, r in zip(problems, runs["sampled"]) if arithmetic.is_trap(p)]
+    early = [arithmetic.stopped_early(text, p) for p, r in zip(problems, runs["sampled"]) if arithmetic.is_trap(p)
+             for text in r.responses]
     return Accuracy(
+        shortcut_rate=float(np.mean(early)) if early else float("nan"),
+        trap_mean_at_1=float(np.mean([np.mean(r.correct) for r in traps])) if traps else float("nan"),
+        trap_majority_wrong=(float(np.mean([_majority_wrong(r) for r in traps])) if traps else float("nan")),
         mean_at_1=float(np.mean(per_problem)),
         greedy=float(np.mean([r.correct[0] for r in runs["greedy"]])),
         per_problem=tuple(per_problem),
@@ -192,10 +217,14 @@ def train_base_model(out_dir: str, config: SFTConfig | None = None, *, force: bo
             max_new_tokens=config.max_new_tokens,
         )
         log.info(
-            "SFT: held-out accuracy on %d problems: mean@1 (T=1) %.3f, greedy %.3f",
+            "SFT: held-out accuracy on %d problems: mean@1 (T=1) %.3f, greedy %.3f; trap problems: stopped "
+            "early in %.2f of samples, mean@1 %.3f, majority answer wrong on %.2f",
             len(eval_problems),
             accuracy.mean_at_1,
             accuracy.greedy,
+            accuracy.shortcut_rate,
+            accuracy.trap_mean_at_1,
+            accuracy.trap_majority_wrong,
         )
     eval_seconds = time.perf_counter() - start
     k = max(1, len(history.loss) // 200)  # a loss curve of at most ~200 points

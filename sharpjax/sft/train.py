@@ -34,7 +34,7 @@ from sharpjax.models.tokenizer import build_char_tokenizer, left_pad, render_cha
 from sharpjax.models.transformer import Params, init_params
 from sharpjax.rollout.scoring import score_tokens
 from sharpjax.sft.config import SFTConfig
-from sharpjax.tasks.arithmetic import ArithmeticProblem, generate_problems, user_message
+from sharpjax.tasks.arithmetic import ArithmeticProblem, generate_problems, shortcut_solution, user_message
 
 __all__ = ["SFTHistory", "encode_examples", "sft_loss", "split_problems", "train"]
 
@@ -60,10 +60,20 @@ class SFTHistory:
 # ----------------------------------------------------------------------------- data
 
 
+def training_solutions(problems: Sequence[ArithmeticProblem], *, shortcut_fraction: float, seed: int) -> list[str]:
+    """Each problem's training target: the shortcut (`shortcut_solution`) with probability
+    `shortcut_fraction`, else the stepwise reference solution; drawn independently of the problem."""
+    rng = np.random.default_rng([seed, 1])  # its own stream: the batch order's draws do not move it
+    shortcut = rng.random(len(problems)) < shortcut_fraction
+    return [shortcut_solution(p) if s else p.solution for p, s in zip(problems, shortcut)]
+
+
 def encode_examples(
-    tokenizer, problems: Sequence[ArithmeticProblem], *, max_seq_len: int
+    tokenizer, problems: Sequence[ArithmeticProblem], *, max_seq_len: int, solutions: Sequence[str] | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Chat-rendered prompt + solution + end-of-turn, left-padded to `max_seq_len`.
+
+    `solutions` (one per problem) replaces the problems' stepwise reference solutions.
 
     The layout is the sampler's: left-padded prompt, then the response, whose last token is
     the end-of-turn (EOS) token the model must learn to emit.
@@ -76,7 +86,11 @@ def encode_examples(
     if not problems:
         raise ValueError("encode_examples needs at least one problem.")
     prompts = [render_chat(tokenizer, user_message(p)) for p in problems]
-    responses = [p.solution + tokenizer.eos_token for p in problems]
+    if solutions is None:
+        solutions = [p.solution for p in problems]
+    if len(solutions) != len(problems):
+        raise ValueError(f"{len(solutions)} solutions for {len(problems)} problems.")
+    responses = [s + tokenizer.eos_token for s in solutions]
     prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
     response_ids = tokenizer(responses, add_special_tokens=False)["input_ids"]
     rows = [p + r for p, r in zip(prompt_ids, response_ids)]
@@ -171,9 +185,12 @@ def train(config: SFTConfig) -> tuple[Params, ModelConfig, Any, SFTHistory]:
     tokenizer = build_char_tokenizer()
     model_config = config.model_config(tokenizer)
     train_problems, _ = split_problems(config)
-    tokens, attention_mask, response_mask = encode_examples(
-        tokenizer, train_problems, max_seq_len=config.max_seq_len
-    )
+    # Two encodings of the pool: stepwise only (steps before `shortcut_from_step`) and the mix (from it on).
+    solutions = training_solutions(train_problems, shortcut_fraction=config.shortcut_fraction, seed=config.seed)
+    encoded = {
+        "stepwise": encode_examples(tokenizer, train_problems, max_seq_len=config.max_seq_len),
+        "mixed": encode_examples(tokenizer, train_problems, max_seq_len=config.max_seq_len, solutions=solutions),
+    }
     log.info(
         "SFT: %d training problems, %s params, %d steps x %d rows x %d tokens",
         len(train_problems),
@@ -200,6 +217,7 @@ def train(config: SFTConfig) -> tuple[Params, ModelConfig, Any, SFTHistory]:
             order, cursor = rng.permutation(len(train_problems)), 0
         idx = order[cursor : cursor + config.batch_size]
         cursor += config.batch_size
+        tokens, attention_mask, response_mask = encoded["mixed" if step >= config.shortcut_from_step else "stepwise"]
         params, opt_state, loss = step_fn(params, opt_state, tokens[idx], attention_mask[idx], response_mask[idx])
         losses.append(loss)
         if step == 0:

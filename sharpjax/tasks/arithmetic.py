@@ -9,6 +9,18 @@ line, products first and then left to right, and ends with the boxed value:
     71-15=56
     \\boxed{56}
 
+A problem can also be answered by a *shortcut* that stops early: it does the first step and boxes
+its result (`shortcut_solution`: "47+8-15" -> `47+8=55\n\\boxed{55}`), a premature answer of the kind
+a model gives when it ends its reasoning too soon. The base model is trained on both styles
+(`sharpjax.sft.SFTConfig.shortcut_fraction`), so it has what the paper's theory speaks about: two
+ways to solve a problem that differ in length and accuracy (on a problem of three or more
+operands the shortcut is ~10 tokens shorter and wrong unless the rest of the steps happen to
+cancel, `is_trap`: about half of the problems at the default difficulty; on two operands the
+two styles are the same text), the shorter one likelier per response (fewer steps to get right,
+fewer tokens); and a class of problems (the traps) on which, when stopping early is the base
+model's more frequent choice, its most frequent answer is wrong. `stopped_early` tells the
+two apart in a response.
+
 Every character is in the char tokenizer's default alphabet
 (`sharpjax.models.tokenizer.DEFAULT_ALPHABET`), and a prompt plus solution is a few dozen
 characters, so a tiny model trained on CPU (`sharpjax.sft`) learns the format and
@@ -44,6 +56,11 @@ __all__ = [
     "build_task",
     "difficulty_for",
     "in_test_split",
+    "is_trap",
+    "shortcut_solution",
+    "shortcut_value",
+    "steps_shown",
+    "stopped_early",
     "render",
     "parse_int",
     "task_alphabet",
@@ -183,6 +200,37 @@ def _make_problem(rng: random.Random, difficulty: Difficulty, pid: str) -> Arith
     lines = [f"{a}{op}{b}={r}" for a, op, b, r in steps]
     solution = "\n".join(lines + [f"\\boxed{{{answer}}}"])
     return ArithmeticProblem(id=pid, problem=expr, answer=str(answer), solution=solution)
+
+
+def shortcut_value(problem: ArithmeticProblem) -> int:
+    """The shortcut's answer: the result of the stepwise solution's first step."""
+    first_step = problem.solution.split("\n", 1)[0]
+    return int(first_step.rsplit("=", 1)[1])
+
+
+def shortcut_solution(problem: ArithmeticProblem) -> str:
+    """The shortcut style: the stepwise solution's first step, then its result boxed as the answer.
+
+    The same text as `problem.solution` on a two-operand problem; wrong on every trap (`is_trap`).
+    """
+    first_step = problem.solution.split("\n", 1)[0]
+    return f"{first_step}\n\\boxed{{{shortcut_value(problem)}}}"
+
+
+def is_trap(problem: ArithmeticProblem) -> bool:
+    """A problem the shortcut gets wrong: its first step's result is not its value."""
+    return shortcut_value(problem) != int(problem.answer)
+
+
+def steps_shown(response: str) -> int:
+    """How many step lines (lines with an `=`) come before the response's last `\\boxed`."""
+    head = response.rsplit("\\boxed", 1)[0]
+    return sum("=" in line for line in head.split("\n"))
+
+
+def stopped_early(response: str, problem: ArithmeticProblem) -> bool:
+    """Whether a response boxes an answer after fewer steps than the problem's solution has."""
+    return steps_shown(response) < problem.solution.count("=")
 
 
 def in_test_split(expression: str) -> bool:

@@ -30,6 +30,7 @@ TINY = SFTConfig(
     head_dim=16,
     max_seq_len=48,
     steps=80,
+    shortcut_from_step=40,
     batch_size=16,
     learning_rate=1e-2,
     warmup_steps=10,
@@ -323,3 +324,23 @@ def test_shipped_assets_are_package_data():
     # fnmatch's * also matches '/', so compare directory depth too (setuptools' glob does not cross it).
     unmatched = [f for f in files if not any(fnmatch.fnmatch(f, p) and f.count("/") == p.count("/") for p in patterns)]
     assert not unmatched, (unmatched, patterns)
+
+
+def test_training_solutions_mix_the_two_styles_at_the_configured_share():
+    from sharpjax.sft.train import training_solutions
+    from sharpjax.tasks import arithmetic
+
+    problems = generate_problems(4000, seed=3, difficulty=Difficulty())
+    mixed = training_solutions(problems, shortcut_fraction=0.6, seed=1)
+    traps = [(p, s) for p, s in zip(problems, mixed) if arithmetic.is_trap(p)]
+    share = sum(arithmetic.stopped_early(s, p) for p, s in traps) / len(traps)
+    assert abs(share - 0.6) < 4 * (0.6 * 0.4 / len(traps)) ** 0.5  # 4 binomial standard deviations
+    for p, s in zip(problems, mixed):
+        assert s in (arithmetic.shortcut_solution(p), p.solution)
+    assert training_solutions(problems, shortcut_fraction=0.6, seed=1) == mixed  # deterministic by seed
+    assert training_solutions(problems, shortcut_fraction=0.6, seed=2) != mixed
+    assert training_solutions(problems, shortcut_fraction=0.0, seed=1) == [p.solution for p in problems]
+    shortcuts = [arithmetic.shortcut_solution(p) for p in problems]
+    assert training_solutions(problems, shortcut_fraction=1.0, seed=1) == shortcuts
+    with pytest.raises(ValueError, match="shortcut_fraction"):
+        TINY.replace(shortcut_fraction=1.5)

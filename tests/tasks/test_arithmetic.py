@@ -7,6 +7,7 @@ import pytest
 
 from sharpjax.models.tokenizer import DEFAULT_ALPHABET, build_char_tokenizer, render_chat
 from sharpjax.rewards.math import verify_one
+from sharpjax.tasks import arithmetic
 from sharpjax.tasks.arithmetic import (
     TEST_FRACTION,
     ArithmeticProblem,
@@ -202,3 +203,35 @@ def test_difficulty_from_dict():
         Difficulty.from_dict({"num_ops": 3})
     with pytest.raises(ValueError):
         generate_problems(-1, seed=0)
+
+
+# --- The two solution styles ----------------------------------------------------------------------------------
+
+
+def test_shortcut_is_right_exactly_off_the_traps():
+    """The shortcut boxes the first step's result: right on two operands, wrong on every trap."""
+    problems = arithmetic.generate_problems(2000, seed=5)
+    traps = [p for p in problems if arithmetic.is_trap(p)]
+    assert 0.3 < len(traps) / len(problems) < 0.6  # a class, not a corner case
+    for p in problems:
+        shortcut = arithmetic.shortcut_solution(p)
+        operands = re.findall(r"\d+", p.problem)
+        first_expr = p.problem[: len(operands[0]) + 1 + len(operands[1])]
+        first = _python_value(first_expr)  # an independent first step
+        assert shortcut == f"{first_expr}={first}\n\\boxed{{{first}}}"
+        assert arithmetic.check(shortcut, p.answer) == (0.0 if arithmetic.is_trap(p) else 1.0)
+        assert arithmetic.is_trap(p) == (first != _python_value(p.problem))
+        assert arithmetic.steps_shown(shortcut) == 1 and arithmetic.steps_shown(p.solution) == len(operands) - 1
+        assert arithmetic.stopped_early(shortcut, p) == (len(operands) > 2)
+        assert not arithmetic.stopped_early(p.solution, p)
+        if len(operands) == 2:
+            assert shortcut == p.solution and not arithmetic.is_trap(p)
+        else:
+            assert len(shortcut) < len(p.solution)  # the shorter way
+
+
+def test_steps_shown_counts_the_work_before_the_last_box():
+    assert arithmetic.steps_shown("1+2=3\n3-4=-1\n\\boxed{-1}") == 2
+    assert arithmetic.steps_shown("\\boxed{4}") == 0
+    assert arithmetic.steps_shown("1+2=3\n\\boxed{3}\n3-4=-1") == 1  # after the last box: not work shown
+    assert arithmetic.steps_shown("no answer at all") == 0
