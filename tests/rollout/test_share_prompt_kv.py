@@ -118,7 +118,8 @@ def test_sharing_matches_repeated_cache_with_eos_mid_sequence(num_samples):
     params = init_params(config, jax.random.key(4), init_std=0.4)
     tokens, mask = _ragged_prompts()
     common = dict(max_new_tokens=10, num_samples=num_samples, temperature=0.9, decode_attention="xla")
-    free, _ = _both(params, tokens, mask, config, ignore_eos=True, **common)
+    free = sample(params, tokens, mask, jax.random.key(5), config=config,
+                  sampling=SamplingConfig(ignore_eos=True, share_prompt_kv=False, **common))
     # Stop on row 0's 4th token: keys are per step, so row 0 (and any row drawing it) stops there.
     stop = int(free.tokens[0, tokens.shape[1] + 3])
     off, on = _both(params, tokens, mask, config, stop_token_ids=(stop,), **common)
