@@ -50,7 +50,9 @@ def model_config(size: str, dtype: str) -> ModelConfig:
                        max_position_embeddings=131072, dtype=dtype, **SIZES[size])
 
 
-def bytes_per_decode_step(config: ModelConfig, batch: int, prompt: int, new: int, prompt_rows: int | None = None) -> float:
+def bytes_per_decode_step(
+    config: ModelConfig, batch: int, prompt: int, new: int, prompt_rows: int | None = None
+) -> float:
     """Weights once, plus the KV cache at its mean filled length over the decode.
 
     `prompt_rows`: rows of prompt KV read per step (batch // G with a shared prompt cache).

@@ -565,7 +565,8 @@ def _shared_prompt_decode_attention(
     c, g = b // q_rows, n // num_kv_heads
     q_BKGH = q_B1NH.reshape(b, num_kv_heads, g, h)
     # Row b = i * C + j answers prompt i: its queries join prompt i's batch as queries j*G .. j*G+G-1.
-    q_QKXH = q_BKGH.reshape(q_rows, c, num_kv_heads, g, h).transpose(0, 2, 1, 3, 4).reshape(q_rows, num_kv_heads, c * g, h)
+    q_QKXH = q_BKGH.reshape(q_rows, c, num_kv_heads, g, h).transpose(0, 2, 1, 3, 4)
+    q_QKXH = q_QKXH.reshape(q_rows, num_kv_heads, c * g, h)
     prompt_len = prompt_k_QKTH.shape[2]
 
     def to_rows(part):
@@ -648,7 +649,8 @@ def decode_step(
       cache: the KV cache; the new key/value go to slot `cache.index`.
       first_slot_B: each row's first real slot, for a left-padded cache whose real slots are
         exactly [first_slot_B, cache.index] (what the sampler builds). Required by the
-        length-aware attention; `key_mask_BS` must agree with it.
+        length-aware attention; `key_mask_BS` must agree with it. With `prompt_cache`: the
+        first real response slot, 0 if not given.
       attention: "xla" (attend over all S slots, masked), "auto" (the length-aware Pallas
         kernel when compiled for one NVIDIA GPU and S is a multiple of 16, else "xla"), or
         "pallas_interpret" (that kernel in Pallas' interpreter on any backend: tests).
@@ -664,7 +666,7 @@ def decode_step(
     """
     if attention not in DECODE_ATTENTION:
         raise ValueError(f"attention={attention!r}; expected one of {DECODE_ATTENTION}.")
-    if attention != "xla" and first_slot_B is None:
+    if attention != "xla" and first_slot_B is None and prompt_cache is None:
         raise ValueError(f"attention={attention!r} needs first_slot_B (each row's first real cache slot).")
     if prompt_cache is not None:
         if prompt_mask_QT is None:

@@ -3,14 +3,14 @@
 The prefill runs once per prompt. By default (`SamplingConfig.share_prompt_kv`) its keys and
 values stay one copy per prompt, and the G samples of the RLOO group attend to that shared
 prompt cache plus their own response cache; otherwise the prompt cache is repeated G times
-into one [B, P + M] cache. Each decode step samples one token per row, records its log-prob under the policy at
-temperature 1 (what the loss and the -L_pol reward need), and stops early once every row
-has emitted a stop token (unless `ignore_eos`, the paper's fixed-length runs). A step
-(`decode_step`) reads per-layer weights sliced once before the loop, and on one GPU its
-attention reads only each row's filled cache slots (`SamplingConfig.decode_attention`).
+into one [B, P + M] cache. Each decode step samples one token per row, records its log-prob
+under the policy at temperature 1 (what the loss and the -L_pol reward need), and stops
+early once every row has emitted a stop token (unless `ignore_eos`, the paper's fixed-length
+runs). A step (`decode_step`) reads per-layer weights sliced once before the loop, and on one
+GPU its attention reads only each row's filled cache slots (`SamplingConfig.decode_attention`).
 
 Shape letters: B rows (prompts x samples), P prompt length, M max new tokens, S = P + M
-cache slots, V vocab.
+cache slots (M with a shared prompt cache), V vocab.
 """
 
 from __future__ import annotations
