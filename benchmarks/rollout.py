@@ -14,6 +14,8 @@ compile-only topology of /work/shared/tools/aot/README.md; needs jax-cuda12-plug
 -pjrt on PYTHONPATH, JAX_PLATFORMS=cpu JAX_SKIP_CUDA_CONSTRAINTS_CHECK=1) and prints, for
 one decode step (the while body), XLA's cost analysis (FLOPs, bytes), the HBM roofline
 time, and how many slices of the stacked [L, ...] layer weights the body still makes.
+`--samples G --share-prompt-kv / --no-share-prompt-kv` compares the G samples of a prompt
+reading one shared prompt KV cache (the default) with each row reading its own copy.
 """
 
 from __future__ import annotations
@@ -48,12 +50,17 @@ def model_config(size: str, dtype: str) -> ModelConfig:
                        max_position_embeddings=131072, dtype=dtype, **SIZES[size])
 
 
-def bytes_per_decode_step(config: ModelConfig, batch: int, prompt: int, new: int) -> float:
-    """Weights once, plus the KV cache at its mean filled length over the decode."""
+def bytes_per_decode_step(
+    config: ModelConfig, batch: int, prompt: int, new: int, prompt_rows: int | None = None
+) -> float:
+    """Weights once, plus the KV cache at its mean filled length over the decode.
+
+    `prompt_rows`: rows of prompt KV read per step (batch // G with a shared prompt cache).
+    """
     itemsize = jnp.dtype(config.jnp_dtype).itemsize
     weights = config.num_params * itemsize
-    mean_len = prompt + new / 2
-    kv = 2 * config.num_layers * batch * mean_len * config.num_kv_heads * config.head_dim * itemsize
+    slots = (batch if prompt_rows is None else prompt_rows) * prompt + batch * new / 2
+    kv = 2 * config.num_layers * slots * config.num_kv_heads * config.head_dim * itemsize
     return weights + kv
 
 
@@ -205,26 +212,38 @@ def aot_report(config, batch, prompt, new, sampling, target_path):
     itemsize = jnp.dtype(config.jnp_dtype).itemsize
     kv_slot = 2 * config.num_layers * config.num_kv_heads * config.head_dim * itemsize  # one token, all layers
     pallas_calls = text.count("__gpu$xla.gpu.triton")
+    share = sampling.share_prompt_kv
+    prompt_rows = batch // sampling.num_samples if share else batch
     kernel_kv_bytes = 0.0
     if pallas_calls:
         # XLA's cost analysis counts a Pallas (Triton) custom call as no memory traffic: add what
         # the kernel reads, the filled slots rounded up to its blocks, averaged over the decode.
+        # (Prompts here are unpadded: a kernel call reads a prompt's P slots in full.)
         from sharpjax.models.transformer import _pallas_decode_blocks
 
-        block_k, _ = _pallas_decode_blocks(prompt + new)
-        slots = np.mean([-(-(prompt + t + 1) // block_k) * block_k for t in range(new)])
-        kernel_kv_bytes = batch * slots * kv_slot
+        def filled(offset, total):  # mean slots read per row when slots [0, offset + t] are filled
+            block_k, _ = _pallas_decode_blocks(total)
+            return np.mean([-(-(offset + t + 1) // block_k) * block_k for t in range(new)])
+
+        if not share:
+            kernel_kv_bytes = batch * filled(prompt, prompt + new) * kv_slot
+        else:  # the prompt part and the response part, each on the kernel when its slots fit
+            if _pallas_decode_blocks(prompt):
+                kernel_kv_bytes += prompt_rows * prompt * kv_slot
+            if _pallas_decode_blocks(new):
+                kernel_kv_bytes += batch * filled(0, new) * kv_slot
     step_bytes = cost.get("bytes accessed", 0.0) + kernel_kv_bytes
     return {
         "target": name, "compile_s": time.perf_counter() - start, "decode_attention": sampling.decode_attention,
-        "num_samples": sampling.num_samples, "weight_slices_per_step": weight_slices,
+        "num_samples": sampling.num_samples, "share_prompt_kv": share, "weight_slices_per_step": weight_slices,
         "pallas_calls_per_step": pallas_calls, "step_flops": cost.get("flops", 0.0),
         "step_bytes_xla": cost.get("bytes accessed", 0.0), "step_bytes_pallas_kv": kernel_kv_bytes,
         "step_bytes": step_bytes, "step_roofline_ms": 1e3 * step_bytes / bandwidth,
         # What the attention must read: every slot (dense) or the filled ones, mean over the decode.
-        "kv_bytes_all_slots": batch * (prompt + new) * kv_slot,
-        "kv_bytes_filled_mean": batch * (prompt + (new + 1) / 2) * kv_slot,
+        "kv_bytes_all_slots": (prompt_rows * prompt + batch * new) * kv_slot,
+        "kv_bytes_filled_mean": (prompt_rows * prompt + batch * (new + 1) / 2) * kv_slot,
         "temp_GB": memory.temp_size_in_bytes / 1e9, "argument_GB": memory.argument_size_in_bytes / 1e9,
+        "output_GB": memory.output_size_in_bytes / 1e9,
     }
 
 
@@ -241,6 +260,9 @@ def main():
     parser.add_argument("--profile", default=None, help="trace one sharpjax call into this dir; print top kernels")
     parser.add_argument("--samples", type=int, default=1, help="G samples per prompt (batch // G prompts)")
     parser.add_argument("--decode-attention", default="auto", help="SamplingConfig.decode_attention")
+    parser.add_argument("--share-prompt-kv", action=argparse.BooleanOptionalAction,
+                        default=SamplingConfig.share_prompt_kv,
+                        help="SamplingConfig.share_prompt_kv: the G samples of a prompt read one prompt KV cache")
     parser.add_argument("--aot-target", default=None,
                         help="a GPU target .pbtxt: compile for it on the CPU and print the per-step estimate")
     args = parser.parse_args()
@@ -256,7 +278,7 @@ def main():
         dtype = args.dtype or "bfloat16"
     config = model_config(args.size, dtype)
     sampling = SamplingConfig(max_new_tokens=new, ignore_eos=True, temperature=1.0, num_samples=args.samples,
-                              decode_attention=args.decode_attention)
+                              decode_attention=args.decode_attention, share_prompt_kv=args.share_prompt_kv)
     if args.aot_target:
         report = aot_report(config, batch, prompt, new, sampling, args.aot_target)
         print(json.dumps(report, indent=2))
@@ -266,7 +288,8 @@ def main():
         return
     device_kind = jax.devices()[0].device_kind
     print(f"device: {device_kind} x{jax.device_count()}  model: {args.size} ({config.num_params / 1e9:.2f}B params, {dtype})")
-    print(f"batch {batch}, prompt {prompt}, new tokens {new} (EOS ignored)")
+    print(f"batch {batch} ({batch // args.samples} prompts x {args.samples}, share_prompt_kv={args.share_prompt_kv}), "
+          f"prompt {prompt}, new tokens {new} (EOS ignored)")
 
     mesh = make_mesh(data=-1)
     params = init_params_sharded(config, jax.random.key(0), mesh)
@@ -279,11 +302,13 @@ def main():
     t_jax = time_sharpjax(config, params, tokens, mask, sampling, args.repeats)
     jax_tps = batch * new / t_jax
     results = {"device": device_kind, "size": args.size, "batch": batch, "prompt": prompt, "new_tokens": new,
-               "dtype": dtype, "sharpjax_s": t_jax, "sharpjax_tok_s": jax_tps}
+               "dtype": dtype, "samples": args.samples, "share_prompt_kv": args.share_prompt_kv,
+               "decode_attention": args.decode_attention, "sharpjax_s": t_jax, "sharpjax_tok_s": jax_tps}
     print(f"sharpjax: {t_jax:.3f}s  {jax_tps:,.0f} new tok/s")
     bw = next((v for k, v in HBM_BANDWIDTH.items() if k in device_kind), None)
     if bw:
-        step_roofline = bytes_per_decode_step(config, batch, prompt, new) / bw
+        prompt_rows = batch // args.samples if args.share_prompt_kv else batch
+        step_roofline = bytes_per_decode_step(config, batch, prompt, new, prompt_rows) / bw
         frac = step_roofline / (t_jax / new)
         results |= {"roofline_tok_s": batch / step_roofline, "roofline_fraction": frac}
         print(f"HBM roofline: {batch / step_roofline:,.0f} tok/s; sharpjax reaches {100 * frac:.1f}% of it "

@@ -84,8 +84,9 @@ def test_analytic_state_and_kv_cache_closed_forms(tmp_path):
     # During the rollout: fp32 master params + Adam mu, nu (12 B/param) and the bf16 reference (2 B/param).
     assert programs["rollout"].resident_bytes == 14 * n
     parts = dict(programs["rollout"].parts)
-    kv = 32 * 512 * model.num_layers * 2 * model.num_kv_heads * model.head_dim * 2
-    assert parts["KV cache"] == kv + kv // 4
+    # The 8 prompts' KV once (128 slots), each of the 32 rows' responses (384 slots): bf16 k and v.
+    kv_slot = model.num_layers * 2 * model.num_kv_heads * model.head_dim * 2
+    assert parts["KV cache"] == (8 * 128 + 32 * 384) * kv_slot
     # Sharding: fsdp=2 halves every param the rules shard (all but the norms here).
     fsdp2 = plan_run(tiny_run(tmp_path, mesh=dict(data=1, fsdp=2)), "h100x2", method="analytic")
     sharded = dict(fsdp2.programs[0].parts)

@@ -503,9 +503,104 @@ def _decode_attention(q_B1NH, k_BKSH, v_BKSH, visible_B1S, num_kv_heads, *, firs
     )
 
 
+def _attention_part(q_RKGH, k_RKSH, v_RKSH, visible_RS, start_R, num_filled, *, impl):
+    """One part of a split attention, unnormalised: (sum_s e^(s - m) v_s, sum_s e^(s - m), m).
+
+    R rows, each with its own keys; every one of the G queries of a (row, kv head) sees the
+    same visible slots. "xla" scores all S slots under `visible_RS`; "pallas" and
+    "pallas_interpret" run the length-aware kernel over slots [start_R, num_filled) (which
+    must be what `visible_RS` says) and return its residuals. A part with no visible slot
+    returns m = a large negative number, so `_merge_parts` gives it weight exactly 0.
+
+    Returns:
+      (o [R, K, G, H] fp32 unnormalised, l [R, K, G] fp32, m [R, K, G] fp32).
+    """
+    r, k_heads, g, h = q_RKGH.shape
+    s = k_RKSH.shape[2]
+    if impl == "xla":
+        scores_RKGS = jnp.einsum("rkgh,rksh->rkgs", q_RKGH, k_RKSH, preferred_element_type=jnp.float32)
+        scores_RKGS = jnp.where(visible_RS[:, None, None], scores_RKGS / math.sqrt(h), _MASK_VALUE)
+        m_RKG = scores_RKGS.max(-1)
+        e_RKGS = jnp.exp(scores_RKGS - m_RKG[..., None])
+        o_RKGH = jnp.einsum("rkgs,rksh->rkgh", e_RKGS.astype(v_RKSH.dtype), v_RKSH, preferred_element_type=jnp.float32)
+        return o_RKGH, e_RKGS.sum(-1), m_RKG
+    from jax.experimental.pallas.ops.gpu import decode_attention
+
+    block_k, k_splits = _pallas_decode_blocks(s)
+    # [R, K, S, H] -> [R*K, S, H] is a bitcast: the kernel reads the cache in place.
+    o_XGH, (l_XG, m_XG) = decode_attention.mqa(
+        q_RKGH.reshape(r * k_heads, g, h), k_RKSH.reshape(r * k_heads, s, h), v_RKSH.reshape(r * k_heads, s, h),
+        jnp.repeat(start_R.astype(jnp.int32), k_heads),
+        jnp.broadcast_to(jnp.asarray(num_filled, jnp.int32), (r * k_heads,)),
+        block_k=block_k, k_splits=k_splits, interpret=impl == "pallas_interpret", return_residuals=True,
+    )
+    # The kernel normalises by l (+ eps); undo it so both parts merge alike.
+    o_XGH = o_XGH.astype(jnp.float32) * l_XG[..., None]
+    return o_XGH.reshape(r, k_heads, g, h), l_XG.reshape(r, k_heads, g), m_XG.reshape(r, k_heads, g)
+
+
+def _merge_parts(part_a, part_b):
+    """Softmax attention over the union of two parts' keys from their (o, l, m): exact up to
+    fp32 rounding (the per-part sums are rescaled to the common max, flash-attention style)."""
+    (o_a, l_a, m_a), (o_b, l_b, m_b) = part_a, part_b
+    m = jnp.maximum(m_a, m_b)
+    w_a, w_b = jnp.exp(m_a - m), jnp.exp(m_b - m)
+    return (w_a[..., None] * o_a + w_b[..., None] * o_b) / (w_a * l_a + w_b * l_b)[..., None]
+
+
+def _shared_prompt_decode_attention(
+    q_B1NH, prompt_k_QKTH, prompt_v_QKTH, prompt_visible_QT, prompt_first_slot_Q, k_BKSH, v_BKSH, visible_B1S,
+    num_kv_heads, *, first_slot_B, num_filled, impl,
+):
+    """Decode attention when the B = Q * C rows share Q prompt caches (C consecutive rows each).
+
+    Attention over [the row's prompt slots, the row's own response slots] in two parts that
+    `_merge_parts` combines: the prompt part batches the C rows of a prompt as C * G queries
+    against one copy of its keys (read once per prompt, not once per row); the response part
+    is per row. "auto" uses the length-aware Pallas kernel for a part on one NVIDIA GPU when
+    its slot count is a multiple of 16 (as `_decode_attention`), else XLA's dense attention.
+    """
+    b, _, n, h = q_B1NH.shape
+    q_rows = prompt_k_QKTH.shape[0]
+    c, g = b // q_rows, n // num_kv_heads
+    q_BKGH = q_B1NH.reshape(b, num_kv_heads, g, h)
+    # Row b = i * C + j answers prompt i: its queries join prompt i's batch as queries j*G .. j*G+G-1.
+    q_QKXH = q_BKGH.reshape(q_rows, c, num_kv_heads, g, h).transpose(0, 2, 1, 3, 4)
+    q_QKXH = q_QKXH.reshape(q_rows, num_kv_heads, c * g, h)
+    prompt_len = prompt_k_QKTH.shape[2]
+
+    def to_rows(part):
+        o_QKXH, l_QKX, m_QKX = part
+        back = lambda x: jnp.moveaxis(x.reshape(q_rows, num_kv_heads, c, g, *x.shape[3:]), 2, 1).reshape(  # noqa: E731
+            b, num_kv_heads, g, *x.shape[3:])
+        return back(o_QKXH), back(l_QKX), back(m_QKX)
+
+    def attend(part_impl):
+        def run(q_QKXH, q_BKGH, prompt_k, prompt_v, k, v):
+            prompt_impl = part_impl if _pallas_decode_blocks(prompt_len) is not None else "xla"
+            response_impl = part_impl if _pallas_decode_blocks(k.shape[2]) is not None else "xla"
+            prompt_part = _attention_part(q_QKXH, prompt_k, prompt_v, prompt_visible_QT, prompt_first_slot_Q,
+                                          prompt_len, impl=prompt_impl)
+            response_part = _attention_part(q_BKGH, k, v, visible_B1S[:, 0], first_slot_B, num_filled,
+                                            impl=response_impl)
+            return _merge_parts(to_rows(prompt_part), response_part)
+        return run
+
+    args = (q_QKXH, q_BKGH, prompt_k_QKTH, prompt_v_QKTH, k_BKSH, v_BKSH)
+    single_device = jax.device_count() == 1
+    if impl == "xla" or (impl == "auto" and not single_device):
+        out_BKGH = attend("xla")(*args)
+    elif impl == "pallas_interpret":
+        out_BKGH = attend("pallas_interpret")(*args)
+    else:
+        # Chosen when lowering, as in `_decode_attention`.
+        out_BKGH = jax.lax.platform_dependent(*args, cuda=attend("pallas"), default=attend("xla"))
+    return out_BKGH.astype(v_BKSH.dtype).reshape(b, 1, n, h)
+
+
 def _decode_layer(
     config: ModelConfig, inv_freq, x_B1D, p, positions_B1, visible_B1S, k_cache_BKSH, v_cache_BKSH, start,
-    first_slot_B, attention: str,
+    first_slot_B, attention: str, prompt_kv=None,
 ):
     """`_layer` for one new token per row against the cache, with this layer's own params `p`.
 
@@ -517,8 +612,14 @@ def _decode_layer(
     # Write first, then attend over the updated buffer: the write is in place.
     k_cache_BKSH = jax.lax.dynamic_update_slice(k_cache_BKSH, k_BKTH.astype(k_cache_BKSH.dtype), (0, 0, start, 0))
     v_cache_BKSH = jax.lax.dynamic_update_slice(v_cache_BKSH, v_BKTH.astype(v_cache_BKSH.dtype), (0, 0, start, 0))
-    attn_BTNH = _decode_attention(q_BTNH, k_cache_BKSH, v_cache_BKSH, visible_B1S, config.num_kv_heads,
-                                  first_slot_B=first_slot_B, num_filled=start + 1, impl=attention)
+    if prompt_kv is None:
+        attn_BTNH = _decode_attention(q_BTNH, k_cache_BKSH, v_cache_BKSH, visible_B1S, config.num_kv_heads,
+                                      first_slot_B=first_slot_B, num_filled=start + 1, impl=attention)
+    else:
+        attn_BTNH = _shared_prompt_decode_attention(
+            q_BTNH, *prompt_kv, k_cache_BKSH, v_cache_BKSH, visible_B1S, config.num_kv_heads,
+            first_slot_B=first_slot_B, num_filled=start + 1, impl=attention,
+        )
     return _output_and_mlp(config, x_B1D, attn_BTNH, p), (k_cache_BKSH, v_cache_BKSH)
 
 
@@ -533,6 +634,8 @@ def decode_step(
     cache: KVCache,
     first_slot_B: Int[Array, " B"] | None = None,
     attention: str = "xla",
+    prompt_cache: KVCache | None = None,
+    prompt_mask_QT: Bool[Array, "Q T"] | None = None,
 ) -> tuple[Float[Array, "B D"], KVCache]:
     """One decode step: `forward` for a single new token per row, per-layer weights given.
 
@@ -546,27 +649,49 @@ def decode_step(
       cache: the KV cache; the new key/value go to slot `cache.index`.
       first_slot_B: each row's first real slot, for a left-padded cache whose real slots are
         exactly [first_slot_B, cache.index] (what the sampler builds). Required by the
-        length-aware attention; `key_mask_BS` must agree with it.
+        length-aware attention; `key_mask_BS` must agree with it. With `prompt_cache`: the
+        first real response slot, 0 if not given.
       attention: "xla" (attend over all S slots, masked), "auto" (the length-aware Pallas
         kernel when compiled for one NVIDIA GPU and S is a multiple of 16, else "xla"), or
         "pallas_interpret" (that kernel in Pallas' interpreter on any backend: tests).
+      prompt_cache: optional shared prompt KV, Q rows of T slots, for B = Q * C rows (the C
+        samples of a prompt): row b attends to prompt row b // C, then to its own `cache`,
+        which then holds only the response slots (`key_mask_BS` and `first_slot_B` describe
+        those). Read, never written. The G samples of an RLOO group then read their prompt's
+        keys once per step instead of G times (`SamplingConfig.share_prompt_kv`).
+      prompt_mask_QT: with `prompt_cache`, which prompt slots hold real tokens (left padding).
 
     Returns:
       (hidden_BD after the final norm, the cache with index advanced by one).
     """
     if attention not in DECODE_ATTENTION:
         raise ValueError(f"attention={attention!r}; expected one of {DECODE_ATTENTION}.")
-    if attention != "xla" and first_slot_B is None:
+    if attention != "xla" and first_slot_B is None and prompt_cache is None:
         raise ValueError(f"attention={attention!r} needs first_slot_B (each row's first real cache slot).")
+    if prompt_cache is not None:
+        if prompt_mask_QT is None:
+            raise ValueError("prompt_cache needs prompt_mask_QT (which prompt slots are real).")
+        if tokens_B.shape[0] % prompt_cache.k[0].shape[0]:
+            raise ValueError(f"{tokens_B.shape[0]} rows are not a multiple of the {prompt_cache.k[0].shape[0]} "
+                             "prompt cache rows.")
+        if first_slot_B is None:
+            first_slot_B = jnp.zeros(tokens_B.shape, jnp.int32)
+        prompt_visible_QT = prompt_mask_QT.astype(bool)
+        # Left padding: the real slots are the last ones (an empty prompt has none: first = T).
+        prompt_first_slot_Q = prompt_mask_QT.shape[1] - prompt_visible_QT.sum(-1, dtype=jnp.int32)
     inv_freq = rope_inverse_frequencies(config)
     x_BTD = jnp.take(params["embed"], tokens_B[:, None], axis=0)
     start = cache.index
     slot_S = jnp.arange(key_mask_BS.shape[1], dtype=jnp.int32)
     visible_B1S = (slot_S <= start)[None, None, :] & key_mask_BS[:, None, :]
     new_k, new_v = [], []
-    for p_i, k_i, v_i in zip(layers, cache.k, cache.v, strict=True):
+    for i, (p_i, k_i, v_i) in enumerate(zip(layers, cache.k, cache.v, strict=True)):
+        prompt_kv = None
+        if prompt_cache is not None:
+            prompt_kv = (prompt_cache.k[i], prompt_cache.v[i], prompt_visible_QT, prompt_first_slot_Q)
         x_BTD, (k_i, v_i) = _decode_layer(
-            config, inv_freq, x_BTD, p_i, positions_B[:, None], visible_B1S, k_i, v_i, start, first_slot_B, attention
+            config, inv_freq, x_BTD, p_i, positions_B[:, None], visible_B1S, k_i, v_i, start, first_slot_B, attention,
+            prompt_kv,
         )
         new_k.append(k_i)
         new_v.append(v_i)

@@ -515,10 +515,13 @@ def _analytic_parts(run: RunConfig, model: ModelConfig, s: PlanShapes) -> dict[s
     # Rollout: one sampler call.
     r_rows = max(s.prompts_per_call * s.samples // s.batch_shards, 1)
     r_prompts = max(s.prompts_per_call // s.batch_shards, 1)
-    kv = r_rows * T * L * 2 * K * H * c
+    kv_slot = L * 2 * K * H * c
+    # `SamplingConfig.share_prompt_kv` (the default): one prompt cache per prompt, P slots,
+    # and a response cache per row, T - P slots.
+    kv = (r_prompts * P + r_rows * (T - P)) * kv_slot
     rollout = [
         ("policy copy", c * elems),
-        ("KV cache", kv + kv // s.samples),  # the prefill's cache, then its repeat for the K samples
+        ("KV cache", kv),
         ("gathered weights", c * gathered_layer * 2),
         ("prefill activations", r_prompts * P * (scores(T) + Fl * c * 3 + D * 4 * 4)),
         ("logits and outputs", r_rows * (V * 4 * 4 + T * 4 * 6)),
@@ -588,7 +591,8 @@ def _phases(name: str, run: RunConfig, model: ModelConfig, s: PlanShapes) -> tup
     if name == "rollout":
         rr = s.prompts_per_call * s.samples / s.batch_shards
         rp = s.prompts_per_call / s.batch_shards
-        kv_bytes = rr * T * L * 2 * KH * c / n_split
+        # Each decode step reads the prompts' shared KV once and every row's response slots.
+        kv_bytes = (rp * P + rr * M) * L * 2 * KH * c / n_split
         return ((fwd(rp, P, T), weights + act_bytes(rp, P, T), 1),
                 (fwd(rr, 1, T), weights + kv_bytes + rr * V * 4 * 3, M))
     if name == "scoring":

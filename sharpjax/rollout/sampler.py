@@ -1,14 +1,16 @@
 """Jitted sampling: one prefill, then a `lax.while_loop` decode over a preallocated KV cache.
 
-The prefill runs once per prompt; its cache is repeated for the G samples of the RLOO
-group. Each decode step samples one token per row, records its log-prob under the policy at
-temperature 1 (what the loss and the -L_pol reward need), and stops early once every row
-has emitted a stop token (unless `ignore_eos`, the paper's fixed-length runs). A step
-(`decode_step`) reads per-layer weights sliced once before the loop, and on one GPU its
-attention reads only each row's filled cache slots (`SamplingConfig.decode_attention`).
+The prefill runs once per prompt. By default (`SamplingConfig.share_prompt_kv`) its keys and
+values stay one copy per prompt, and the G samples of the RLOO group attend to that shared
+prompt cache plus their own response cache; otherwise the prompt cache is repeated G times
+into one [B, P + M] cache. Each decode step samples one token per row, records its log-prob
+under the policy at temperature 1 (what the loss and the -L_pol reward need), and stops
+early once every row has emitted a stop token (unless `ignore_eos`, the paper's fixed-length
+runs). A step (`decode_step`) reads per-layer weights sliced once before the loop, and on one
+GPU its attention reads only each row's filled cache slots (`SamplingConfig.decode_attention`).
 
 Shape letters: B rows (prompts x samples), P prompt length, M max new tokens, S = P + M
-cache slots, V vocab.
+cache slots (M with a shared prompt cache), V vocab.
 """
 
 from __future__ import annotations
@@ -52,6 +54,13 @@ class SamplingConfig:
         is not a multiple of 16, the dense XLA attention), "xla" (always dense), or
         "pallas_interpret" (the kernel in Pallas' interpreter: slow, for tests). Prompts
         must be left-padded.
+      share_prompt_kv: keep one prompt KV cache per prompt, [Bp, P] slots, and a response
+        cache per row, [B, M] slots, and decode with attention over both parts merged by
+        their softmax statistics (exact up to fp32 rounding). Off: the prompt cache is
+        repeated to all B = Bp * G rows, a [B, P + M] cache. Sharing saves (G - 1) * Bp * P
+        slots of cache memory and of reads per decode step; with G = 1 the two are the same
+        size. Each part uses the Pallas kernel under `decode_attention` when its slot count
+        (P, resp. M) is a multiple of 16.
     """
 
     max_new_tokens: int = 64
@@ -64,6 +73,7 @@ class SamplingConfig:
     stop_token_ids: tuple[int, ...] = ()
     pad_id: int = 0
     decode_attention: str = "auto"
+    share_prompt_kv: bool = True
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
@@ -93,6 +103,7 @@ def sampling_config_for(
     top_k: int = 0,
     greedy: bool = False,
     ignore_eos: bool = False,
+    share_prompt_kv: bool = True,
 ) -> SamplingConfig:
     """The one way to build a `SamplingConfig` for a model and its tokenizer.
 
@@ -111,6 +122,7 @@ def sampling_config_for(
         top_k=top_k,
         greedy=greedy,
         ignore_eos=ignore_eos,
+        share_prompt_kv=share_prompt_kv,
         stop_token_ids=stop,
         pad_id=0 if pad is None else int(pad),
     )
@@ -193,7 +205,7 @@ def filter_logits(logits_BV: Float[Array, "B V"], *, top_k: int, top_p: float) -
 class _State:
     step: Int[Array, ""]
     key: jax.Array
-    cache: KVCache
+    cache: KVCache  # [B, P + M] slots, or [B, M] response slots with a shared prompt cache
     logits: Float[Array, "B V"]
     tokens: Int[Array, "B M"]
     logprobs: Float[Array, "B M"]
@@ -253,9 +265,11 @@ def sample(
     b = bp * g
     prompt_mask_BP = prompt_mask_BP.astype(jnp.int32)
     prompt_len_Bp = prompt_mask_BP.sum(-1)
+    share = sampling.share_prompt_kv
     key_mask_BpS = jnp.concatenate([prompt_mask_BP, jnp.ones((bp, m), jnp.int32)], axis=1).astype(bool)
 
-    cache = KVCache.init(config, bp, p + m)
+    # Shared: the prefill fills a P-slot cache that the decode only reads.
+    cache = KVCache.init(config, bp, p if share else p + m)
     positions_BP = jnp.maximum(jnp.cumsum(prompt_mask_BP, axis=-1) - 1, 0)
     hidden_BPD, cache = forward(
         params, prompt_tokens_BP, config=config, positions_BT=positions_BP, key_mask_BS=key_mask_BpS, cache=cache
@@ -264,11 +278,18 @@ def sample(
 
     # The G samples of a prompt share its prefill: repeat rows, not computation.
     repeat = lambda x, axis=0: jnp.repeat(x, g, axis=axis)  # noqa: E731
-    cache = cache.repeat_rows(g)
-    key_mask_BS = repeat(key_mask_BpS)
     prompt_len_B = repeat(prompt_len_Bp)
-    # Left padding: row b's real slots are [P - prompt_len_b, cache.index].
-    first_slot_B = p - prompt_len_B
+    if share:
+        prompt_cache, cache = cache, KVCache.init(config, b, m)
+        # Every response slot up to the current step is real.
+        key_mask_BS = jnp.ones((b, m), bool)
+        first_slot_B = jnp.zeros((b,), jnp.int32)
+    else:
+        prompt_cache = None
+        cache = cache.repeat_rows(g)
+        key_mask_BS = repeat(key_mask_BpS)
+        # Left padding: row b's real slots are [P - prompt_len_b, cache.index].
+        first_slot_B = p - prompt_len_B
     stop_ids = jnp.asarray(sampling.stop_token_ids or (-1,), jnp.int32)
     # Per-layer weights sliced once here: a w[i] inside the loop body is copied every step.
     layers = unstack_layers(params, config.num_layers)
@@ -294,6 +315,8 @@ def sample(
             cache=state.cache,
             first_slot_B=first_slot_B,
             attention=sampling.decode_attention,
+            prompt_cache=prompt_cache,
+            prompt_mask_QT=prompt_mask_BP if share else None,
         )
         return _State(
             step=state.step + 1,

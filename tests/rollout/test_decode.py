@@ -58,7 +58,8 @@ def _config(**kw):
                        num_heads=4, num_kv_heads=2, head_dim=8, qk_norm=True, dtype="float32", **kw)
 
 
-def test_decode_loop_body_slices_no_stacked_weight():
+@pytest.mark.parametrize("share_prompt_kv", [False, True])
+def test_decode_loop_body_slices_no_stacked_weight(share_prompt_kv):
     """A w[i] of the stacked [L, ...] params inside the while body is a per-step weight copy.
 
     XLA does not hoist a lone slice out of a loop; on the 3B GPU target that was 168 copies
@@ -68,14 +69,16 @@ def test_decode_loop_body_slices_no_stacked_weight():
     config = _config()
     params = init_params(config, jax.random.key(0))
     tokens = np.array([[5, 6, 7, 8], [0, 0, 9, 10]], np.int32)
-    sampling = SamplingConfig(max_new_tokens=6, num_samples=2, ignore_eos=True)
+    sampling = SamplingConfig(max_new_tokens=6, num_samples=2, ignore_eos=True, share_prompt_kv=share_prompt_kv)
     hlo = sample.lower(params, tokens, (tokens > 0).astype(np.int32), jax.random.key(0), config=config,
                        sampling=sampling).compile().as_text()
     stacked = set(jax.tree.leaves(param_shapes(config)["layers"], is_leaf=lambda x: isinstance(x, tuple)))
-    # The decode loop is the while that carries the [B, K, S, H] cache and the [B, M] log-probs;
-    # the prefill's scan over layers is another while, and slicing layer i there is its job.
+    # The decode loop is the while that carries the [B, K, S, H] cache (S = P + M, or M
+    # response slots with a shared prompt cache) and the [B, M] log-probs; the prefill's scan
+    # over layers is another while, and slicing layer i there is its job.
+    cache = "f32[4,2,6,8]" if share_prompt_kv else "f32[4,2,10,8]"
     decode_bodies = {
-        body for line in hlo.splitlines() if " while(" in line and "f32[4,2,10,8]" in line and "f32[4,6]" in line
+        body for line in hlo.splitlines() if " while(" in line and cache in line and "f32[4,6]" in line
         for body in re.findall(r"body=%?([\w.\-]+)", line)
     }
     assert decode_bodies  # found, so the check below is not vacuous

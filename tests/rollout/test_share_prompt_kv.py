@@ -1,0 +1,249 @@
+"""RLOO samples sharing their prompt's KV cache (`SamplingConfig.share_prompt_kv`).
+
+With sharing the decode attends over two parts, the prompt's keys (one copy per prompt) and
+the row's own response keys, and merges them by their softmax statistics. That is the same
+softmax over the same visible keys as the repeated [B, P + M] cache, summed in a different
+order: everything here is compared with the unshared path at fp32 rounding.
+"""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sharpjax.models import ModelConfig, init_params
+from sharpjax.models.transformer import (
+    _attention,
+    _attention_part,
+    _merge_parts,
+    _shared_prompt_decode_attention,
+    apply,
+)
+from sharpjax.rollout import SamplingConfig, sample, sampling_config_for
+
+EPS = float(np.finfo(np.float32).eps)
+
+
+def _config(**kw):
+    return ModelConfig(model_type="qwen3", vocab_size=40, hidden_size=24, intermediate_size=56, num_layers=3,
+                       num_heads=4, num_kv_heads=2, head_dim=8, qk_norm=True, dtype="float32", **kw)
+
+
+def _attention_tolerance(v, num_slots):
+    # Each output is a convex combination of the values: summing n terms in another order
+    # moves it by at most ~n eps max|v| (the rescaling by exp(m_part - m) adds a few eps).
+    return (num_slots + 4) * EPS * float(np.abs(v).max())
+
+
+def test_merge_parts_equals_one_softmax():
+    """Two parts' (o, l, m) merged == one softmax over the union of their visible keys,
+    including a part with no visible key (weight exactly 0) and parts with very different maxima."""
+    rng = np.random.default_rng(0)
+    r, k, g, s, h = 3, 2, 2, 12, 8
+    q_RKGH = jnp.asarray(rng.normal(size=(r, k, g, h)), jnp.float32)
+    k_RKSH = jnp.asarray(rng.normal(size=(r, k, s, h)), jnp.float32)
+    v_RKSH = jnp.asarray(rng.normal(size=(r, k, s, h)), jnp.float32)
+    # Row 2's keys are scaled up so one part's max dominates the other's by a wide margin.
+    k_RKSH = k_RKSH.at[2, :, :5].multiply(6.0)
+    visible_RS = np.ones((r, s), bool)
+    visible_RS[0, :3] = False  # left padding in part a
+    visible_RS[1, :5] = False  # part a (slots 0..4) entirely hidden for row 1
+    visible_RS[2, 9:] = False  # right end of part b hidden
+    visible_RS = jnp.asarray(visible_RS)
+    split = 5
+    part = lambda sl: _attention_part(q_RKGH, k_RKSH[:, :, sl], v_RKSH[:, :, sl], visible_RS[:, sl],  # noqa: E731
+                                      None, None, impl="xla")
+    merged_RKGH = _merge_parts(part(slice(0, split)), part(slice(split, s)))
+    # Reference: the dense decode attention over all S slots (one query per row).
+    ref_B1NH = _attention(q_RKGH.reshape(r, 1, k * g, h), k_RKSH, v_RKSH, visible_RS[:, None, :], k)
+    np.testing.assert_allclose(merged_RKGH.reshape(r, 1, k * g, h), ref_B1NH, rtol=0,
+                               atol=_attention_tolerance(v_RKSH, s))
+
+
+@pytest.mark.parametrize("impl", ["xla", "pallas_interpret"])
+def test_shared_prompt_attention_matches_repeated_cache(impl):
+    """Q prompts x C rows: the two-part attention == dense attention over each row's own
+    [prompt, response] cache. Prompts are left-padded (0, 5, and all 16 slots: an empty prompt);
+    the response part is filled up to a slot mid-block; unfilled slots hold garbage."""
+    rng = np.random.default_rng(1)
+    q_rows, c, k, g, t, s, h = 3, 2, 2, 2, 16, 16, 8
+    b = q_rows * c
+    q_B1NH = jnp.asarray(rng.normal(size=(b, 1, k * g, h)), jnp.float32)
+    prompt_k = jnp.asarray(rng.normal(size=(q_rows, k, t, h)), jnp.float32)
+    prompt_v = jnp.asarray(rng.normal(size=(q_rows, k, t, h)), jnp.float32)
+    k_BKSH = jnp.asarray(rng.normal(size=(b, k, s, h)), jnp.float32)
+    v_BKSH = jnp.asarray(rng.normal(size=(b, k, s, h)), jnp.float32)
+    first_Q = jnp.array([0, 5, 16], jnp.int32)
+    prompt_visible_QT = jnp.arange(t)[None, :] >= first_Q[:, None]
+    num_filled = 7
+    visible_B1S = jnp.broadcast_to(jnp.arange(s) < num_filled, (b, 1, s))
+    out = _shared_prompt_decode_attention(
+        q_B1NH, prompt_k, prompt_v, prompt_visible_QT, first_Q, k_BKSH, v_BKSH, visible_B1S, k,
+        first_slot_B=jnp.zeros((b,), jnp.int32), num_filled=jnp.int32(num_filled), impl=impl,
+    )
+    rep = lambda x: jnp.repeat(x, c, axis=0)  # noqa: E731
+    full_k, full_v = jnp.concatenate([rep(prompt_k), k_BKSH], 2), jnp.concatenate([rep(prompt_v), v_BKSH], 2)
+    full_visible = jnp.concatenate([rep(prompt_visible_QT)[:, None], visible_B1S], 2)
+    ref = _attention(q_B1NH, full_k, full_v, full_visible, k)
+    # The kernel's blockwise online softmax and its (l + eps) normalisation add ~1e-6 relative.
+    atol = _attention_tolerance(full_v, t + s) if impl == "xla" else 1e-5
+    np.testing.assert_allclose(out, ref, rtol=0, atol=atol)
+
+
+def _ragged_prompts():
+    # Lengths 6, 3 and 5, left-padded; ids > 0 so the mask is tokens > 0.
+    tokens = np.array([[5, 6, 7, 8, 9, 10], [0, 0, 0, 11, 12, 13], [0, 14, 15, 16, 17, 18]], np.int32)
+    return tokens, (tokens > 0).astype(np.int32)
+
+
+def _both(params, tokens, mask, config, key=5, **kw):
+    outs = {}
+    for share in (False, True):
+        sampling = SamplingConfig(share_prompt_kv=share, **kw)
+        outs[share] = sample(params, tokens, mask, jax.random.key(key), config=config, sampling=sampling)
+    return outs[False], outs[True]
+
+
+# Log-probs: the attention outputs differ by O(S eps) relative (see above); through 3 layers
+# of O(1) weights and a log-softmax over logits of magnitude <~ 10 that is <~ 2e-5 absolute.
+LOGPROB_ATOL = 2e-5
+# A sampled token can only differ between the two paths where the draw is a near-tie: the two
+# largest logits / T + Gumbel noise within the logits' difference (~1e-5). Seen once in
+# these tests (a gap of 1.4e-6, P = 6 below); draws with a gap under this are not compared.
+TIE_GAP = 1e-4
+
+
+def _draw_gaps(params, config, out, key, *, temperature, prompt_len):
+    """[B, M] gap between the two largest logits / T + Gumbel noise of each draw the sampler
+    made (inf after a row ended), recomputed from teacher-forced logits.
+
+    The sampler splits its key once per step and `jax.random.categorical` is the Gumbel-max
+    argmax; the recomputation is checked to give back every sampled token whose gap is clear.
+    """
+    logits_BSV = np.asarray(apply(params, out.tokens, out.attention_mask, config=config))
+    b, v = logits_BSV.shape[0], logits_BSV.shape[2]
+    m = out.tokens.shape[1] - prompt_len
+    gaps_BM = np.full((b, m), np.inf)
+    alive_BM = np.asarray(out.response_mask[:, prompt_len:], bool)
+    for t in range(m):
+        key, step_key = jax.random.split(key)
+        z_BV = logits_BSV[:, prompt_len - 1 + t] / temperature + np.asarray(jax.random.gumbel(step_key, (b, v)))
+        top2_B2 = np.sort(z_BV, axis=-1)[:, -2:]
+        gap_B = top2_B2[:, 1] - top2_B2[:, 0]
+        clear_B = alive_BM[:, t] & (gap_B > TIE_GAP)
+        np.testing.assert_array_equal(z_BV.argmax(-1)[clear_B], np.asarray(out.tokens)[clear_B, prompt_len + t])
+        gaps_BM[:, t] = np.where(alive_BM[:, t], gap_B, np.inf)
+    return gaps_BM
+
+
+def _assert_same_rollouts(on, off, gaps_BM, prompt_len, *, atol):
+    """Tokens identical and log-probs within atol up to each row's first near-tie draw (all
+    of it for most rows: at most one row may have one); lengths and finish flags on tie-free rows."""
+    m = gaps_BM.shape[1]
+    first_tie_B = np.where((gaps_BM <= TIE_GAP).any(1), (gaps_BM <= TIE_GAP).argmax(1), m)
+    assert (first_tie_B < m).sum() <= 1, first_tie_B  # the comparison covers nearly everything
+    for row, upto in enumerate(first_tie_B):
+        cols = slice(0, prompt_len + upto)
+        np.testing.assert_array_equal(on.tokens[row, cols], off.tokens[row, cols])
+        for field in ("logprobs", "sampling_logprobs"):
+            np.testing.assert_allclose(getattr(on, field)[row, cols], getattr(off, field)[row, cols], rtol=0, atol=atol)
+    free_B = first_tie_B == m
+    for field in ("lengths", "finished", "response_mask"):
+        np.testing.assert_array_equal(np.asarray(getattr(on, field))[free_B], np.asarray(getattr(off, field))[free_B])
+
+
+@pytest.mark.parametrize("num_samples", [1, 3])
+def test_sharing_matches_repeated_cache_with_eos_mid_sequence(num_samples):
+    """Sampled (T = 0.9) rows from ragged left-padded prompts, with a stop token that ends
+    some rows mid-sequence: same tokens, lengths and finish flags, log-probs to fp32 rounding
+    (up to a near-tie draw, see TIE_GAP)."""
+    config = _config()
+    params = init_params(config, jax.random.key(4), init_std=0.4)
+    tokens, mask = _ragged_prompts()
+    p = tokens.shape[1]
+    common = dict(max_new_tokens=10, num_samples=num_samples, temperature=0.9, decode_attention="xla")
+    free = sample(params, tokens, mask, jax.random.key(5), config=config,
+                  sampling=SamplingConfig(ignore_eos=True, share_prompt_kv=False, **common))
+    # Stop on row 0's 4th token: keys are per step, so row 0 (and any row drawing it) stops there.
+    stop = int(free.tokens[0, p + 3])
+    off, on = _both(params, tokens, mask, config, stop_token_ids=(stop,), **common)
+    assert bool(off.finished[0]) and int(off.lengths[0]) <= 4 and int(off.lengths.max()) > 4  # not vacuous
+    gaps_BM = _draw_gaps(params, config, off, jax.random.key(5), temperature=0.9, prompt_len=p)
+    _assert_same_rollouts(on, off, gaps_BM, p, atol=LOGPROB_ATOL)
+
+
+def test_sharing_greedy_tokens_identical():
+    """Greedy rows (a flip would need a top-2 logit tie within ~2e-5; the margins are checked
+    below so the equality cannot hinge on one) with G = 2 copies of each prompt."""
+    config = _config()
+    params = init_params(config, jax.random.key(7), init_std=0.4)
+    tokens, mask = _ragged_prompts()
+    off, on = _both(params, tokens, mask, config, max_new_tokens=12, num_samples=2, greedy=True, ignore_eos=True,
+                    decode_attention="xla")
+    logits_BSV = np.asarray(apply(params, off.tokens, off.attention_mask, config=config))
+    p = tokens.shape[1]
+    top2 = np.sort(logits_BSV[:, p - 1 : -1], axis=-1)[..., -2:]
+    assert (top2[..., 1] - top2[..., 0]).min() > TIE_GAP
+    np.testing.assert_array_equal(on.tokens, off.tokens)
+    np.testing.assert_allclose(on.logprobs, off.logprobs, rtol=0, atol=LOGPROB_ATOL)
+
+
+@pytest.mark.parametrize("prompt_len", [16, 6])
+def test_sharing_with_pallas_interpret_matches_dense_unshared(prompt_len):
+    """The length-aware kernel on the response part (M = 16) and on the prompt part when P = 16
+    (P = 6: not a multiple of 16, so that part is dense XLA, merged with the kernel's part)
+    vs the unshared dense path. With P = 6, row 0's 4th draw is a near-tie (gap 1.4e-6) that
+    the paths' rounding resolves differently: the rows are compared up to it (`TIE_GAP`)."""
+    config = _config()
+    params = init_params(config, jax.random.key(4), init_std=0.4)
+    tokens = np.zeros((2, prompt_len), np.int32)
+    tokens[0, 3:] = np.arange(prompt_len - 3) + 1
+    tokens[1, prompt_len - 2 :] = np.arange(2) + 20
+    mask = (tokens > 0).astype(np.int32)
+    outs = {}
+    for share, impl in ((False, "xla"), (True, "pallas_interpret")):
+        sampling = SamplingConfig(max_new_tokens=16, num_samples=2, temperature=0.9, ignore_eos=True,
+                                  decode_attention=impl, share_prompt_kv=share)
+        outs[share] = sample(params, tokens, mask, jax.random.key(3), config=config, sampling=sampling)
+    gaps_BM = _draw_gaps(params, config, outs[False], jax.random.key(3), temperature=0.9, prompt_len=prompt_len)
+    # The kernel's blockwise sums add ~1e-6 relative on top: 1e-5 as in test_decode.
+    _assert_same_rollouts(outs[True], outs[False], gaps_BM, prompt_len, atol=1e-5)
+
+
+def _buffer_shapes(hlo: str) -> set[str]:
+    return set(re.findall(r"f32\[[\d,]+\]", hlo))
+
+
+def test_shared_cache_is_one_copy_per_prompt():
+    """The compiled sampler holds the prompt KV as [Bp, K, P, H] and the responses' as
+    [B, K, M, H]: no [B, K, P(+M), H] cache (the G-fold copy).
+
+    (Temp memory is not compared: at this size the CPU compile's peak is the prefill's
+    activations, not the cache; the 3B GPU-target compile's numbers are in BENCHMARKS.md.)"""
+    config = _config()
+    params = init_params(config, jax.random.key(0))
+    bp, g, p, m = 2, 3, 5, 7  # distinct from every other dim, so a shape names one buffer
+    tokens = np.arange(1, bp * p + 1, dtype=np.int32).reshape(bp, p)
+    hlo = {}
+    for share in (False, True):
+        sampling = SamplingConfig(max_new_tokens=m, num_samples=g, ignore_eos=True, share_prompt_kv=share,
+                                  decode_attention="xla")
+        hlo[share] = sample.lower(params, tokens, np.ones_like(tokens), jax.random.key(0), config=config,
+                                  sampling=sampling).compile().as_text()
+    k, h, b = config.num_kv_heads, config.head_dim, bp * g
+    shape = lambda *d: f"f32[{','.join(map(str, d))}]"  # noqa: E731
+    off, on = _buffer_shapes(hlo[False]), _buffer_shapes(hlo[True])
+    assert shape(b, k, p + m, h) in off  # the check finds the repeated cache where it is
+    assert shape(b, k, p + m, h) not in on and shape(b, k, p, h) not in on
+    assert shape(bp, k, p, h) in on and shape(b, k, m, h) in on
+
+
+def test_sampling_config_for_threads_share_prompt_kv():
+    class Tok:
+        eos_token_id, pad_token_id = 2, 0
+
+    config = _config(eos_token_ids=(2,))
+    assert sampling_config_for(config, Tok(), max_new_tokens=4).share_prompt_kv is True
+    assert sampling_config_for(config, Tok(), max_new_tokens=4, share_prompt_kv=False).share_prompt_kv is False
