@@ -3,7 +3,8 @@
 Runs the small-scale reproduction on the CPU (`sharpjax.reproduce`): the project's own
 arithmetic base model (shipped with the package, the same weights on every machine;
 `--retrain-base` trains it here instead), its evaluation, RL from it with each reward of the
-family (task, likelihood maximization, power sampling alpha=2 and 4, tilted sampling), the
+family (task, likelihood maximization, its fixed-length variant, power sampling alpha=2 and 4,
+tilted sampling), the
 evaluation of each, the base model sharpened at inference time instead (temperature 1/alpha,
 power sampling; `--inference-modes`), a results table with each row's token cost (results.md)
 and its figures (figures_*.png). Nothing is downloaded.
@@ -37,7 +38,7 @@ def main(argv=None) -> None:
     parser.add_argument("--inference-modes", default=",".join(DEFAULT_INFERENCE_MODES),
                         help="the base model sharpened at inference time, no training: temp-a<alpha> (T = 1/alpha), "
                         "power-mcmc-a<alpha>, power-smc-a<alpha> (pi^alpha; power-mcmc draws ~8x the tokens of plain "
-                        "sampling: ~10 min per row at 300 x 16 on a loaded 2-core CPU, ~25 s for a temp row); "
+                        "sampling: ~4.5 min per row at 300 x 16 on a 2-core CPU, ~20 s for a temp row); "
                         "an empty string for none")
     parser.add_argument("--test-problems", type=_positive_int, default=None,
                         help="held-out problems (default: the size's, " + _per_size("test_problems") + ")")

@@ -24,16 +24,18 @@ _SECTIONS = ("model", "task", "optim", "eval")
 class SFTConfig:
     """Everything that determines the trained model (it is the cache key of `train_base_model`).
 
-    The defaults are the main job's base model: 4 layers x 64 wide (269K params), 1,400 steps
+    The defaults are the main job's base model: 4 layers x 64 wide (269K params), 1,800 steps
     of 64 examples drawn fresh from the task's train split at the default `Difficulty` (2-3
-    operands of 1-2 digits, + and -), about 4 minutes on a 2-core CPU. Held-out accuracy
-    (200 test-split problems x 4 samples) of the shipped model (sharpjax/assets/base_default):
-    mean@1 at T=1 0.50, greedy 0.69, 48.5% of the problems solved by some but not all samples
-    (room for both sharpening and task reward).
-    Accuracy jumps when the model "gets" carries, somewhere between 1,000 and 1,500 steps
-    depending on the seed: at 1,400 steps seed 0 gives mean@1 0.23 (greedy 0.29) and seed 1
-    0.52; the default seed is 1 for that reason. `steps` is the knob for a weaker or
-    stronger base model.
+    operands of 1-2 digits, + and -): 1,400 steps of stepwise solutions, then 400 on a mix where
+    60% of the solutions stop after the first step (`arithmetic.shortcut_solution`); about 6
+    minutes on an idle 2-core CPU. Held-out accuracy (200 test-split problems x 4 samples) of the
+    shipped model (sharpjax/assets/base_default): mean@1 at T=1 0.54, greedy 0.52; on the trap
+    problems (three operands, where stopping early is wrong) it stops early in 67% of its samples,
+    mean@1 0.18, and its most frequent answer is wrong on 86% of them.
+    The stepwise phase is where the arithmetic is learned: accuracy jumps when the model "gets"
+    carries, somewhere between 1,000 and 1,500 steps depending on the seed (seed 1, the default,
+    gets them before 1,400); with the mix from the first step, 1,400 steps learned neither style
+    (mean@1 0.11).
 
     Model (a Llama-shaped decoder, tied embeddings, fp32):
       hidden_size, intermediate_size, num_layers, num_heads, num_kv_heads, head_dim.
