@@ -27,7 +27,7 @@ from sharpjax.reproduce import DEFAULT_INFERENCE_MODES, DEFAULT_MODES, Reproduce
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", choices=tuple(SIZES), default="default",
-                        help="quick: tiny, for CI (plumbing only, numbers mean little); default: ~25 min on a 2-core "
+                        help="quick: tiny, for CI (plumbing only, numbers mean little); default: ~10 min on a 2-core "
                         "CPU; large: 2x the batch, ~4x the steps, 500 held-out problems (for a GPU)")
     parser.add_argument("--quick", action="store_true", help="the same as --size quick")
     parser.add_argument("--workdir", default="runs/main", help="where runs, results.md and results.json go")

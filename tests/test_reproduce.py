@@ -105,14 +105,25 @@ def assert_png(path):
 
 
 @pytest.mark.slow
-def test_default_pipeline_task_reward_improves_accuracy(tmp_path):
-    settings = ReproduceConfig(size="default", modes=("task", "likelihood"), seeds=(0,))  # 300 problems x 16
+def test_default_pipeline_effect_directions(tmp_path):
+    """The 3-seed table's effects (BENCHMARKS.md, 2026-12-01), each with a margin of many seed stds.
+
+    Measured (mean +- std over seeds 0-2, from base pass@1 0.589, trap stop-early rate 0.64, length 21.0):
+    task pass@1 0.768 +- 0.008; likelihood pass@1 0.502 +- 0.001, stop-early rate 0.977 +- 0.003,
+    length 19.47 +- 0.01. The margins below are 5-20 seed stds, so RL-time numerics of another CPU
+    cannot flip them; a sign error in the reward or the advantage would.
+    """
+    settings = ReproduceConfig(size="default", modes=("task", "likelihood"), seeds=(0,), inference_modes=())
     results = run(str(tmp_path), settings, progress=False)
-    base, task, lik = results["base"], results["runs"]["task_seed0"], results["runs"]["likelihood_seed0"]
-    assert task["last"]["pass@1"] > base["pass@1"] + 0.015, (base["pass@1"], task["last"]["pass@1"])
+    base, task, lik = results["base"], results["runs"]["task_seed0"]["last"], results["runs"]["likelihood_seed0"]["last"]
+    assert task["pass@1"] > base["pass@1"] + 0.08, (base["pass@1"], task["pass@1"])  # +0.18 measured
+    assert task["trap_pass@1"] > base["trap_pass@1"] + 0.2  # it learns to finish the work (+0.40)
+    assert lik["shortcut_rate"] > base["shortcut_rate"] + 0.15  # likelihood stops early (+0.34)
+    assert lik["mean_length"] < base["mean_length"] - 0.8  # and shortens (-1.5 tokens)
+    assert lik["pass@1"] < base["pass@1"] - 0.04  # and loses accuracy (-0.087)
     # Same prompts and sampling keys at the last steps: the base model likes likelihood's samples more.
-    assert lik["base_loglik_last"] > task["base_loglik_last"]
-    assert lik["kl_to_base_last"] > lik["kl_to_base_first"] > 0
+    runs = results["runs"]
+    assert runs["likelihood_seed0"]["base_loglik_last"] > runs["task_seed0"]["base_loglik_last"]
 
 
 def test_fixed_length_run_and_rerun_reuses_finished_runs(tmp_path, monkeypatch):

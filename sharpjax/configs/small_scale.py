@@ -49,10 +49,10 @@ SIZES = {
     "quick": SmallScaleSize(steps=4, prompts_per_step=4, samples_per_prompt=4, lr=3e-4, eval_every=2,
                             num_validation_problems=8, eval_samples=2, train_problems=2000, base_model="quick",
                             test_problems=16, test_samples=4),
-    # Task reward, held-out pass@1 gain on 300 problems x 16 samples (base 0.497), seed 0:
-    # 16 prompts x 80 steps at 5e-5 +0.9 (100 problems), x 160 steps +1.9, at 1e-4 x 160 +1.0;
-    # 32 prompts x 80 steps at 5e-5 +2.5: batch noise, not the step count, limits it. 3e-4 and
-    # 1e-3 x 40 destroyed the model (0.41, 0.02 from 0.51).
+    # On the two-style base (2026-12-01), 40 steps at 1e-4 resolve every effect at 3 seeds (task
+    # +17.9 +- 0.8 points of pass@1, likelihood -8.7 +- 0.1; BENCHMARKS.md) in ~10 min for one seed.
+    # On the earlier one-style base: 80 steps at 5e-5 gave +2.5 (32 prompts); 3e-4 and 1e-3 x 40
+    # destroyed it (0.41, 0.02 from 0.51).
     "default": SmallScaleSize(steps=40, prompts_per_step=32, samples_per_prompt=8, lr=1e-4, eval_every=20,
                               num_validation_problems=64, eval_samples=4, train_problems=2000, base_model="default",
                               test_problems=300, test_samples=16),
