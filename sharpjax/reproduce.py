@@ -32,7 +32,6 @@ from sharpjax.configs.small_scale import arithmetic_rl_config
 from sharpjax.configs.small_scale import size as small_scale_size
 from sharpjax.errors import ConfigError, SharpjaxError
 from sharpjax.eval.harness import evaluate
-from sharpjax.eval.metrics import summarize
 from sharpjax.figures import write_figures
 from sharpjax.models.hf import load_model
 from sharpjax.models.tokenizer import load_tokenizer
@@ -125,15 +124,8 @@ def _row(result, problems) -> dict[str, float]:
     (`arithmetic.is_trap`: the shortcut's answer is wrong) and the share of their responses that
     stop early (`shortcut_rate`, `arithmetic.stopped_early`)."""
     row = {k: float(v) for k, v in result.summary.items() if isinstance(v, (int, float))}
-    traps = [r for p, r in zip(problems, result.records, strict=True) if arithmetic.is_trap(p)]
-    if traps:
-        trap_summary = summarize(traps, KS)
-        row.update({f"trap_{k}": float(trap_summary[k]) for k in ("pass@1", "maj@16") if k in trap_summary})
-    early = [arithmetic.stopped_early(text, p) for p, r in zip(problems, result.records, strict=True)
-             if arithmetic.is_trap(p)
-             for text in r.responses]
-    if early:
-        row["shortcut_rate"] = float(np.mean(early))
+    trap = arithmetic.trap_summary(problems, result.records, KS)
+    row.update({k: v for k, v in trap.items() if k in TABLE_KEYS})
     return row
 
 

@@ -13,7 +13,6 @@ arithmetic task's renderer and verifier, exactly as validation and the main job 
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import json
 import logging
@@ -66,8 +65,8 @@ class Accuracy:
       shortcut_rate: on the trap problems, the fraction of samples that stop early (`arithmetic.stopped_early`:
         the shortcut; on the other problems the two styles can be the same text).
       trap_mean_at_1: mean@1 on the problems the shortcut gets wrong (`arithmetic.is_trap`).
-      trap_majority_wrong: the fraction of trap problems whose most frequent sampled answer is
-        wrong (ties: the first answer drawn).
+      trap_majority_wrong: 1 - maj@num_samples on the trap problems: how often their most
+        frequent sampled answer is wrong (ties split, `sharpjax.eval.metrics.maj_at_k`).
     """
 
     mean_at_1: float
@@ -86,16 +85,6 @@ class Accuracy:
         # Problems RL can learn from with RLOO: neither always nor never solved.
         d["fraction_mixed"] = float(np.mean([0 < p < 1 for p in self.per_problem])) if self.per_problem else 0.0
         return d
-
-
-def _majority_wrong(record) -> bool:
-    """Whether a record's most frequent answer (ties: the first drawn) is not a correct one."""
-    counts = collections.Counter(a for a in record.answers if a is not None)
-    if not counts:
-        return True
-    top = max(counts.values())
-    answer = next(a for a in record.answers if a is not None and counts[a] == top)
-    return not record.correct[record.answers.index(answer)]
 
 
 def measure_accuracy(
@@ -141,13 +130,12 @@ def measure_accuracy(
             keep_responses=name == "sampled", progress=False,
         ).records
     per_problem = [float(np.mean(r.correct)) for r in runs["sampled"]]
-    traps = [r for p, r in zip(problems, runs["sampled"]) if arithmetic.is_trap(p)]
-    early = [arithmetic.stopped_early(text, p) for p, r in zip(problems, runs["sampled"]) if arithmetic.is_trap(p)
-             for text in r.responses]
+    trap = arithmetic.trap_summary(problems, runs["sampled"], (1, num_samples))
+    nan = float("nan")
     return Accuracy(
-        shortcut_rate=float(np.mean(early)) if early else float("nan"),
-        trap_mean_at_1=float(np.mean([np.mean(r.correct) for r in traps])) if traps else float("nan"),
-        trap_majority_wrong=(float(np.mean([_majority_wrong(r) for r in traps])) if traps else float("nan")),
+        shortcut_rate=trap.get("shortcut_rate", nan),
+        trap_mean_at_1=trap.get("trap_pass@1", nan),
+        trap_majority_wrong=1.0 - trap.get(f"trap_maj@{num_samples}", nan),
         mean_at_1=float(np.mean(per_problem)),
         greedy=float(np.mean([r.correct[0] for r in runs["greedy"]])),
         per_problem=tuple(per_problem),

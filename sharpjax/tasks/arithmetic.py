@@ -64,6 +64,7 @@ __all__ = [
     "render",
     "parse_int",
     "task_alphabet",
+    "trap_summary",
     "user_message",
     "verify",
 ]
@@ -231,6 +232,28 @@ def steps_shown(response: str) -> int:
 def stopped_early(response: str, problem: ArithmeticProblem) -> bool:
     """Whether a response boxes an answer after fewer steps than the problem's solution has."""
     return steps_shown(response) < problem.solution.count("=")
+
+
+def trap_summary(problems, records, ks) -> dict[str, float]:
+    """The testbed's mechanism in an evaluation: pass@k and maj@k on the trap problems alone
+    (`sharpjax.eval.metrics.summarize`, keys prefixed "trap_") and "shortcut_rate", the share of
+    their responses that stop early. Empty when no problem is a trap.
+
+    Args:
+      problems: the evaluated `ArithmeticProblem`s.
+      records: their `ProblemRecord`s, in the same order, with responses kept.
+      ks: the k of pass@k and maj@k.
+    """
+    from sharpjax.eval.metrics import summarize
+
+    traps = [(p, r) for p, r in zip(problems, records, strict=True) if is_trap(p)]
+    if not traps:
+        return {}
+    summary = summarize([r for _, r in traps], ks)
+    out = {f"trap_{k}": float(v) for k, v in summary.items() if k.startswith(("pass@", "maj@"))}
+    out["shortcut_rate"] = sum(stopped_early(text, p) for p, r in traps for text in r.responses) / sum(
+        len(r.responses) for _, r in traps)
+    return out
 
 
 def in_test_split(expression: str) -> bool:

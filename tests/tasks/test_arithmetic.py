@@ -235,3 +235,26 @@ def test_steps_shown_counts_the_work_before_the_last_box():
     assert arithmetic.steps_shown("\\boxed{4}") == 0
     assert arithmetic.steps_shown("1+2=3\n\\boxed{3}\n3-4=-1") == 1  # after the last box: not work shown
     assert arithmetic.steps_shown("no answer at all") == 0
+
+
+def test_trap_summary_counts_only_the_traps():
+    from sharpjax.eval.metrics import ProblemRecord
+
+    two, three = ArithmeticProblem("a", "3-7", "-4", "3-7=-4\n\\boxed{-4}"), arithmetic.generate_problems(50, seed=1)
+    trap = next(p for p in three if arithmetic.is_trap(p))
+    early, full = arithmetic.shortcut_solution(trap), trap.solution
+    wrong = str(arithmetic.shortcut_value(trap))
+
+    def record(pid, answer, responses, correct, answers):
+        n = len(correct)
+        return ProblemRecord(pid, answer, correct, answers, answers, [1] * n, [True] * n, responses)
+
+    records = [
+        record("two", "-4", [two.solution] * 3, [False] * 3, ["-4"] * 3),  # not a trap: left out
+        record("trap", trap.answer, [early, early, full], [False, False, True], [wrong, wrong, trap.answer]),
+    ]
+    out = arithmetic.trap_summary([two, trap], records, (1, 3))
+    # One trap: pass@1 = 1/3, its majority answer (2 of 3) is wrong, two of its three responses stop early.
+    assert out == pytest.approx({"trap_pass@1": 1 / 3, "trap_pass@3": 1.0, "trap_maj@1": 1 / 3, "trap_maj@3": 0.0,
+                                 "shortcut_rate": 2 / 3})
+    assert arithmetic.trap_summary([two], records[:1], (1,)) == {}
