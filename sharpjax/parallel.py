@@ -1,14 +1,15 @@
 """Every sharding decision in one place: mesh, logical-axis rules, param and batch shardings,
 global arrays across processes, and the multi-process (jax.distributed) start.
 
-Model code names logical axes (`param_logical_axes`); `DEFAULT_RULES` maps them to the mesh
-axes ("data", "fsdp", "tensor"). The same code runs on 1 CPU, 8 fake CPU devices and a
-GPU/TPU mesh. A logical axis whose size the mesh axis does not divide is replicated rather
-than failing (e.g. 2 kv heads on tensor=4), so small test models still run on big meshes.
+Model code names logical axes; the rules that map them to the mesh axes ("data", "fsdp",
+"tensor") are `sharpjax.models.partitioning` (re-exported here). The same code runs on 1 CPU,
+8 fake CPU devices and a GPU/TPU mesh. Programs over several devices are traced under
+`on_mesh(mesh)`, so that the model's activation constraints know the mesh.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -19,22 +20,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from sharpjax.errors import ConfigError
 from sharpjax.models.config import ModelConfig
+from sharpjax.models.partitioning import BATCH_AXES, DEFAULT_RULES, MESH_AXES, logical_to_spec
 from sharpjax.models.transformer import Params, init_params, param_logical_axes, param_shapes
-
-MESH_AXES = ("data", "fsdp", "tensor")
-# Batch rows are split over both data-parallel axes; fsdp additionally shards weights.
-BATCH_AXES = ("data", "fsdp")
-
-DEFAULT_RULES: Mapping[str, str | tuple[str, ...] | None] = {
-    "layers": None,
-    "embed": "fsdp",
-    "norm": None,
-    "heads": "tensor",
-    "kv_heads": "tensor",
-    "head_dim": None,
-    "mlp": "tensor",
-    "vocab": "tensor",
-}
 
 
 def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -56,25 +43,6 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[
     return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES)
 
 
-def logical_to_spec(
-    logical_axes: tuple[str, ...], shape: tuple[int, ...], mesh: Mesh, rules: Mapping = DEFAULT_RULES
-) -> PartitionSpec:
-    """Maps logical axis names to a PartitionSpec, replicating dims the mesh does not divide."""
-    spec, used = [], set()
-    for name, size in zip(logical_axes, shape):
-        if name not in rules:
-            raise KeyError(f"logical axis {name!r} has no sharding rule; known: {sorted(rules)}.")
-        mesh_axes = rules[name]
-        mesh_axes = () if mesh_axes is None else (mesh_axes,) if isinstance(mesh_axes, str) else tuple(mesh_axes)
-        mesh_axes = tuple(a for a in mesh_axes if a not in used and mesh.shape[a] > 1)
-        if mesh_axes and size % math.prod(mesh.shape[a] for a in mesh_axes) == 0:
-            used.update(mesh_axes)
-            spec.append(mesh_axes[0] if len(mesh_axes) == 1 else mesh_axes)
-        else:
-            spec.append(None)
-    return PartitionSpec(*spec)
-
-
 def param_shardings(config: ModelConfig, mesh: Mesh, rules: Mapping = DEFAULT_RULES) -> Params:
     """NamedShardings for every param, in the param pytree's structure."""
     is_axes = lambda x: isinstance(x, tuple) and all(isinstance(a, str) for a in x)  # noqa: E731
@@ -84,6 +52,17 @@ def param_shardings(config: ModelConfig, mesh: Mesh, rules: Mapping = DEFAULT_RU
         param_shapes(config),
         is_leaf=is_axes,
     )
+
+
+def on_mesh(mesh: Mesh | None):
+    """The context to trace a program over `mesh` in; none for None.
+
+    The model pins a few activations' shardings (`partitioning.constrain`: q, k and v alike,
+    which cuDNN's attention requires under FSDP); they apply only under this context. Only the
+    abstract mesh is set (`use_abstract_mesh`, not `set_mesh`): tracing sees the mesh, while
+    eager ops keep their default device, which matters for a compile-only GPU mesh (plan).
+    """
+    return contextlib.nullcontext() if mesh is None else jax.sharding.use_abstract_mesh(mesh.abstract_mesh)
 
 
 def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:

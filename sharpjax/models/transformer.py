@@ -16,10 +16,10 @@ from typing import Any
 import flax.struct
 import jax
 import jax.numpy as jnp
-from jax.experimental.shard_alike import shard_alike
 from jaxtyping import Array, Bool, Float, Int
 
 from sharpjax.models.config import ModelConfig
+from sharpjax.models.partitioning import constrain
 
 Params = dict[str, Any]
 
@@ -233,11 +233,6 @@ def _causal_attention(
     all-padding one, has a query with nothing to attend to: no NaN in either pass. Their
     outputs are meaningless and never reach a real position.
     """
-    if implementation == "cudnn":
-        # cuDNN's SPMD partitioner needs q, k and v sharded alike. Sharding propagation
-        # gives q and k the batch sharding of the RoPE positions, but v (no RoPE) can come
-        # out batch-replicated under FSDP: tie it to k.
-        k_BTKH, v_BTKH = shard_alike(k_BTKH, v_BTKH)
     return jax.nn.dot_product_attention(q_BTNH, k_BTKH, v_BTKH, is_causal=True, implementation=implementation)
 
 
@@ -252,7 +247,14 @@ def _project_qkv(config: ModelConfig, inv_freq, x_BTD, p, positions_BT):
     if config.qk_norm:
         q_BTNH = rms_norm(q_BTNH, p["q_norm"], config.rms_norm_eps)
         k_BTKH = rms_norm(k_BTKH, p["k_norm"], config.rms_norm_eps)
-    return apply_rope(q_BTNH, positions_BT, inv_freq), apply_rope(k_BTKH, positions_BT, inv_freq), v_BTKH
+    q_BTNH, k_BTKH = apply_rope(q_BTNH, positions_BT, inv_freq), apply_rope(k_BTKH, positions_BT, inv_freq)
+    # Pinned, not left to propagation: cuDNN's attention partitioner needs q, k and v sharded
+    # alike, and under FSDP propagation gives q and k the rows' sharding of the RoPE positions
+    # but can leave v (no RoPE) batch-replicated. Rows over the data axes, heads over tensor.
+    q_BTNH = constrain(q_BTNH, ("batch", "seq", "heads", "head_dim"))
+    k_BTKH = constrain(k_BTKH, ("batch", "seq", "kv_heads", "head_dim"))
+    v_BTKH = constrain(v_BTKH, ("batch", "seq", "kv_heads", "head_dim"))
+    return q_BTNH, k_BTKH, v_BTKH
 
 
 def _output_and_mlp(config: ModelConfig, x_BTD, attn_BTNH, p):
@@ -459,8 +461,8 @@ def _pallas_decode_blocks(num_slots: int) -> tuple[int, int] | None:
 
 
 def _pallas_decode_attention(q_B1NH, k_BKSH, v_BKSH, first_slot_B, num_filled, num_kv_heads, *, interpret):
-    """JAX's Pallas GPU decode kernel: each (row, kv head) reads only slots [first, num_filled)."""
-    from jax.experimental.pallas.ops.gpu import decode_attention
+    """The Pallas GPU decode kernel: each (row, kv head) reads only slots [first, num_filled)."""
+    from sharpjax.models import decode_kernel
 
     b, _, n, h = q_B1NH.shape
     k_heads, s = num_kv_heads, k_BKSH.shape[2]
@@ -469,7 +471,7 @@ def _pallas_decode_attention(q_B1NH, k_BKSH, v_BKSH, first_slot_B, num_filled, n
     q_RGH = q_B1NH.reshape(b * k_heads, n // k_heads, h)
     start_R = jnp.repeat(first_slot_B.astype(jnp.int32), k_heads)
     length_R = jnp.broadcast_to(num_filled.astype(jnp.int32), (b * k_heads,))
-    out_RGH = decode_attention.mqa(
+    out_RGH = decode_kernel.mqa(
         q_RGH, k_BKSH.reshape(b * k_heads, s, h), v_BKSH.reshape(b * k_heads, s, h), start_R, length_R,
         block_k=block_k, k_splits=k_splits, interpret=interpret,
     )
@@ -524,11 +526,11 @@ def _attention_part(q_RKGH, k_RKSH, v_RKSH, visible_RS, start_R, num_filled, *, 
         e_RKGS = jnp.exp(scores_RKGS - m_RKG[..., None])
         o_RKGH = jnp.einsum("rkgs,rksh->rkgh", e_RKGS.astype(v_RKSH.dtype), v_RKSH, preferred_element_type=jnp.float32)
         return o_RKGH, e_RKGS.sum(-1), m_RKG
-    from jax.experimental.pallas.ops.gpu import decode_attention
+    from sharpjax.models import decode_kernel
 
     block_k, k_splits = _pallas_decode_blocks(s)
     # [R, K, S, H] -> [R*K, S, H] is a bitcast: the kernel reads the cache in place.
-    o_XGH, (l_XG, m_XG) = decode_attention.mqa(
+    o_XGH, (l_XG, m_XG) = decode_kernel.mqa(
         q_RKGH.reshape(r * k_heads, g, h), k_RKSH.reshape(r * k_heads, s, h), v_RKSH.reshape(r * k_heads, s, h),
         jnp.repeat(start_R.astype(jnp.int32), k_heads),
         jnp.broadcast_to(jnp.asarray(num_filled, jnp.int32), (r * k_heads,)),

@@ -607,12 +607,15 @@ def _phases(name: str, run: RunConfig, model: ModelConfig, s: PlanShapes) -> tup
 
 def _aot_programs(run: RunConfig, model: ModelConfig, target: Target, s: PlanShapes,
                   names: tuple[str, ...] = ("rollout", "scoring", "train_step")) -> list[ProgramPlan]:
+    from sharpjax.parallel import on_mesh
+
     if getattr(model, "attention", None) == "auto":  # tracing on this CPU host would pick XLA's attention
         model = model.replace(attention=gpu_attention(model))
     out, notes = [], []
     for name in names:
         try:
-            with _target_cudnn(target):
+            # Traced under the target's mesh: the model pins q/k/v shardings (parallel.on_mesh).
+            with _target_cudnn(target), on_mesh(_target_mesh(target, s.mesh)):
                 out.append(_aot_compile(run, model, target, s, name))
         except Exception as e:  # noqa: BLE001 - reported in the plan, then planned with XLA's attention
             if getattr(model, "attention", None) != "cudnn":
@@ -621,8 +624,20 @@ def _aot_programs(run: RunConfig, model: ModelConfig, target: Target, s: PlanSha
             first = lines[-1]
             notes.append(f"{name}: cuDNN attention does not compile on this mesh ({first[:160]}); "
                          "planned with XLA attention (config.attention='xla')")
-            out.append(_aot_compile(run, model.replace(attention="xla"), target, s, name))
+            with on_mesh(_target_mesh(target, s.mesh)):
+                out.append(_aot_compile(run, model.replace(attention="xla"), target, s, name))
     return out, tuple(notes)
+
+
+def _target_mesh(target: Target, mesh_shape: tuple[int, int, int]):
+    """The run's mesh over the target's compile-only GPUs (one host of `target.count`)."""
+    from jax.experimental.topologies import get_topology_desc
+
+    from sharpjax.parallel import make_mesh
+
+    topology = get_topology_desc("aot", "cuda", target_config=target.gpu.target_config,
+                                 topology=f"1x1x{target.count}")
+    return make_mesh(*mesh_shape, devices=topology.devices)
 
 
 @contextlib.contextmanager
@@ -649,10 +664,9 @@ def _aot_compile(run: RunConfig, model: ModelConfig, target: Target, s: PlanShap
     import jax
     import jax.numpy as jnp
     import optax
-    from jax.experimental.topologies import get_topology_desc
 
     from sharpjax.models.transformer import param_shapes
-    from sharpjax.parallel import batch_sharding, make_mesh, param_shardings, replicated
+    from sharpjax.parallel import batch_sharding, param_shardings, replicated
     from sharpjax.rollout.sampler import RolloutBatch, SamplingConfig, sample
     from sharpjax.train.step import (
         StepConfig,
@@ -663,9 +677,7 @@ def _aot_compile(run: RunConfig, model: ModelConfig, target: Target, s: PlanShap
         make_train_step,
     )
 
-    topology = get_topology_desc("aot", "cuda", target_config=target.gpu.target_config,
-                                 topology=f"1x1x{target.count}")
-    mesh = make_mesh(*s.mesh, devices=topology.devices)
+    mesh = _target_mesh(target, s.mesh)
     rep = replicated(mesh)
     rows1, rows2 = batch_sharding(mesh, 1), batch_sharding(mesh, 2)
     p_sh = param_shardings(model, mesh)

@@ -39,6 +39,7 @@ from sharpjax.parallel import (
     BATCH_AXES,
     batch_sharding,
     make_mesh,
+    on_mesh,
     param_shardings,
     put_global,
     replicated,
@@ -291,6 +292,10 @@ class Trainer:
         return put_global(x, batch_sharding(self.mesh, x.ndim))
 
     def rollout_and_update(self, step: int) -> dict[str, Any]:
+        with on_mesh(self.mesh):  # the model's activation constraints need the mesh (parallel.on_mesh)
+            return self._rollout_and_update(step)
+
+    def _rollout_and_update(self, step: int) -> dict[str, Any]:
         t0 = time.perf_counter()
         problems = self.iterator.next()
         prompts = [self.task.render(p.problem) for p in problems]
@@ -369,6 +374,10 @@ class Trainer:
 
     # ---- validation ---------------------------------------------------------------
     def validate(self, step: int) -> dict[str, float]:
+        with on_mesh(self.mesh):
+            return self._validate(step)
+
+    def _validate(self, step: int) -> dict[str, float]:
         from sharpjax.eval.harness import evaluate
 
         params = cast_params(self.state.params, self.model.jnp_dtype)
