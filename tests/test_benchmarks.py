@@ -13,6 +13,8 @@ import sys
 
 import pytest
 
+from tests.tiny import require_torch
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -24,6 +26,7 @@ def _run(args, timeout=300, env=None):
 
 
 def test_train_step_benchmark_tiny(tmp_path):
+    require_torch()  # the benchmark's other side is a PyTorch HF step
     out = _run(["benchmarks/train_step.py", "--size", "tiny", "--iters", "1", "--json", str(tmp_path / "r.json")])
     assert re.search(r"^ratio sharpjax / torch: [0-9.]+x$", out, re.M), out
     assert "MFU n/a" in out  # CPU: no peak FLOP/s without --peak-tflops

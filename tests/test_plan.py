@@ -175,6 +175,7 @@ def test_plan_cli_prints_the_table(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.aot
 @pytest.mark.skipif(not aot_available(), reason="jax-cuda12 plugin not importable: XLA's compile-only GPU topology "
                     "is unavailable (install it outside the venv, see sharpjax/plan/__main__.py)")
 def test_aot_plan_agrees_with_the_closed_forms(tmp_path):

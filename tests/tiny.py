@@ -6,8 +6,12 @@
     tiny_setup                  a tiny rollout batch, its rewards and a step config (train-step tests)
 """
 
+import os
+import sys
+
 import jax
 import numpy as np
+import pytest
 
 from sharpjax.configs.small_scale import arithmetic_rl_config
 from sharpjax.losses import LossConfig
@@ -56,9 +60,27 @@ def hf_config(family: str, *, tie: bool | None = None):
     raise ValueError(family)
 
 
+def require_torch():
+    """torch, the parity tests' reference implementation, or a skip that says why.
+
+    The test extra installs it on Python 3.11 only (setup.cfg: on 3.12+ the registry serves
+    only multi-GB CUDA builds), so the Python 3.12 CI stage skips these tests; under CI=true
+    on Python 3.11 a missing torch fails instead, since that stage must run them.
+    """
+    try:
+        import torch
+    except ImportError:
+        reason = ("torch is not installed: the parity tests against transformers' PyTorch models need it "
+                  "(the test extra leaves it out on Python >= 3.12; `pip install torch` to run them here)")
+        if os.environ.get("CI", "").lower() in ("true", "1", "yes") and sys.version_info < (3, 12):
+            pytest.fail(f"CI=true on Python 3.11: {reason}", pytrace=False)
+        pytest.skip(reason)
+    return torch
+
+
 def build_hf_model(family: str, *, tie: bool | None = None, seed: int = 0):
     """A tiny HF PyTorch model with every weight random (norms near 1, biases nonzero)."""
-    import torch
+    torch = require_torch()
     import transformers
 
     torch.manual_seed(seed)

@@ -8,14 +8,13 @@ import shutil
 import numpy as np
 import pytest
 import safetensors.numpy
-import torch
 import transformers
 
 from sharpjax.errors import CheckpointError, ConfigError, ModelFileError
 from sharpjax.models import load_model, save_model
 from sharpjax.models.hf import check_model_files
 from sharpjax.models.tokenizer import load_tokenizer, render_chat
-from tests.tiny import FAMILIES
+from tests.tiny import FAMILIES, require_torch
 
 
 def read_tensors(model_dir):
@@ -29,6 +28,7 @@ def read_tensors(model_dir):
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("max_shard_bytes", [2**40, 100_000])
 def test_round_trip_gives_identical_tensors(hf_checkpoint, tmp_path, family, max_shard_bytes):
+    torch = require_torch()
     src = hf_checkpoint(family)
     params, config = load_model(src, dtype="float32")
     save_model(str(tmp_path), params, config, max_shard_bytes=max_shard_bytes)

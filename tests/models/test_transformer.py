@@ -4,13 +4,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 
 from sharpjax.models import KVCache, apply, forward, load_model, logits, positions_from_mask
-from tests.tiny import FAMILIES, build_hf_model
+from tests.tiny import FAMILIES, build_hf_model, require_torch
 
 
 def hf_logits(model_dir, tokens, mask):
+    torch = require_torch()
     import transformers
 
     model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()

@@ -3,16 +3,17 @@
 import jax
 import numpy as np
 import pytest
-import torch
 import transformers
 
 from sharpjax.models.hf import load_model
 from sharpjax.rewards import RewardConfig, make_reward
 from sharpjax.rollout import SamplingConfig, sample, score_tokens
+from tests.tiny import require_torch
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen3"])
 def test_l_ref_is_the_base_models_response_log_likelihood(hf_checkpoint, left_padded_batch, family):
+    torch = require_torch()
     model_dir = hf_checkpoint(family)
     params, config = load_model(model_dir, dtype="float32")
     prompts, prompt_mask = (np.asarray(x) for x in left_padded_batch)

@@ -4,18 +4,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 import transformers
 
 from sharpjax.models import ModelConfig, init_params, load_model
 from sharpjax.rollout import SamplingConfig, filter_logits, sample, score_tokens
-from tests.tiny import FAMILIES
+from tests.tiny import FAMILIES, require_torch
 
 MAX_NEW = 12
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_greedy_matches_hf_generate(hf_checkpoint, left_padded_batch, family):
+    torch = require_torch()
     model_dir = hf_checkpoint(family)
     tokens, mask = left_padded_batch
     params, config = load_model(model_dir, dtype="float32")

@@ -17,6 +17,7 @@ from sharpjax.models.tokenizer import build_char_tokenizer, load_tokenizer
 from sharpjax.sft import SFTConfig, encode_examples, measure_accuracy, sft_loss, train_base_model
 from sharpjax.sft import base_model as sft
 from sharpjax.tasks.arithmetic import Difficulty, generate_problems
+from tests.tiny import require_torch
 
 EXPERIMENT = pathlib.Path(__file__).resolve().parents[2] / "experiments" / "sft_arithmetic.py"
 
@@ -140,7 +141,7 @@ def test_incomplete_directory_is_not_a_cache_hit(tmp_path, monkeypatch):
 
 
 def test_saved_directory_loads_in_sharpjax_and_transformers(tiny_model_dir):
-    torch = pytest.importorskip("torch")
+    torch = require_torch()
     import transformers
 
     params, config = load_model(tiny_model_dir)

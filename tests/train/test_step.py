@@ -8,20 +8,20 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
-import torch
 
 from sharpjax.losses import policy_gradient_loss
 from sharpjax.models import apply
 from sharpjax.models.hf import save_model
 from sharpjax.train.optim import make_optimizer
 from sharpjax.train.step import init_train_state, make_train_step
-from tests.tiny import GROUP, tiny_setup
+from tests.tiny import GROUP, require_torch, tiny_setup
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def torch_sequence_logprobs(model_dir, tokens, attn, resp):
     """Teacher-forced log-likelihood of the response tokens with transformers (independent)."""
+    torch = require_torch()
     import transformers
 
     model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
