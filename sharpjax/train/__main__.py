@@ -88,9 +88,11 @@ def main(argv):
         _fail(f"--config {_config_arg(sys.argv)}: cannot load it ({str(e).strip().splitlines()[-1].strip()}).")
     try:
         from sharpjax.sft import check_model_dir, resolve_model_dirs
+        from sharpjax.train.lock import check_workdir
 
         # Everything is validated before anything heavy (an `sft:` base model trains for minutes).
         RunConfig.from_config_dict(config_dict)
+        check_workdir(_WORKDIR.value)
         check_model_dir(config_dict.model_dir)
         if config_dict.get("ref_model_dir"):
             check_model_dir(config_dict.ref_model_dir, "config.ref_model_dir")
