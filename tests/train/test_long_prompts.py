@@ -63,3 +63,18 @@ def test_a_training_file_of_only_over_long_prompts_is_refused_before_the_model_l
     monkeypatch.setattr("sharpjax.train.trainer.load_model", no_load)
     with pytest.raises(ConfigError, match=r"train\.jsonl: every one of its 1 prompts is longer than 256 tokens"):
         train(_config(model_dir, path), str(tmp_path / "run"), progress=False)
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "does not exist"),
+    ("\n", "holds no problems"),
+    ('{"problem": "1+1?", "answer": "2"}\n{"problem": \n', r"train\.jsonl:2: not valid JSON"),
+])
+def test_training_file_errors_are_one_line_before_the_model_loads(model_dir, tmp_path, monkeypatch, content, message):
+    """Issue 27: a missing, empty or malformed training file was a traceback after the model loaded."""
+    path = tmp_path / "train.jsonl"
+    if content is not None:
+        path.write_text(content)
+    monkeypatch.setattr("sharpjax.train.trainer.load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    with pytest.raises(ConfigError, match=rf"^config\.data\.train='math_train': .*{message}"):
+        train(_config(model_dir, str(path)), str(tmp_path / "run"), progress=False)
