@@ -93,6 +93,9 @@ def main(argv):
         # Everything is validated before anything heavy (an `sft:` base model trains for minutes).
         RunConfig.from_config_dict(config_dict)
         check_workdir(_WORKDIR.value)
+        if _STOP_AFTER.value is not None and _STOP_AFTER.value < 1:
+            _fail(f"--stop_after {_STOP_AFTER.value}: must be a step >= 1 (leave it out to train to "
+                  "config.train.steps).")
         check_model_dir(config_dict.model_dir)
         if config_dict.get("ref_model_dir"):
             check_model_dir(config_dict.ref_model_dir, "config.ref_model_dir")
