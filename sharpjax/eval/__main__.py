@@ -172,15 +172,22 @@ def main(argv: list[str] | None = None) -> dict:
         except ValueError as e:
             parser.error(f"--sampler {args.sampler}: {e}")
 
+    from sharpjax.errors import SharpjaxError
+    from sharpjax.models.hf import check_model_files, load_model
+    from sharpjax.models.tokenizer import load_tokenizer
+
+    try:  # a missing or corrupt model file (weights' headers, tokenizer, chat template): one line, before the weights
+        check_model_files(args.model)
+        tokenizer = load_tokenizer(args.model)
+    except SharpjaxError as e:
+        parser.error(f"--model {args.model}: {e}")
+
     import jax
 
     from sharpjax.eval.harness import check_context, default_render_fn, evaluate
-    from sharpjax.models.hf import load_model
-    from sharpjax.models.tokenizer import load_tokenizer
     from sharpjax.rollout import sampling_config_for
 
     params, config = load_model(args.model, dtype=args.dtype)
-    tokenizer = load_tokenizer(args.model)
     sampling = sampling_config_for(
         config, tokenizer, max_new_tokens=args.max_new_tokens, num_samples=args.n, temperature=args.temperature,
         top_p=args.top_p, top_k=args.top_k, ignore_eos=args.ignore_eos,

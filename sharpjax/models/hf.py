@@ -90,14 +90,10 @@ def load_config(model_dir: str, *, dtype: str | None = None) -> ModelConfig:
     path = os.path.join(model_dir, "config.json")
     if not os.path.isfile(path):
         raise ModelFileError(f"{path} not found: a Hugging Face model directory needs config.json.")
-    hf = _read_json(path, "config.json")
-    if not isinstance(hf, dict):
-        raise ModelFileError(f"{path} holds a JSON {type(hf).__name__}, not an object: the file is corrupt; "
-                             "re-download or re-export the model directory.")
-    return ModelConfig.from_hf_dict(hf, dtype=dtype, source=path)
+    return ModelConfig.from_hf_dict(read_json_object(path, "config.json"), dtype=dtype, source=path)
 
 
-def _read_json(path: str, what: str):
+def read_json(path: str, what: str):
     """A model directory's JSON file; a corrupt one is a ModelFileError naming it."""
     try:
         with open(path, encoding="utf-8") as f:
@@ -107,6 +103,15 @@ def _read_json(path: str, what: str):
             f"{path} is not valid JSON ({e}): the model directory's {what} is corrupt or truncated; "
             "re-download or re-export it."
         ) from None
+
+
+def read_json_object(path: str, what: str) -> dict:
+    """`read_json` of a file that must hold a JSON object (config.json, sft_info.json)."""
+    value = read_json(path, what)
+    if not isinstance(value, dict):
+        raise ModelFileError(f"{path} holds a JSON {type(value).__name__}, not an object: the file is corrupt; "
+                             "re-download or re-export the model directory.")
+    return value
 
 
 def _open_safetensors(path: str):
@@ -127,7 +132,7 @@ class _TensorReader:
         index_path = os.path.join(model_dir, INDEX_FILE)
         single_path = os.path.join(model_dir, SINGLE_FILE)
         if os.path.isfile(index_path):
-            index = _read_json(index_path, INDEX_FILE)
+            index = read_json(index_path, INDEX_FILE)
             weight_map = index.get("weight_map") if isinstance(index, dict) else None
             if not isinstance(weight_map, dict):
                 raise ModelFileError(f"{index_path} has no 'weight_map' object: the index is corrupt; re-export it.")

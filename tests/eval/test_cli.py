@@ -161,3 +161,18 @@ def test_the_table_is_printed_even_when_out_cannot_be_written(hf_checkpoint, ben
                   "--n", "4", "--limit", "3", "--num_workers", "0", "--no_progress", "--out", str(out)])
     assert "| toy | 3 | 4 | 50.0 |" in capsys.readouterr().out
     assert str(e.value.code).startswith(f"error: --out {out}: cannot write it (")
+
+
+def test_a_damaged_tokenizer_fails_in_one_line_before_the_model_loads(hf_checkpoint, bench_file, tmp_path,
+                                                                      monkeypatch, capsys):
+    """Issue 27: a truncated tokenizer.json was a JSONDecodeError traceback after the weights loaded."""
+    import shutil
+
+    model = shutil.copytree(hf_checkpoint("llama"), tmp_path / "m")
+    (model / "tokenizer.json").write_text((model / "tokenizer.json").read_text()[:500])
+    monkeypatch.setattr("sharpjax.models.hf.load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--model", str(model), "--benchmarks", "toy", "--data_file", f"toy={bench_file}"])
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert e.value.code == 2 and last.startswith(f"python -m sharpjax.eval: error: --model {model}: "
+                                                 f"{model}/tokenizer.json cannot be read as a tokenizer ("), last
