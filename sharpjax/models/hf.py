@@ -268,15 +268,40 @@ def save_model(
         shards[-1][name] = value
         size += value.nbytes
     if len(shards) == 1:
-        safetensors.numpy.save_file(shards[0], os.path.join(model_dir, SINGLE_FILE), metadata={"format": "pt"})
+        _save_safetensors(shards[0], os.path.join(model_dir, SINGLE_FILE))
     else:
         weight_map = {}
         for i, shard in enumerate(shards):
             fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-            safetensors.numpy.save_file(shard, os.path.join(model_dir, fname), metadata={"format": "pt"})
+            _save_safetensors(shard, os.path.join(model_dir, fname))
             weight_map |= {name: fname for name in shard}
         total = sum(v.nbytes for v in state.values())
         with open(os.path.join(model_dir, INDEX_FILE), "w") as f:
             json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
     with open(os.path.join(model_dir, "config.json"), "w") as f:
         json.dump(config.to_hf_dict(), f, indent=2)
+
+
+def _save_safetensors(tensors: dict[str, np.ndarray], path: str) -> None:
+    """`safetensors.numpy.save_file`, with the permissions of any file the user writes.
+
+    safetensors writes through a private temporary file (mode 0600) that it renames: the weights
+    of an export were unreadable by the group that can read every other file of the run.
+    """
+    safetensors.numpy.save_file(tensors, path, metadata={"format": "pt"})
+    os.chmod(path, 0o666 & ~_umask())
+
+
+def _umask() -> int:
+    """The process's umask: read from /proc where Linux reports it (setting it to read it back
+    would change it for a moment under every thread)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

@@ -150,3 +150,20 @@ def test_reference_llama_uses_llama3_rope_scaling():
     from tests.tiny import build_hf_model
 
     assert build_hf_model("llama").model.rotary_emb.rope_type == "llama3"
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+@pytest.mark.parametrize("max_shard_bytes", [2**40, 20_000], ids=["single", "sharded"])
+def test_saved_files_follow_the_umask(hf_checkpoint, tmp_path, umask, max_shard_bytes):
+    """Issue 27: safetensors wrote the weights of every export 0600 (its temporary file's mode) while
+    config.json and the tokenizer files followed the umask: the group could read all but the weights."""
+    params, config = load_model(hf_checkpoint("qwen3"), dtype="float32")
+    old = os.umask(umask)
+    try:
+        save_model(str(tmp_path / "m"), params, config, max_shard_bytes=max_shard_bytes)
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "m").iterdir()}
+    shards = [n for n in modes if n.endswith(".safetensors")]
+    assert (len(shards) == 1) == (max_shard_bytes > 2**30) and "config.json" in modes
+    assert modes == dict.fromkeys(modes, 0o666 & ~umask), modes
