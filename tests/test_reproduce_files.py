@@ -76,3 +76,52 @@ def test_a_workdir_that_is_a_file_is_one_line(tmp_path, monkeypatch, capsys):
     assert e.value.code == 2 and err.count("\n") == 1
     assert err == f"error: --workdir {tmp_path}/f/sub: {tmp_path}/f is a file, so no directory can be made under it; " \
                   "give another path.\n"
+
+
+# A launcher run in a child process whose work (named by `stage`) is replaced by a wait: the test
+# sends SIGTERM once the child says it is there.
+_CHILD = """
+import runpy, sys, time
+import sharpjax.{module} as target
+def stage(*args, **kwargs):
+    print("STAGE", flush=True)
+    time.sleep(120)
+target.{name} = stage
+sys.argv[0] = "{launcher}"
+runpy.run_module("{launcher}", run_name="__main__", alter_sys=True)
+"""
+
+
+@pytest.mark.parametrize("launcher", ["main job, base evaluation", "train launcher, before the loop"])
+def test_sigterm_outside_rl_exits_3(tmp_path, launcher):
+    """Issue 27: SIGTERM during the main job's base evaluation (or SFT, or the train launcher's
+    loading) killed the process (exit 143, a failure to a scheduler); inside RL it exits 3."""
+    import signal
+    import subprocess
+    import sys
+
+    from tests.tiny import make_tiny_model
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if launcher.startswith("main"):
+        code = _CHILD.format(module="reproduce", name="_evaluate_dir", launcher="sharpjax")
+        args = ["--size", "quick", "--modes", "task", "--inference-modes", "", "--workdir", str(tmp_path / "w")]
+        then = "finished runs and evaluations are kept; run the same command to continue."
+    else:
+        code = _CHILD.format(module="train.trainer", name="train", launcher="sharpjax.train")
+        model = make_tiny_model(str(tmp_path / "model"))
+        args = ["--config", "experiments/rl_arithmetic.py:quick:task", f"--config.model_dir={model}",
+                "--workdir", str(tmp_path / "w")]
+        then = "stopped before the next checkpoint; run the same command to resume."
+    child = subprocess.Popen([sys.executable, "-c", code, *args], cwd=root, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    try:
+        for line in child.stdout:
+            if line.startswith("STAGE"):
+                break
+        child.send_signal(signal.SIGTERM)
+        _, err = child.communicate(timeout=60)
+    finally:
+        child.kill()
+    assert child.returncode == 3, err[-2000:]
+    assert err.strip().splitlines()[-1] == f"interrupted by SIGTERM: {then}", err[-2000:]

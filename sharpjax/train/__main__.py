@@ -23,7 +23,7 @@ from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from sharpjax.configs.cli import config_arg, fail, parse_config_flags
-from sharpjax.errors import EXIT_INTERRUPTED, SharpjaxError
+from sharpjax.errors import EXIT_INTERRUPTED, SharpjaxError, exit_interrupted_on_signals
 from sharpjax.train.config import RunConfig
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file (experiments/*.py[:arg]).")
@@ -33,6 +33,12 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
+    # A signal before the training loop (loading, compiling) or a second Ctrl-C in it: exit 3 as well.
+    with exit_interrupted_on_signals("stopped before the next checkpoint; run the same command to resume."):
+        _main(argv)
+
+
+def _main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not flags.FLAGS["verbosity"].present:  # absl raises it to INFO: ~70 orbax lines per checkpoint
@@ -52,7 +58,7 @@ def main(argv):
         check_workdir(_WORKDIR.value)
         if _STOP_AFTER.value is not None and _STOP_AFTER.value < 1:
             fail(f"--stop_after {_STOP_AFTER.value}: must be a step >= 1 (leave it out to train to "
-                  "config.train.steps).")
+                 "config.train.steps).")
         check_model_dir(config_dict.model_dir)
         if config_dict.get("ref_model_dir"):
             check_model_dir(config_dict.ref_model_dir, "config.ref_model_dir")
