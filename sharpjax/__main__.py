@@ -20,7 +20,7 @@ import logging
 import sys
 
 from sharpjax.configs.small_scale import SIZES
-from sharpjax.errors import EXIT_INTERRUPTED, SharpjaxError  # 3: stopped by SIGTERM / Ctrl-C, checkpointed
+from sharpjax.errors import EXIT_INTERRUPTED, SharpjaxError, exit_interrupted_on_signals  # 3: SIGTERM / Ctrl-C
 from sharpjax.reproduce import DEFAULT_INFERENCE_MODES, DEFAULT_MODES, ReproduceConfig, RunInterrupted, parse_seeds, run
 
 
@@ -68,7 +68,9 @@ def main(argv=None) -> None:
     except SharpjaxError as e:
         parser.error(str(e))
     try:
-        run(args.workdir, settings)
+        # Outside RL too (base evaluation, SFT, inference rows): exit 3 like inside it, not 143.
+        with exit_interrupted_on_signals("finished runs and evaluations are kept; run the same command to continue."):
+            run(args.workdir, settings)
     except RunInterrupted as e:
         print(f"interrupted: {e}", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)

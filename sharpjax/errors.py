@@ -13,9 +13,16 @@ what to do.
         |-- CheckpointExistsError     (also a FileExistsError)
         |-- StateMismatchError        restored tree or shapes differ (also a ValueError)
         `-- ModelFileError            a Hugging Face directory with a missing or bad file
+
+And how a launcher stops on a signal: `EXIT_INTERRUPTED`, `exit_interrupted_on_signals`.
 """
 
 from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import threading
 
 __all__ = [
     "CheckpointError",
@@ -25,14 +32,47 @@ __all__ = [
     "ModelFileError",
     "SharpjaxError",
     "StateMismatchError",
+    "Terminated",
     "TrainingDiverged",
     "WorkdirLockedError",
+    "exit_interrupted_on_signals",
 ]
 
 # Exit status of a launcher (`python -m sharpjax`, `python -m sharpjax.train`) stopped by SIGTERM
 # or Ctrl-C after checkpointing: not a success (a scheduler requeues it), not an error (2); the
 # same command resumes the run.
 EXIT_INTERRUPTED = 3
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM outside the training loop: unwinds like Ctrl-C (locks released, temporary files removed)."""
+
+
+@contextlib.contextmanager
+def exit_interrupted_on_signals(then: str):
+    """A launcher's body: SIGTERM raises `Terminated` in the main thread, and a SIGTERM or Ctrl-C
+    that unwinds it prints "interrupted by <signal>: <then>" and exits EXIT_INTERRUPTED (3), as a
+    signal inside the training loop does after its checkpoint.
+
+    Outside the loop (weights loading, compiling, the main job's evaluations, SFT) there is no
+    checkpoint to write: finished results are on disk (written atomically) and a rerun redoes
+    the rest. Without this, SIGTERM's default action killed the process (exit 143: a failure to
+    a scheduler, not a requeue). Inside the loop the trainer's handler takes SIGTERM over (a
+    checkpoint at the next step) and gives it back when the loop ends.
+    """
+    def handle(signum, frame):
+        raise Terminated("SIGTERM")
+
+    main = threading.current_thread() is threading.main_thread()  # signal handlers: main thread only
+    previous = signal.signal(signal.SIGTERM, handle) if main else None
+    try:
+        yield
+    except KeyboardInterrupt as e:
+        print(f"interrupted by {'SIGTERM' if isinstance(e, Terminated) else 'Ctrl-C'}: {then}", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
 
 
 class SharpjaxError(Exception):

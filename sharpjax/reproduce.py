@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import time
 from collections.abc import Sequence
@@ -40,8 +41,11 @@ from sharpjax.rollout.sampler import sampling_config_for
 from sharpjax.sft import resolve_model_dir
 from sharpjax.tasks import arithmetic
 from sharpjax.train.config import RunConfig
+from sharpjax.train.lock import WorkdirLock, check_workdir
 from sharpjax.train.metrics import read_metrics
 from sharpjax.train.trainer import train
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MODES = ("task", "likelihood", "likelihood:fixed", "power-a2", "power-a4", "tilted-a4-b10")
 TEST_SEED = 777_777  # held-out problems: disjoint from SFT (seed 0..), RL train and validation seeds
@@ -196,10 +200,7 @@ def _inference_rows(workdir: str, base_dir: str, problems, settings: ReproduceCo
         identity = {**_eval_identity(results, settings), "mode": mode,
                     "power": None if power is None else dataclasses.asdict(power)}
         path = os.path.join(workdir, INFERENCE_ROW_DIR, f"{mode}.json")
-        saved = None
-        if os.path.exists(path):
-            with open(path) as f:
-                saved = json.load(f)
+        saved = read_saved_json(path)
         if saved is not None and saved.get("eval_settings") == identity:
             rows[mode] = saved["row"]
             say(f"  -- infer:{mode}: already evaluated in {path}; reusing it")
@@ -208,8 +209,7 @@ def _inference_rows(workdir: str, base_dir: str, problems, settings: ReproduceCo
                 + (f" ({power})" if power is not None else ""))
             rows[mode] = _evaluate_inference(base_dir, problems, settings, key, mode)
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(path, "w") as f:
-                json.dump({"eval_settings": identity, "row": rows[mode]}, f, indent=2)
+            write_atomic(path, json.dumps({"eval_settings": identity, "row": rows[mode]}, indent=2))
         row = rows[mode]
         say(f"     pass@1 {row['pass@1']:.3f}, length {row['mean_length']:.1f}, token cost "
             f"{row['token_cost_per_problem']:.0f} ({_cost_ratio(row, results['base']):.1f}x plain sampling)"
@@ -256,7 +256,13 @@ def run(workdir: str, settings: ReproduceConfig = ReproduceConfig(), *, progress
     for mode in settings.modes:  # fail on a typo now, not after the SFT and the first runs
         config = _run_config_dict(settings, mode, seed=settings.seeds[0], base_dir=None)
         RunConfig.from_config_dict(config)
-    os.makedirs(workdir, exist_ok=True)
+    check_workdir(workdir)
+    # One main job per workdir: a second one stops here, not after redoing the base evaluation.
+    with WorkdirLock(workdir):
+        return _run(workdir, settings, progress)
+
+
+def _run(workdir: str, settings: ReproduceConfig, progress: bool) -> dict:
     t0 = time.perf_counter()
     say = print if progress else (lambda *a, **k: None)
     base_name = arithmetic_rl_config(settings.size).model_dir
@@ -302,8 +308,8 @@ def run(workdir: str, settings: ReproduceConfig = ReproduceConfig(), *, progress
                         row["best"] = row["last"]  # the same weights: no second evaluation
                     elif which in out.export_dirs:
                         row[which] = _evaluate_dir(out.export_dirs[which], problems, settings, key)
-                with open(os.path.join(run_dir, ROW_FILE), "w") as f:
-                    json.dump({"eval_settings": identity, "row": row}, f, indent=2)
+                saved = {"eval_settings": identity, "row": row}
+                write_atomic(os.path.join(run_dir, ROW_FILE), json.dumps(saved, indent=2))
                 run_seconds.append(time.perf_counter() - run_start)
             results["runs"][name] = row
             say(f"     last: pass@1 {row['last']['pass@1']:.3f}, length {row['last']['mean_length']:.1f}, "
@@ -314,11 +320,9 @@ def run(workdir: str, settings: ReproduceConfig = ReproduceConfig(), *, progress
 
     results["summary"] = summarize_runs(results, settings)
     results["elapsed_s"] = time.perf_counter() - t0
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump(results, f, indent=2)
+    write_atomic(os.path.join(workdir, "results.json"), json.dumps(results, indent=2))
     table = results_markdown(results)
-    with open(os.path.join(workdir, "results.md"), "w") as f:
-        f.write(table + "\n")
+    write_atomic(os.path.join(workdir, "results.md"), table + "\n")
     figures = write_figures(workdir, results)
     say("[4/4] results (held-out arithmetic, T=1; mean +- std over seeds)\n")
     say(table)
@@ -354,14 +358,43 @@ def _eval_identity(results: dict, settings: ReproduceConfig) -> dict:
 
 def _finished_row(run_dir: str, identity: dict) -> dict | None:
     """The saved evaluation of a finished run, if it was made with the same run config and eval settings."""
-    path = os.path.join(run_dir, ROW_FILE)
-    if not os.path.exists(path):
+    saved = read_saved_json(os.path.join(run_dir, ROW_FILE))
+    if saved is None:
         return None
-    with open(path) as f:
-        saved = json.load(f)
     row = saved.get("row", {})
     # A row without the last policy's evaluation is not finished (e.g. written by older code after a SIGTERM).
     return row if saved.get("eval_settings") == identity and "last" in row else None
+
+
+def write_atomic(path: str, text: str) -> None:
+    """Writes `text` to `path` through a temporary file and a rename: a kill mid-write leaves the
+    previous file (or none), never a truncated one that every rerun would trip on."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def read_saved_json(path: str) -> dict | None:
+    """A results file the job wrote earlier, or None when there is none or it is damaged (an empty
+    or truncated file from older code killed mid-write): then it is redone, with a warning naming it."""
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            saved = json.load(f)
+        if not isinstance(saved, dict):
+            raise ValueError(f"a JSON {type(saved).__name__}, not an object")
+    except (OSError, ValueError) as e:
+        log.warning("%s is damaged (%s); redoing what it held", path, str(e).splitlines()[0] if str(e) else e)
+        return None
+    return saved
 
 
 def summarize_runs(results: dict, settings: ReproduceConfig) -> dict[str, dict[str, tuple[float, float]]]:

@@ -1,6 +1,7 @@
 """sharpjax.plan: the paper models' shapes, closed forms of the analytic plan, the fit check and
 the launcher refusing a run that cannot fit before it loads any weights."""
 
+import dataclasses
 import json
 import math
 import os
@@ -337,3 +338,48 @@ def test_remat_auto_on_an_analytic_plan_of_a_sharded_mesh_is_full(tmp_path):
     choice = choose_remat(run, "h100x2", method="analytic", plan_all=True)
     none = dict(choice.plans)["none"]
     assert none.peak_bytes < 0.01 * none.memory_bytes and choice.policy == "full"  # none fits; not trusted
+
+
+def test_a_run_that_more_micro_batches_fit_is_told_so_not_to_buy_gpus():
+    """Issue 27: llama3b on one H200 with 8 micro-batches: the largest part of the update is the
+    gradients, which only sharding shrinks, so the message said "use a target with more GPUs" though
+    the paper's own 16 micro-batches fit. The knob named must be the one that suffices."""
+    from sharpjax.configs.paper import paper_config
+
+    run = RunConfig.from_config_dict(paper_config("llama3b", "task", target="h200x1"))
+
+    def with_micro(micro):
+        return dataclasses.replace(run, train=dataclasses.replace(run.train, micro_batches=micro, remat="full"))
+
+    plan = plan_run(with_micro(8), "h200x1", method="analytic")
+    with pytest.raises(ConfigError) as e:
+        check_fit(plan, with_micro(8))
+    assert "(largest part: gradients" in str(e.value) and "more GPUs" not in str(e.value)
+    assert str(e.value).endswith("raise config.train.micro_batches (now 8) to 16: that alone fits."), str(e.value)
+    check_fit(plan_run(with_micro(16), "h200x1", method="analytic"), with_micro(16))  # the claim holds
+    # Where no micro-batching fits (the state alone is over the limit), sharding is still the knob.
+    small = plan_run(with_micro(8), "h200x1", method="analytic", memory_bytes=80 * GiB)
+    with pytest.raises(ConfigError, match="use a target with more GPUs"):
+        check_fit(small, with_micro(8))
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--config", "experiments/nope.py:x"],
+     "error: --config experiments/nope.py:x: no such config file 'experiments/nope.py' (see experiments/*.py)."),
+    (["--config", "experiments/rl_math.py:llama3b:task", "--config.plan.foo=1"],
+     "error: --config.plan.foo: no such config field 'foo' (the fields are the sections of "
+     "sharpjax.train.config.RunConfig)."),
+    (["--config", "experiments/rl_math.py:llama3b:task", "--method", "analytic", "--config.plan.device_memory_gb=-1"],
+     "error: config.plan.device_memory_gb=-1.0 must be a finite number of GiB > 0 (None: the target's memory)."),
+    pytest.param(["--config", "experiments/rl_math.py:llama3b:task", "--method", "aot"],
+                 "error: the 'aot' plan needs XLA's compile-only GPU topology from the jax-cuda12 plugin, which does "
+                 "not import here; install the wheels of this jax outside the venv: pip install --target "
+                 "/tmp/aot-site \"jax-cuda12-plugin==", marks=pytest.mark.skipif(aot_available(),
+                                                                                reason="the plugin is installed")),
+], ids=["missing-file", "unknown-field", "negative-memory", "aot-without-plugin"])
+def test_plan_cli_errors_are_one_line(flags, message):
+    """Issue 27: these were tracebacks (exit 1), or a negative device memory was planned against."""
+    out = subprocess.run([sys.executable, "-m", "sharpjax.plan", *flags], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert out.returncode == 2 and out.stderr.strip().splitlines() == [out.stderr.strip()], out.stderr[-2000:]
+    assert out.stderr.strip().startswith(message), out.stderr[-2000:]

@@ -94,12 +94,12 @@ def build_hf_model(family: str, *, tie: bool | None = None, seed: int = 0):
     return model
 
 
-def make_tiny_model(path: str) -> str:
+def make_tiny_model(path: str, *, max_position_embeddings: int = 160) -> str:
     tok = build_char_tokenizer()
     cfg = ModelConfig(model_type="llama", vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_layers=2,
                       num_heads=4, num_kv_heads=2, head_dim=8, tie_word_embeddings=True,
                       bos_token_id=tok.bos_token_id, eos_token_ids=(tok.eos_token_id,), pad_token_id=tok.pad_token_id,
-                      max_position_embeddings=160)
+                      max_position_embeddings=max_position_embeddings)
     save_model(path, init_params(cfg, jax.random.key(0), init_std=0.2), cfg)
     tok.save_pretrained(path)
     return path

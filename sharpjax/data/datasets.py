@@ -24,6 +24,7 @@ This module imports neither jax nor `datasets` (the latter only when a Hub name 
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import json
 import os
@@ -230,42 +231,48 @@ def _read_file(path: Path, *, name: str, limit: int | None) -> list[Problem]:
             "directory holding the benchmark files (or path= to the file itself)."
         )
     problems: list[Problem] = []
-    with open(path, encoding="utf-8") as f:
-        head = f.read(1)
-        while head and head.isspace():
-            head = f.read(1)
-        f.seek(0)
-        if head == "[":  # A JSON array (the DeepScaleR release is one).
+    data = path.read_bytes()
+    # A UTF-8 byte order mark (Windows editors write one) is valid UTF-8 text, not part of line 1.
+    data = data[len(codecs.BOM_UTF8):] if data.startswith(codecs.BOM_UTF8) else data
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ValueError(
+            f"{path}:{line}: not UTF-8 text (byte {data[e.start]:#04x}); save the file as UTF-8."
+        ) from None
+    if text.lstrip()[:1] == "[":  # A JSON array (the DeepScaleR release is one).
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg}).") from None
+        for i, row in enumerate(rows):
+            if limit is not None and len(problems) >= limit:
+                break
+            problems.append(
+                _row_to_problem(
+                    row, where=f"{path}[{i}]", default_id=f"{name}-{i}", default_source=name
+                )
+            )
+    else:
+        # split("\n"), not splitlines(): a JSON string may hold U+2028, which splitlines() splits on.
+        for lineno, line in enumerate(text.split("\n"), start=1):
+            if limit is not None and len(problems) >= limit:
+                break
+            if not line.strip():
+                continue
             try:
-                rows = json.load(f)
+                row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg}).") from None
-            for i, row in enumerate(rows):
-                if limit is not None and len(problems) >= limit:
-                    break
-                problems.append(
-                    _row_to_problem(
-                        row, where=f"{path}[{i}]", default_id=f"{name}-{i}", default_source=name
-                    )
+                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg}).") from None
+            problems.append(
+                _row_to_problem(
+                    row,
+                    where=f"{path}:{lineno}",
+                    default_id=f"{name}-{len(problems)}",
+                    default_source=name,
                 )
-        else:
-            for lineno, line in enumerate(f, start=1):
-                if limit is not None and len(problems) >= limit:
-                    break
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg}).") from None
-                problems.append(
-                    _row_to_problem(
-                        row,
-                        where=f"{path}:{lineno}",
-                        default_id=f"{name}-{len(problems)}",
-                        default_source=name,
-                    )
-                )
+            )
     if not problems and limit != 0:
         raise ValueError(f"{path} holds no problems.")
     _check_unique(problems, str(path))

@@ -7,6 +7,11 @@ once per epoch. The whole state is three integers (epoch, position within the ep
 so a run that saves `state()` with its checkpoint and restores it continues with exactly
 the batches it would have drawn.
 
+`skip` leaves some problems out of every epoch (the trainer's over-long prompts) without
+changing the list the state describes: the permutation is still over all of them, skipped
+items are passed over, so the state and its fingerprint are those of the full list, and a
+checkpoint saved before a skip existed resumes onto the same stream as a fresh run.
+
 Permutations come from a Fisher-Yates shuffle driven by the raw 64-bit output of numpy's
 PCG64 seeded with `SeedSequence([seed, epoch])`. The bit generator's stream is stable across
 numpy versions (NEP 19), unlike `Generator.permutation`'s, and seeding with the pair (not
@@ -17,7 +22,7 @@ numpy versions (NEP 19), unlike `Generator.permutation`'s, and seeding with the 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any, Generic, TypeVar
 
 import numpy as np
@@ -70,6 +75,8 @@ class PromptIterator(Generic[T]):
         several epochs and holds repeats.
       seed: Non-negative int; the same seed gives the same batches.
       shuffle: False: every epoch is the list's own order (still wrapping).
+      skip: Indices into `problems` never drawn (each epoch holds the others once); at
+        least one problem must remain.
 
     Example:
       it = PromptIterator(load_dataset("math_train"), batch_size=32, seed=42)
@@ -79,7 +86,8 @@ class PromptIterator(Generic[T]):
     """
 
     def __init__(
-        self, problems: Sequence[T], *, batch_size: int, seed: int = 0, shuffle: bool = True
+        self, problems: Sequence[T], *, batch_size: int, seed: int = 0, shuffle: bool = True,
+        skip: Collection[int] = (),
     ) -> None:
         if len(problems) == 0:
             raise ValueError(
@@ -87,6 +95,11 @@ class PromptIterator(Generic[T]):
                 "dataset name, data_dir and limit)."
             )
         self._problems = problems
+        self._skip = frozenset(int(i) for i in skip)
+        if any(not 0 <= i < len(problems) for i in self._skip):
+            raise ValueError(f"skip holds indices outside [0, {len(problems)}).")
+        if len(self._skip) == len(problems):
+            raise ValueError(f"every one of the {len(problems)} problems is skipped; nothing is left to train on.")
         self.batch_size = _check_int("batch_size", batch_size, minimum=1)
         self.seed = _check_int("seed", seed, minimum=0)
         self.shuffle = bool(shuffle)
@@ -111,9 +124,14 @@ class PromptIterator(Generic[T]):
         return self._position
 
     @property
+    def num_skipped(self) -> int:
+        """Problems never drawn (`skip`)."""
+        return len(self._skip)
+
+    @property
     def steps_per_epoch(self) -> float:
-        """len(problems) / batch_size: batches per epoch (fractional: tails wrap)."""
-        return self.num_problems / self.batch_size
+        """Drawn problems / batch_size: batches per epoch (fractional: tails wrap)."""
+        return (self.num_problems - self.num_skipped) / self.batch_size
 
     def _order(self, epoch: int) -> np.ndarray:
         if self._perm_epoch != epoch:
@@ -133,7 +151,7 @@ class PromptIterator(Generic[T]):
         while len(out) < self.batch_size:
             order = self._order(self._epoch)
             take = min(self.batch_size - len(out), n - self._position)
-            out.extend(order[self._position : self._position + take].tolist())
+            out.extend(i for i in order[self._position : self._position + take].tolist() if i not in self._skip)
             self._position += take
             if self._position == n:
                 self._epoch += 1

@@ -24,6 +24,7 @@ import argparse
 import dataclasses
 import functools
 import json
+import math
 import os
 import sys
 import time
@@ -144,7 +145,14 @@ def main(argv: list[str] | None = None) -> dict:
             parser.error(f"{flag} {value}: must be a positive integer.")
     if args.limit is not None and args.limit < 1:
         parser.error(f"--limit {args.limit}: must be a positive integer (leave it out for every problem).")
-    ks = tuple(int(k) for k in args.ks.split(","))
+    _check_numbers(parser, args)
+    try:
+        ks = tuple(int(k) for k in args.ks.split(","))
+    except ValueError:
+        ks = ()
+    if not ks or min(ks) < 1:
+        parser.error(f"--ks {args.ks}: expected positive integers separated by commas (e.g. 1,2,4,8,16).")
+    _check_out(parser, args.out)
     data_dir = args.data_dir or os.environ.get("SHARPJAX_DATA_DIR")
     # Data first: a bad benchmark name fails in a second, not after loading the model.
     benchmarks = load_benchmarks(names, data_files=data_files, data_dir=data_dir, limit=args.limit)
@@ -164,15 +172,22 @@ def main(argv: list[str] | None = None) -> dict:
         except ValueError as e:
             parser.error(f"--sampler {args.sampler}: {e}")
 
+    from sharpjax.errors import SharpjaxError
+    from sharpjax.models.hf import check_model_files, load_model
+    from sharpjax.models.tokenizer import load_tokenizer
+
+    try:  # a missing or corrupt model file (weights' headers, tokenizer, chat template): one line, before the weights
+        check_model_files(args.model)
+        tokenizer = load_tokenizer(args.model)
+    except SharpjaxError as e:
+        parser.error(f"--model {args.model}: {e}")
+
     import jax
 
     from sharpjax.eval.harness import check_context, default_render_fn, evaluate
-    from sharpjax.models.hf import load_model
-    from sharpjax.models.tokenizer import load_tokenizer
     from sharpjax.rollout import sampling_config_for
 
     params, config = load_model(args.model, dtype=args.dtype)
-    tokenizer = load_tokenizer(args.model)
     sampling = sampling_config_for(
         config, tokenizer, max_new_tokens=args.max_new_tokens, num_samples=args.n, temperature=args.temperature,
         top_p=args.top_p, top_k=args.top_k, ignore_eos=args.ignore_eos,
@@ -224,12 +239,55 @@ def main(argv: list[str] | None = None) -> dict:
     if power is not None:
         meta["power"] = {"sampler": args.sampler, **dataclasses.asdict(power)}
     extra = {**meta, **({"records": records} if args.save_responses else {})}
-    text = results_to_json(table, args.out, **extra)
+    # The table first: whatever happens to --out, the evaluation is on the screen.
     print(results_to_markdown(table))
     print("token cost per problem: " + ", ".join(f"{n} {s['token_cost_per_problem']:.0f}" for n, s in table.items()))
+    sys.stdout.flush()
+    try:
+        text = results_to_json(table, args.out, **extra)
+    except OSError as e:
+        raise SystemExit(f"error: --out {args.out}: cannot write it ({e.strerror}); the table above is the result.")
     if args.out:
         print(f"wrote {args.out}", file=sys.stderr)
     return json.loads(text)
+
+
+def _check_numbers(parser: argparse.ArgumentParser, args) -> None:
+    """Every numeric flag finite and in range, one line each, before any data or model loads
+    (`--temperature nan` sampled empty responses; `--alpha inf` failed late inside JAX)."""
+    from sharpjax.rewards.pool import MAX_TIMEOUT_S
+
+    checks = (
+        ("--temperature", args.temperature, 0 < args.temperature < math.inf, "a finite number > 0"),
+        ("--top_p", args.top_p, 0 < args.top_p <= 1, "in (0, 1]"),
+        ("--top_k", args.top_k, args.top_k >= 0, "an integer >= 0 (0 = off)"),
+        ("--alpha", args.alpha, 0 < args.alpha < math.inf, "a finite number > 0"),
+        ("--verify_timeout", args.verify_timeout, 0 < args.verify_timeout <= MAX_TIMEOUT_S,
+         f"in (0, {MAX_TIMEOUT_S:g}] seconds"),
+        ("--seed", args.seed, args.seed >= 0, "an integer >= 0"),
+        ("--maj_draws", args.maj_draws, args.maj_draws is None or args.maj_draws >= 1, "a positive integer"),
+        ("--num_workers", args.num_workers, args.num_workers is None or args.num_workers >= 0,
+         "an integer >= 0 (0 = in this process)"),
+        ("--block-size", args.block_size, args.block_size >= 1, "a positive integer"),
+        ("--mh-steps", args.mh_steps, args.mh_steps >= 0, "an integer >= 0"),
+        ("--particles", args.particles, args.particles >= 1, "a positive integer"),
+    )
+    for flag, value, ok, expected in checks:
+        if not ok:  # NaN fails every comparison, so it lands here too
+            parser.error(f"{flag} {value}: must be {expected}.")
+
+
+def _check_out(parser: argparse.ArgumentParser, out: str | None) -> None:
+    """--out can be written, checked before the model loads (an error after sampling lost it all)."""
+    if out is None:
+        return
+    if os.path.isdir(out):
+        parser.error(f"--out {out}: is a directory; give a file path.")
+    parent = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(parent):
+        parser.error(f"--out {out}: the directory {parent} does not exist; create it first.")
+    if not os.access(parent, os.W_OK | os.X_OK) or (os.path.exists(out) and not os.access(out, os.W_OK)):
+        parser.error(f"--out {out}: not writable by this user; give another path.")
 
 
 if __name__ == "__main__":

@@ -90,14 +90,10 @@ def load_config(model_dir: str, *, dtype: str | None = None) -> ModelConfig:
     path = os.path.join(model_dir, "config.json")
     if not os.path.isfile(path):
         raise ModelFileError(f"{path} not found: a Hugging Face model directory needs config.json.")
-    hf = _read_json(path, "config.json")
-    if not isinstance(hf, dict):
-        raise ModelFileError(f"{path} holds a JSON {type(hf).__name__}, not an object: the file is corrupt; "
-                             "re-download or re-export the model directory.")
-    return ModelConfig.from_hf_dict(hf, dtype=dtype, source=path)
+    return ModelConfig.from_hf_dict(read_json_object(path, "config.json"), dtype=dtype, source=path)
 
 
-def _read_json(path: str, what: str):
+def read_json(path: str, what: str):
     """A model directory's JSON file; a corrupt one is a ModelFileError naming it."""
     try:
         with open(path, encoding="utf-8") as f:
@@ -107,6 +103,15 @@ def _read_json(path: str, what: str):
             f"{path} is not valid JSON ({e}): the model directory's {what} is corrupt or truncated; "
             "re-download or re-export it."
         ) from None
+
+
+def read_json_object(path: str, what: str) -> dict:
+    """`read_json` of a file that must hold a JSON object (config.json, sft_info.json)."""
+    value = read_json(path, what)
+    if not isinstance(value, dict):
+        raise ModelFileError(f"{path} holds a JSON {type(value).__name__}, not an object: the file is corrupt; "
+                             "re-download or re-export the model directory.")
+    return value
 
 
 def _open_safetensors(path: str):
@@ -127,7 +132,7 @@ class _TensorReader:
         index_path = os.path.join(model_dir, INDEX_FILE)
         single_path = os.path.join(model_dir, SINGLE_FILE)
         if os.path.isfile(index_path):
-            index = _read_json(index_path, INDEX_FILE)
+            index = read_json(index_path, INDEX_FILE)
             weight_map = index.get("weight_map") if isinstance(index, dict) else None
             if not isinstance(weight_map, dict):
                 raise ModelFileError(f"{index_path} has no 'weight_map' object: the index is corrupt; re-export it.")
@@ -263,15 +268,40 @@ def save_model(
         shards[-1][name] = value
         size += value.nbytes
     if len(shards) == 1:
-        safetensors.numpy.save_file(shards[0], os.path.join(model_dir, SINGLE_FILE), metadata={"format": "pt"})
+        _save_safetensors(shards[0], os.path.join(model_dir, SINGLE_FILE))
     else:
         weight_map = {}
         for i, shard in enumerate(shards):
             fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-            safetensors.numpy.save_file(shard, os.path.join(model_dir, fname), metadata={"format": "pt"})
+            _save_safetensors(shard, os.path.join(model_dir, fname))
             weight_map |= {name: fname for name in shard}
         total = sum(v.nbytes for v in state.values())
         with open(os.path.join(model_dir, INDEX_FILE), "w") as f:
             json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
     with open(os.path.join(model_dir, "config.json"), "w") as f:
         json.dump(config.to_hf_dict(), f, indent=2)
+
+
+def _save_safetensors(tensors: dict[str, np.ndarray], path: str) -> None:
+    """`safetensors.numpy.save_file`, with the permissions of any file the user writes.
+
+    safetensors writes through a private temporary file (mode 0600) that it renames: the weights
+    of an export were unreadable by the group that can read every other file of the run.
+    """
+    safetensors.numpy.save_file(tensors, path, metadata={"format": "pt"})
+    os.chmod(path, 0o666 & ~_umask())
+
+
+def _umask() -> int:
+    """The process's umask: read from /proc where Linux reports it (setting it to read it back
+    would change it for a moment under every thread)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

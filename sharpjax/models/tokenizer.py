@@ -11,10 +11,13 @@ from __future__ import annotations
 import os
 import string
 
+import jinja2
 import numpy as np
 import tokenizers
 import transformers
 from tokenizers import decoders, models, pre_tokenizers
+
+from sharpjax.errors import ModelFileError
 
 PAD, BOS, EOS = "<|pad|>", "<|bos|>", "<|end|>"
 USER, ASSISTANT, SYSTEM = "<|user|>", "<|assistant|>", "<|system|>"
@@ -54,16 +57,78 @@ def build_char_tokenizer(alphabet: str = DEFAULT_ALPHABET) -> transformers.PreTr
     )
 
 
+# The files a tokenizer is read from: the fast one (tokenizer.json), its settings, the chat
+# template, and the vocabularies a slow tokenizer is converted from when tokenizer.json is absent.
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
+SLOW_TOKENIZER_FILES = ("tokenizer.model", "spiece.model", "vocab.json", "vocab.txt")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", CHAT_TEMPLATE_FILE, "chat_template.json",
+                   *SLOW_TOKENIZER_FILES)
+_REFETCH = "re-copy the tokenizer files from the model it was made from"
+
+
 def load_tokenizer(model_dir: str) -> transformers.PreTrainedTokenizerBase:
-    """`AutoTokenizer` from a local model directory, left padding, pad token guaranteed."""
+    """`AutoTokenizer` from a local model directory, left padding, pad token guaranteed.
+
+    A missing, truncated or corrupt tokenizer file or chat template is a one-line ModelFileError
+    naming the file (transformers' own errors name none, or ask to install sentencepiece).
+    """
     if not os.path.isdir(model_dir):
         raise FileNotFoundError(f"{model_dir} is not a directory: expected a Hugging Face model directory.")
-    tok = transformers.AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    _check_tokenizer_files(model_dir)
+    try:
+        tok = transformers.AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    except Exception as e:  # noqa: BLE001 - transformers raises ValueError, KeyError, OSError... for a bad file
+        raise ModelFileError(f"{model_dir}: its tokenizer cannot be loaded ({_one_line(e)}); {_REFETCH}.") from None
     tok.padding_side = "left"
     if tok.pad_token is None:
         # Llama 3 ships without a pad token; padding is masked anyway, any id works.
         tok.pad_token = tok.eos_token
+    if getattr(tok, "chat_template", None):
+        # transformers compiles the template at the first render: a truncated one would fail
+        # there, after the model loaded. Render a turn now, as `render_chat` will.
+        try:
+            render_chat(tok, "1 + 1")
+        except jinja2.TemplateError as e:
+            template = os.path.join(model_dir, CHAT_TEMPLATE_FILE)
+            source = template if os.path.exists(template) else os.path.join(model_dir, "tokenizer_config.json")
+            where = f", line {e.lineno}" if getattr(e, "lineno", None) else ""
+            raise ModelFileError(f"{source}: the chat template is not valid Jinja ({_one_line(e)}{where}): the file "
+                                 f"is truncated or corrupt; {_REFETCH}.") from None
     return tok
+
+
+def _check_tokenizer_files(model_dir: str) -> None:
+    """ModelFileError naming the first tokenizer file of `model_dir` that is missing or cannot be read."""
+    from sharpjax.models.hf import read_json
+
+    path = os.path.join(model_dir, "tokenizer.json")
+    if not os.path.isfile(path):
+        if not any(os.path.isfile(os.path.join(model_dir, f)) for f in SLOW_TOKENIZER_FILES):
+            raise ModelFileError(f"{path} not found: the model directory has no tokenizer; copy tokenizer.json and "
+                                 "tokenizer_config.json from the model it was made from (save_pretrained writes them).")
+    else:
+        try:
+            tokenizers.Tokenizer.from_file(path)
+        except Exception as e:  # noqa: BLE001 - tokenizers raises a bare Exception with serde's message
+            raise ModelFileError(f"{path} cannot be read as a tokenizer ({_one_line(e)}): the file is truncated or "
+                                 f"corrupt; {_REFETCH}.") from None
+    for name in ("tokenizer_config.json", "chat_template.json"):
+        if os.path.isfile(os.path.join(model_dir, name)):
+            read_json(os.path.join(model_dir, name), name)
+    path = os.path.join(model_dir, CHAT_TEMPLATE_FILE)
+    if os.path.isfile(path):
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except UnicodeDecodeError as e:
+            raise ModelFileError(f"{path} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}): "
+                                 f"the chat template is corrupt; {_REFETCH}.") from None
+        if not text.strip():
+            raise ModelFileError(f"{path} is empty: the chat template is truncated; {_REFETCH}.")
+
+
+def _one_line(e: Exception) -> str:
+    return " ".join(line.strip() for line in str(e).splitlines() if line.strip()) or type(e).__name__
 
 
 def render_chat(tokenizer: transformers.PreTrainedTokenizerBase, user_message: str) -> str:

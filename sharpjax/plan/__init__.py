@@ -251,6 +251,20 @@ def aot_available() -> bool:
         return False
 
 
+_AOT_MISSING = (
+    "the 'aot' plan needs XLA's compile-only GPU topology from the jax-cuda12 plugin, which does not import here; "
+    "install the wheels of this jax outside the venv: pip install --target /tmp/aot-site \"jax-cuda12-plugin=={v}\" "
+    "\"jax-cuda12-pjrt=={v}\", then run with JAX_PLATFORMS=cpu JAX_SKIP_CUDA_CONSTRAINTS_CHECK=1 "
+    "PYTHONPATH=/tmp/aot-site (or use the analytic plan: --method analytic, config.plan.method='analytic')."
+)
+
+
+def _jax_version() -> str:
+    import jax
+
+    return jax.__version__
+
+
 def plan_run(
     run: RunConfig, target: Target | str, *, method: str = "auto", model: ModelConfig | None = None,
     memory_bytes: int | None = None, prompt_len: int | None = None,
@@ -270,6 +284,8 @@ def plan_run(
         method = "aot" if aot_available() else "analytic"
     notes = ()
     if method == "aot":
+        if not aot_available():  # else a NotImplementedError traceback from deep inside jax
+            raise ConfigError(_AOT_MISSING.format(v=_jax_version()))
         programs, notes = _aot_programs(run, model, target, shapes)
     elif method == "analytic":
         programs = _analytic_programs(run, model, shapes)
@@ -291,12 +307,32 @@ def check_fit(plan: Plan, run: RunConfig, *, max_fraction: float = 0.9) -> None:
     p = max(over, key=lambda q: q.peak_bytes / limit)
     parts = dict(_analytic_parts(run, plan.model, plan.shapes)[p.name])
     big = max(parts, key=parts.get)
+    knob = _knob(p.name, big, run, plan.target)
+    # The largest part may be one more GPUs would shard while fewer rows per micro-batch already fit:
+    # then that is the knob (no new hardware).
+    micro = _micro_batches_that_fit(plan, run, p, limit) if [q.name for q in over] == ["train_step"] else None
+    if micro is not None:
+        knob = f"raise config.train.micro_batches (now {plan.shapes.micro_batches}) to {micro}: that alone fits"
     raise ConfigError(
         f"the run does not fit on {plan.target.name}: {p.name} needs {p.peak_bytes / GiB:.1f} GiB per device "
         f"({plan.method} plan), over {max_fraction:.0%} of {plan.memory_bytes / GiB:.1f} GiB "
         f"(largest part{' by the closed form' if plan.method != 'analytic' else ''}: {big}, "
-        f"{parts[big] / GiB:.1f} GiB); {_knob(p.name, big, run, plan.target)}."
+        f"{parts[big] / GiB:.1f} GiB); {knob}."
     )
+
+
+def _micro_batches_that_fit(plan: Plan, run: RunConfig, step: ProgramPlan, limit: float) -> int | None:
+    """The smallest valid config.train.micro_batches above the run's that brings the train step
+    under `limit` bytes (None: none does). The peak moves by the closed form's change: exact for
+    an analytic plan, an estimate for an AOT one."""
+    s = plan.shapes
+    total = lambda shapes: sum(b for _, b in _analytic_parts(run, plan.model, shapes)["train_step"])  # noqa: E731
+    now = total(s)
+    rows = s.rows // s.batch_shards  # per shard: each micro-batch splits them evenly (`RunConfig.check_against`)
+    for micro in range(s.micro_batches + 1, rows + 1):
+        if rows % micro == 0 and step.peak_bytes - now + total(dataclasses.replace(s, micro_batches=micro)) <= limit:
+            return micro
+    return None
 
 
 # ---- remat="auto" ------------------------------------------------------------------------

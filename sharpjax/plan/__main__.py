@@ -16,6 +16,8 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from sharpjax.configs.cli import parse_config_flags
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file (experiments/*.py[:arg]).")
 _TARGET = flags.DEFINE_string("target", None, "GPU target, e.g. h100x4, h200x1 (default: config.plan.target).")
 _METHOD = flags.DEFINE_enum("method", None, ["auto", "aot", "analytic"], "default: config.plan.method (auto).")
@@ -91,4 +93,4 @@ def plan_to_dict(plan) -> dict:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_config_flags)

@@ -24,6 +24,7 @@ import collections
 import logging
 import multiprocessing.connection as mp_connection
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -58,6 +59,9 @@ def _worker_main(fd: int) -> None:
     away) or None."""
     from sharpjax.rewards import math as rmath
 
+    # Ctrl-C in a terminal signals the whole process group: the parent handles it (a checkpoint
+    # at the step's end), which needs its workers alive until then.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     conn = mp_connection.Connection(fd)
     rmath._mv()  # Import math-verify before reporting ready, so start-up is not timed.
     logging.getLogger("math_verify").setLevel(logging.ERROR)
@@ -134,6 +138,11 @@ class _Worker:
             self.conn.close()
 
 
+# The largest per-item deadline accepted: far beyond any answer check, and far below the
+# ~2.1e6 s (2**31 ms) past which waiting on the workers overflows.
+MAX_TIMEOUT_S = 3600.0
+
+
 def default_num_workers() -> int:
     """Number of verifier processes by default: the usable CPUs, at most 8."""
     try:
@@ -174,6 +183,24 @@ class VerifierPool:
     def _ensure(self, n: int) -> None:
         while len(self._workers) < min(n, self.num_workers):
             self._workers.append(_Worker())
+
+    def _check_start_failure(self, w: _Worker) -> None:
+        """Raises when workers keep exiting with an error before they are ready (a broken
+        interpreter); one killed by a signal (a process-group SIGTERM, the OOM killer) is not that."""
+        if w.ready:
+            return
+        try:
+            code = w.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            return
+        if code is not None and code < 0:
+            return
+        self._start_failures += 1
+        if self._start_failures >= self._MAX_START_FAILURES:
+            raise RuntimeError(
+                "verifier worker processes exit at start-up (see their stderr above); check that "
+                f"`python -c 'import sharpjax.rewards.math, math_verify'` works with {sys.executable}."
+            ) from None
 
     def _replace(self, w: _Worker) -> None:
         w.kill()
@@ -226,73 +253,84 @@ class VerifierPool:
         def fail(i: int, reason: VerifyReason) -> None:
             results[i] = VerifyResult(0.0, reason, extracted[i], canonical[i])
 
+        # Items whose worker died under them: retried once (the death was most likely a signal
+        # or the OOM killer, not the item); a second death scores the item PARSE_ERROR.
+        retried: set[int] = set()
+
+        def send(w: _Worker, i: int, now: float) -> bool:
+            """Gives item i to idle worker w; False (w replaced, i back in front) if w is dead."""
+            try:
+                w.conn.send(
+                    (i, responses[i], refs[i], verifier, fallback, timeout_s if self.soft_timeout else None)
+                )
+            except OSError:  # died while idle (a signal, the OOM killer): BrokenPipeError
+                logger.warning("verifier worker %d died while idle; replacing it", w.pid)
+                pending.appendleft(i)
+                self._replace(w)
+                return False
+            w.task = i
+            w.deadline = now + timeout_s + self.grace_s
+            return True
+
         with self._lock:
             self._ensure(n)
             remaining = n
-            while remaining:
-                now = time.monotonic()
-                for w in self._workers:
-                    if w.ready and w.task is None and pending:
-                        i = pending.popleft()
-                        w.conn.send(
-                            (
-                                i,
-                                responses[i],
-                                refs[i],
-                                verifier,
-                                fallback,
-                                timeout_s if self.soft_timeout else None,
-                            )
-                        )
-                        w.task = i
-                        w.deadline = now + timeout_s + self.grace_s
-                busy = [w.deadline for w in self._workers if w.task is not None]
-                wait_s = max(0.0, min(busy) - now) if busy else 30.0
-                conns = [w.conn for w in self._workers]
-                ready_conns = set(mp_connection.wait(conns, timeout=wait_s))
-                for w in list(self._workers):
-                    if w.conn not in ready_conns:
-                        continue
-                    try:
-                        msg = w.conn.recv()
-                    except (EOFError, OSError):
-                        if not w.ready:
-                            self._start_failures += 1
-                            if self._start_failures >= self._MAX_START_FAILURES:
-                                raise RuntimeError(
-                                    "verifier worker processes exit at start-up (see their "
-                                    "stderr above); check that `python -c 'import "
-                                    "sharpjax.rewards.math, math_verify'` works with "
-                                    f"{sys.executable}."
-                                ) from None
-                        logger.warning("verifier worker %d died; replacing it", w.pid)
-                        if w.task is not None:
-                            fail(w.task, VerifyReason.PARSE_ERROR)
-                            remaining -= 1
-                        self._replace(w)
-                        continue
-                    if msg == _READY:
-                        w.ready = True
-                        self._start_failures = 0
-                        continue
-                    if msg[0] == _EXTRACTED:
-                        _, i, extracted[i], canonical[i] = msg
-                        continue
-                    _, i, (score, reason, ext, canon) = msg
-                    results[i] = VerifyResult(score, VerifyReason(reason), ext, canon)
-                    w.task = None
-                    remaining -= 1
-                now = time.monotonic()
-                for w in list(self._workers):
-                    if w.task is not None and now > w.deadline:
-                        logger.warning(
-                            "verification exceeded %.1fs (hard deadline); killing worker %d",
-                            timeout_s + self.grace_s,
-                            w.pid,
-                        )
-                        fail(w.task, VerifyReason.TIMEOUT)
+            try:
+                while remaining:
+                    now = time.monotonic()
+                    for w in list(self._workers):
+                        if w.ready and w.task is None and pending:
+                            send(w, pending.popleft(), now)
+                    busy = [w.deadline for w in self._workers if w.task is not None]
+                    wait_s = max(0.0, min(busy) - now) if busy else 30.0
+                    conns = [w.conn for w in self._workers]
+                    ready_conns = set(mp_connection.wait(conns, timeout=wait_s))
+                    for w in list(self._workers):
+                        if w.conn not in ready_conns:
+                            continue
+                        try:
+                            msg = w.conn.recv()
+                        except (EOFError, OSError):
+                            self._check_start_failure(w)
+                            logger.warning("verifier worker %d died; replacing it", w.pid)
+                            if w.task is not None:
+                                if w.task in retried:
+                                    fail(w.task, VerifyReason.PARSE_ERROR)
+                                    remaining -= 1
+                                else:
+                                    retried.add(w.task)
+                                    pending.appendleft(w.task)
+                            self._replace(w)
+                            continue
+                        if msg == _READY:
+                            w.ready = True
+                            self._start_failures = 0
+                            continue
+                        if msg[0] == _EXTRACTED:
+                            _, i, extracted[i], canonical[i] = msg
+                            continue
+                        _, i, (score, reason, ext, canon) = msg
+                        results[i] = VerifyResult(score, VerifyReason(reason), ext, canon)
+                        w.task = None
                         remaining -= 1
+                    now = time.monotonic()
+                    for w in list(self._workers):
+                        if w.task is not None and now > w.deadline:
+                            logger.warning(
+                                "verification exceeded %.1fs (hard deadline); killing worker %d",
+                                timeout_s + self.grace_s,
+                                w.pid,
+                            )
+                            fail(w.task, VerifyReason.TIMEOUT)
+                            remaining -= 1
+                            self._replace(w)
+            except BaseException:
+                # A worker still busy with this call's item would answer the next call with it:
+                # replace those, so an interrupted call (Ctrl-C) leaves the pool usable.
+                for w in list(self._workers):
+                    if w.task is not None:
                         self._replace(w)
+                raise
         return results  # type: ignore[return-value]
 
 
@@ -304,8 +342,8 @@ def _check_batch(responses, references, timeout_s, verifier, fallback) -> list[s
             f"{len(references)}; pass one reference per response (repeat a problem's "
             "reference for each of its samples)."
         )
-    if not timeout_s > 0:
-        raise ValueError(f"timeout_s must be > 0, got {timeout_s}.")
+    if not 0 < timeout_s <= MAX_TIMEOUT_S:
+        raise ValueError(f"timeout_s must be in (0, {MAX_TIMEOUT_S:g}] seconds, got {timeout_s}.")
     check_modes(verifier, fallback)
     for r in responses:
         if not isinstance(r, str):

@@ -27,6 +27,13 @@ def encode_prompts(
     return left_pad(ids, pad_id=tokenizer.pad_token_id, length=length)
 
 
+def prompt_lengths(tokenizer, texts: list[str]) -> list[int]:
+    """Tokens of each rendered prompt as `encode_prompts` counts them (no special tokens added)."""
+    if not texts:
+        return []
+    return [len(x) for x in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+
+
 def decode_responses(tokenizer, rollout: RolloutBatch) -> list[str]:
     """The response text of every row (prompt, padding and stop token stripped)."""
     tokens = to_host(rollout.tokens)

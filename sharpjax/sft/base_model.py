@@ -24,9 +24,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from sharpjax.errors import ConfigError
+from sharpjax.errors import ConfigError, ModelFileError
 from sharpjax.models.config import ModelConfig
-from sharpjax.models.hf import save_model
+from sharpjax.models.hf import read_json_object, save_model
 from sharpjax.models.transformer import Params
 from sharpjax.sft.config import SFTConfig
 from sharpjax.sft.train import split_problems, train
@@ -146,17 +146,20 @@ def measure_accuracy(
 
 
 def load_sft_info(model_dir: str) -> dict[str, Any] | None:
-    """The sft_info.json of a model directory, or None when there is none (or it is unreadable)."""
+    """The sft_info.json of a model directory, or None when there is none.
+
+    Raises ModelFileError naming the file when it is there but truncated or corrupt.
+    """
     path = os.path.join(model_dir, INFO_FILE)
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, json.JSONDecodeError):
-        return None
+    return read_json_object(path, INFO_FILE) if os.path.exists(path) else None
 
 
 def _is_cached(out_dir: str, config: SFTConfig) -> bool:
-    info = load_sft_info(out_dir)
+    try:
+        info = load_sft_info(out_dir)
+    except ModelFileError as e:  # a cache directory: a damaged one is trained again, not an error
+        log.warning("SFT: %s; training the base model again", e)
+        return False
     if info is None or info.get("format_version") != FORMAT_VERSION or info.get("config") != config.to_dict():
         return False
     return all(os.path.exists(os.path.join(out_dir, f)) for f in ("config.json", "model.safetensors", "tokenizer.json"))
@@ -253,7 +256,7 @@ def shipped_model_dir(size: str) -> str:
 def _mismatch(info: dict[str, Any] | None, config: SFTConfig) -> str | None:
     """Why a model directory's sft_info.json does not record `config` (None: it does)."""
     if info is None:
-        return f"it has no readable {INFO_FILE}"
+        return f"it has no {INFO_FILE}"
     if info.get("format_version") != FORMAT_VERSION:
         return f"it was trained by SFT code of format {info.get('format_version')}, this code is {FORMAT_VERSION}"
     stored, wanted = info.get("config") or {}, config.to_dict()
@@ -287,7 +290,12 @@ def resolve_model_dir(model_dir: str, *, retrain: bool = False) -> str:
     if retrain:
         return train_base_model(cached, config)
     shipped = shipped_model_dir(size)
-    why = _mismatch(load_sft_info(shipped), config)
+    try:
+        why = _mismatch(load_sft_info(shipped), config)
+    except ModelFileError:  # damaged package data: a model retrained here still serves, else say which file
+        if not _is_cached(cached, config):
+            raise
+        why = f"its {INFO_FILE} is damaged"
     if why is None:
         return shipped
     if _is_cached(cached, config):
@@ -310,7 +318,8 @@ def _not_a_model_dir(model_dir: str, field: str) -> ConfigError:
 
 def check_model_dir(model_dir: str, field: str = "config.model_dir") -> None:
     """Raises ConfigError unless `model_dir` is `sft:<known size>` or an existing directory (no training),
-    and ModelFileError when that directory's config.json or safetensors files are missing or corrupt."""
+    and ModelFileError when that directory's config.json, safetensors, tokenizer files, chat template
+    or sft_info.json are corrupt (or missing, for config.json)."""
     if model_dir.startswith("sft:"):
         from sharpjax.configs.small_scale import sft_config
 
@@ -319,9 +328,15 @@ def check_model_dir(model_dir: str, field: str = "config.model_dir") -> None:
         raise _not_a_model_dir(model_dir, field)
     else:
         from sharpjax.models.hf import check_model_files
+        from sharpjax.models.tokenizer import TOKENIZER_FILES, load_tokenizer
 
         # A corrupt config.json or a corrupt / truncated safetensors file: ModelFileError naming it.
         check_model_files(model_dir, weights_required=False)
+        # Likewise a tokenizer file, the chat template or sft_info.json. A directory with no tokenizer
+        # at all passes, as one without weights does (a fit check needs config.json only).
+        if any(os.path.exists(os.path.join(model_dir, f)) for f in TOKENIZER_FILES):
+            load_tokenizer(model_dir)
+        load_sft_info(model_dir)
 
 
 def resolve_model_dirs(config_dict):

@@ -373,16 +373,21 @@ def render(tokenizer, problem: ArithmeticProblem | str) -> str:
 
 def difficulty_for(name: str, model_dir: str) -> Difficulty:
     """"auto": the difficulty the base model was trained on (its sft_info.json), else the default."""
-    import json
     import os
 
     if name == "default":
         return Difficulty()
     if name == "auto":
+        from sharpjax.errors import ModelFileError
+        from sharpjax.models.hf import read_json_object
+
         info_path = os.path.join(model_dir, "sft_info.json")
         if os.path.exists(info_path):
-            with open(info_path) as f:
-                return Difficulty.from_dict(json.load(f)["config"]["difficulty"])
+            recorded = read_json_object(info_path, "sft_info.json").get("config")
+            if not isinstance(recorded, dict) or not isinstance(recorded.get("difficulty"), dict):
+                raise ModelFileError(f"{info_path} has no config.difficulty object: the file is corrupt; "
+                                     "re-copy it, or set config.data.difficulty='default'.")
+            return Difficulty.from_dict(recorded["difficulty"])
         return Difficulty()
     from sharpjax.errors import ConfigError
 

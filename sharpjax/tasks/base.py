@@ -9,7 +9,7 @@ validation, the evaluation harness and the results table.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import numpy as np
@@ -45,7 +45,8 @@ class Task:
         """The task reward per response: [N] float32 in {0, 1}."""
         return np.asarray([r.score for r in self.verify(responses, answers)], np.float32)
 
-    def train_iterator(self, batch_size: int, seed: int):
+    def train_iterator(self, batch_size: int, seed: int, *, skip: Collection[int] = ()):
+        """Seeded batches of `train`; the indices in `skip` are never drawn (`PromptIterator`)."""
         from sharpjax.data import PromptIterator
 
-        return PromptIterator(self.train, batch_size=batch_size, seed=seed)
+        return PromptIterator(self.train, batch_size=batch_size, seed=seed, skip=skip)

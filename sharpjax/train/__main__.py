@@ -11,7 +11,6 @@ under SLURM / Open MPI / TPU), every process runs this same command.
 
 import logging
 import os
-import re
 import sys
 
 # The fit check (and train.remat="auto") allows a program up to config.plan.max_memory_fraction
@@ -23,7 +22,8 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from sharpjax.errors import EXIT_INTERRUPTED, SharpjaxError
+from sharpjax.configs.cli import config_arg, fail, parse_config_flags
+from sharpjax.errors import EXIT_INTERRUPTED, SharpjaxError, exit_interrupted_on_signals
 from sharpjax.train.config import RunConfig
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file (experiments/*.py[:arg]).")
@@ -32,50 +32,13 @@ _STOP_AFTER = flags.DEFINE_integer("stop_after", None, "checkpoint and exit afte
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def _fail(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
-def _config_arg(argv) -> str | None:
-    for i, arg in enumerate(argv):
-        if arg.startswith("--config="):
-            return arg.split("=", 1)[1]
-        if arg == "--config" and i + 1 < len(argv):
-            return argv[i + 1]
-    return None
-
-
-def _parse_flags(argv):
-    """absl's flag parsing, with a config file, preset or field that does not exist as one line."""
-    config = _config_arg(argv)
-    if config is not None and not os.path.isfile(config.split(":", 1)[0]):
-        _fail(f"--config {config}: no such config file {config.split(':', 1)[0]!r} (see experiments/*.py).")
-    try:
-        return flags.FLAGS(argv)
-    except Exception as e:  # noqa: BLE001 - config_flags raises AttributeError, KeyError, flags.Error, ...
-        # config_flags re-raises a config file's error as the same type with its traceback in the
-        # message: the innermost one is the user's.
-        chain, cause = [], e
-        while cause is not None and len(chain) < 20:
-            chain.append(cause)
-            cause = cause.__cause__ or cause.__context__
-        ours = [c for c in chain if isinstance(c, SharpjaxError)]
-        if ours:
-            _fail(str(ours[-1]))
-        if isinstance(e, (AttributeError, KeyError)):  # an override of a field that does not exist
-            quoted = re.findall(r"'([A-Za-z0-9_]+)", str(e))
-            name = quoted[0] if quoted else str(e)
-            flag = next((a.split("=", 1)[0] for a in argv if a.startswith("--config.")
-                         and name in a.split("=", 1)[0].split(".")), f"--config...{name}")
-            _fail(f"{flag}: no such config field {name!r} (the fields are the sections of "
-                  "sharpjax.train.config.RunConfig).")
-        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-        # A config file that raised: its traceback is in the message; the last line is the error.
-        _fail(lines[-1] if any(line.startswith("Traceback") for line in lines) else " ".join(lines[:2]))
-
-
 def main(argv):
+    # A signal before the training loop (loading, compiling) or a second Ctrl-C in it: exit 3 as well.
+    with exit_interrupted_on_signals("stopped before the next checkpoint; run the same command to resume."):
+        _main(argv)
+
+
+def _main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not flags.FLAGS["verbosity"].present:  # absl raises it to INFO: ~70 orbax lines per checkpoint
@@ -85,12 +48,17 @@ def main(argv):
     try:
         config_dict = _CONFIG.value
     except (OSError, SyntaxError, ImportError) as e:
-        _fail(f"--config {_config_arg(sys.argv)}: cannot load it ({str(e).strip().splitlines()[-1].strip()}).")
+        fail(f"--config {config_arg(sys.argv)}: cannot load it ({str(e).strip().splitlines()[-1].strip()}).")
     try:
         from sharpjax.sft import check_model_dir, resolve_model_dirs
+        from sharpjax.train.lock import check_workdir
 
         # Everything is validated before anything heavy (an `sft:` base model trains for minutes).
         RunConfig.from_config_dict(config_dict)
+        check_workdir(_WORKDIR.value)
+        if _STOP_AFTER.value is not None and _STOP_AFTER.value < 1:
+            fail(f"--stop_after {_STOP_AFTER.value}: must be a step >= 1 (leave it out to train to "
+                 "config.train.steps).")
         check_model_dir(config_dict.model_dir)
         if config_dict.get("ref_model_dir"):
             check_model_dir(config_dict.ref_model_dir, "config.ref_model_dir")
@@ -108,7 +76,7 @@ def main(argv):
         print(summary, flush=True)
         result = train(run, _WORKDIR.value, config_dict=config_dict.to_dict(), stop_after=_STOP_AFTER.value)
     except SharpjaxError as e:
-        _fail(str(e))
+        fail(str(e))
     if result.interrupted:
         # --stop_after is asked for: a success. A signal is not: a scheduler should requeue the job.
         stopped_by_signal = _STOP_AFTER.value is None or result.last_step != _STOP_AFTER.value
@@ -122,4 +90,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=_parse_flags)
+    app.run(main, flags_parser=parse_config_flags)

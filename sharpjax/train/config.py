@@ -348,6 +348,9 @@ class RunConfig:
             raise ConfigError(f"config.plan.method={self.plan.method!r} must be 'auto', 'aot', 'analytic' or 'off'.")
         if not 0 < self.plan.max_memory_fraction <= 1:
             raise ConfigError(f"config.plan.max_memory_fraction={self.plan.max_memory_fraction} must be in (0, 1].")
+        if self.plan.device_memory_gb is not None and not 0 < self.plan.device_memory_gb < math.inf:
+            raise ConfigError(f"config.plan.device_memory_gb={self.plan.device_memory_gb} must be a finite number of "
+                              "GiB > 0 (None: the target's memory).")
         batch = r.prompts_per_step * r.samples_per_prompt
         if batch % t.micro_batches:
             raise ConfigError(

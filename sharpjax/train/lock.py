@@ -16,11 +16,27 @@ import fcntl
 import os
 import socket
 
-from sharpjax.errors import WorkdirLockedError
+from sharpjax.errors import ConfigError, WorkdirLockedError
 
-__all__ = ["LOCK_FILE", "WorkdirLock"]
+__all__ = ["LOCK_FILE", "WorkdirLock", "check_workdir"]
 
 LOCK_FILE = ".lock"
+
+
+def check_workdir(workdir: str | os.PathLike, what: str = "--workdir") -> None:
+    """Refuses, in one line, a workdir that is a file, lies under a file, or cannot be created
+    (before anything heavy: otherwise a traceback from os.makedirs after the config is loaded)."""
+    path = os.path.abspath(os.fspath(workdir))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ConfigError(f"{what} {workdir}: is a file, not a directory; give a directory path.")
+    existing = path
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ConfigError(f"{what} {workdir}: {existing} is a file, so no directory can be made under it; "
+                          "give another path.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{what} {workdir}: {existing} is not writable by this user; give another path.")
 
 
 class WorkdirLock:

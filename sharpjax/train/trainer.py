@@ -47,7 +47,7 @@ from sharpjax.parallel import (
     to_host,
 )
 from sharpjax.rollout.sampler import SamplingConfig, sample, sampling_config_for, trim_padding
-from sharpjax.rollout.text import decode_responses, encode_prompts
+from sharpjax.rollout.text import decode_responses, encode_prompts, prompt_lengths
 from sharpjax.tasks import Task, build_task
 from sharpjax.train.checkpoint import Checkpointer, abstract_like
 from sharpjax.train.config import ConfigError, RunConfig
@@ -131,6 +131,18 @@ def _sampling(config: RunConfig, model_config, tokenizer, prompt_len: int, *, ev
     )
 
 
+def max_prompt_tokens(rollout) -> int:
+    """The longest prompt a rollout takes: the largest of `rollout.prompt_buckets` (a `RolloutConfig`)
+    that leaves a response budget (any, with a fixed `max_new_tokens`; else below `max_total_length`)."""
+    usable = [b for b in rollout.prompt_buckets if rollout.max_new_tokens is not None or b < rollout.max_total_length]
+    if not usable:
+        raise ConfigError(
+            f"config.rollout.prompt_buckets={tuple(rollout.prompt_buckets)}: every bucket leaves no response budget "
+            f"within config.rollout.max_total_length={rollout.max_total_length}; add a smaller bucket."
+        )
+    return max(usable)
+
+
 # Settings a resumed run may change: extending a run is a resume with more steps.
 RESUMABLE_CHANGES = frozenset(
     {"train.steps", "optim.total_steps", "train.tokens_per_micro_batch", "train.max_skipped_updates"}
@@ -165,15 +177,22 @@ class Trainer:
         # Before anything slow: a second process on this workdir stops here, in one line.
         self._lock = WorkdirLock(workdir) if jax.process_index() == 0 else None
         try:
-            params = self._load_models()
+            self.tokenizer = load_tokenizer(config.model_dir)
+            # The data before the weights: a bad training file fails in seconds, and prompts no
+            # bucket holds are dropped now, never met mid-run (where every resume would meet them again).
             self.task: Task = build_task(config, self.tokenizer)
+            skip = self._overlong_train_prompts()
+            params = self._load_models()
             self._build_step(params)
             del params
-            self.iterator = self.task.train_iterator(config.rollout.prompts_per_step, config.train.seed)
+            self.iterator = self.task.train_iterator(config.rollout.prompts_per_step, config.train.seed, skip=skip)
             self._open_checkpoints()
             # Records past the restored step (or all of them, when there is no checkpoint: a run
             # killed before its first one) belong to work that is redone: dropped, not duplicated.
             self.logger = MetricsLogger(workdir, resume_step=self.start_step if self.resumed else -1)
+            if not self.resumed:
+                self.logger.log(0, {"data/train_problems": len(self.task.train) - len(skip),
+                                    "data/dropped_long_prompts": len(skip)})
         except BaseException:
             self.close()
             raise
@@ -188,7 +207,6 @@ class Trainer:
     def _load_models(self) -> Params:
         """Tokenizer, policy and frozen reference on the mesh; returns the policy's params."""
         config = self.config
-        self.tokenizer = load_tokenizer(config.model_dir)
         params, self.model = load_model(config.model_dir, dtype=config.dtype)
         config.check_against(context_length=self.model.max_position_embeddings, num_devices=jax.device_count())
         data, fsdp, tensor = config.mesh_shape(jax.device_count())
@@ -263,6 +281,34 @@ class Trainer:
             self.iterator.restore(meta["iterator"])
             self.start_step = int(meta["step"])
             log.info("resumed from %s at step %d", self.checkpointer.directory, self.start_step)
+
+    def _overlong_train_prompts(self) -> list[int]:
+        """Indices of the training problems whose prompt no usable bucket holds (never drawn).
+
+        NeMo RL, the paper's trainer, masks such prompts out of the loss (its math data
+        processor sets loss_multiplier 0 on any prompt over max_total_sequence_length): they
+        never train. Dropping them before step 1 trains on the same prompts without the
+        crash. Logged here and in metrics.jsonl (step 0, data/dropped_long_prompts).
+        """
+        limit = max_prompt_tokens(self.config.rollout)
+        problems = self.task.train
+        lengths = prompt_lengths(self.tokenizer, [self.task.render(p.problem) for p in problems])
+        over = [i for i, n in enumerate(lengths) if n > limit]
+        d = self.config.data
+        where = (d.train_path or f"config.data.train={d.train!r}") if d.task == "math" else f"the {d.task} task"
+        if len(over) == len(problems):
+            raise ConfigError(
+                f"{where}: every one of its {len(problems)} prompts is longer than {limit} tokens, the largest usable "
+                "bucket of config.rollout.prompt_buckets (below config.rollout.max_total_length); raise them."
+            )
+        if over:
+            longest = max(over, key=lambda i: lengths[i])
+            log.warning(
+                "%s: dropped %d of %d training prompts longer than %d tokens (the largest usable bucket of "
+                "config.rollout.prompt_buckets); the longest, %s, has %d tokens", where, len(over), len(problems),
+                limit, getattr(problems[longest], "id", longest), lengths[longest],
+            )
+        return over
 
     # ---- checkpoints --------------------------------------------------------------
     def _checkpoint_tree(self) -> dict:

@@ -371,3 +371,15 @@ def test_path_accepts_any_name(tmp_path):
     path = _write(tmp_path, [json.dumps({"problem": "1+1?", "answer": "2"})])
     (problem,) = load_dataset("my_benchmark", path=path)
     assert (problem.id, problem.source, problem.answer) == ("my_benchmark-0", "my_benchmark", "2")
+
+
+def test_utf8_bom_is_accepted_and_non_utf8_names_file_and_line(tmp_path):
+    """Issue 27: a BOM (valid UTF-8 text, written by Windows editors) failed line 1 as invalid JSON;
+    a Latin-1 byte raised a UnicodeDecodeError that named neither file nor line."""
+    bom = tmp_path / "bom.jsonl"
+    bom.write_bytes(b"\xef\xbb\xbf" + b'{"problem": "1+1?", "answer": "2"}\n{"problem": "2+2?", "answer": "4"}\n')
+    assert [p.answer for p in load_dataset("x", path=bom)] == ["2", "4"]
+    latin1 = tmp_path / "latin1.jsonl"
+    latin1.write_bytes(b'{"problem": "1+1?", "answer": "2"}\n{"problem": "caf\xe9?", "answer": "4"}\n')
+    with pytest.raises(ValueError, match=rf"^{latin1}:2: not UTF-8 text \(byte 0xe9\); save the file as UTF-8\.$"):
+        load_dataset("x", path=latin1)

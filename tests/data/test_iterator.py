@@ -156,6 +156,28 @@ def test_empty_problem_list_is_an_error():
         PromptIterator([], batch_size=2, seed=0)
 
 
+def test_skipped_problems_are_never_drawn_and_the_rest_once_per_epoch():
+    """Issue 27: the trainer's over-long prompts. The stream is the full list's with the skipped
+    items passed over, so a state saved without a skip (an older run's) resumes onto it."""
+    n, skip = 11, {2, 7}
+    it = PromptIterator(list(range(n)), batch_size=4, seed=3, skip=skip)
+    stream = _stream(it, 9 * 3)  # 108 items: 12 epochs of the 9 kept
+    assert all(len(b) == 4 for b in (stream[i : i + 4] for i in range(0, len(stream), 4)))
+    for e in range(12):
+        assert sorted(stream[9 * e : 9 * (e + 1)]) == sorted(set(range(n)) - skip)
+    full = _stream(PromptIterator(list(range(n)), batch_size=1, seed=3), 12 * n)
+    assert stream == [i for i in full if i not in skip]
+    assert it.num_skipped == 2 and it.steps_per_epoch == pytest.approx(9 / 4)
+    # The state describes the full list: one saved without a skip restores.
+    old = PromptIterator(list(range(n)), batch_size=4, seed=3)
+    _stream(old, 5)
+    resumed = PromptIterator(list(range(n)), batch_size=4, seed=0, skip=skip)
+    resumed.restore(json.loads(json.dumps(old.state())))
+    assert _stream(resumed, 3) == [i for i in full[20:] if i not in skip][:12]
+    with pytest.raises(ValueError, match="every one of the 2 problems is skipped"):
+        PromptIterator([1, 2], batch_size=1, skip=(0, 1))
+
+
 def test_real_dataset_batches(data_dir):
     problems = load_dataset("aime24", data_dir=data_dir)
     it = iter(PromptIterator(problems, batch_size=8, seed=42))

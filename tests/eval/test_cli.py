@@ -117,3 +117,62 @@ def test_non_positive_counts_fail_before_loading_the_model(bench_file, tmp_path,
         cli.main(["--model", str(tmp_path), "--benchmarks", "toy", "--data_file", f"toy={bench_file}", flag, value])
     err = capsys.readouterr().err
     assert e.value.code == 2 and f"{flag} {value}: must be a positive integer" in err, err
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--temperature", "nan", "--temperature nan: must be a finite number > 0"),
+    ("--temperature", "inf", "--temperature inf: must be a finite number > 0"),
+    ("--alpha", "inf", "--alpha inf: must be a finite number > 0"),
+    ("--alpha", "nan", "--alpha nan: must be a finite number > 0"),
+    ("--top_p", "0", "--top_p 0.0: must be in (0, 1]"),
+    ("--verify_timeout", "inf", "--verify_timeout inf: must be in (0, 3600] seconds"),
+    ("--maj_draws", "0", "--maj_draws 0: must be a positive integer"),
+    ("--ks", "1,x", "--ks 1,x: expected positive integers"),
+])
+def test_bad_numbers_fail_in_one_line_before_loading_the_model(bench_file, tmp_path, monkeypatch, capsys, flag,
+                                                               value, message):
+    """Issue 27, bug 5: `--temperature nan` ran to the end (every response empty, exit 0); `--alpha inf`
+    failed late with a JAX traceback."""
+    monkeypatch.setattr("sharpjax.models.hf.load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--model", str(tmp_path), "--benchmarks", "toy", "--data_file", f"toy={bench_file}", flag, value])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and message in err and err.strip().splitlines()[-1].startswith("python -m sharpjax.eval")
+
+
+def test_an_unwritable_out_fails_before_the_model_loads(bench_file, tmp_path, monkeypatch, capsys):
+    """Issue 27, bug 4: the error came after all the sampling, and the table was never printed."""
+    monkeypatch.setattr("sharpjax.models.hf.load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    for out, message in ((tmp_path / "no_dir" / "r.json", f"the directory {tmp_path / 'no_dir'} does not exist"),
+                         (tmp_path, "is a directory; give a file path")):
+        with pytest.raises(SystemExit) as e:
+            cli.main(["--model", str(tmp_path), "--benchmarks", "toy", "--data_file", f"toy={bench_file}",
+                      "--out", str(out)])
+        assert e.value.code == 2 and f"--out {out}: {message}" in capsys.readouterr().err
+
+
+def test_the_table_is_printed_even_when_out_cannot_be_written(hf_checkpoint, bench_file, tmp_path, monkeypatch,
+                                                             capsys):
+    monkeypatch.setattr(harness, "generate_text", fake_generate)
+    monkeypatch.setattr(cli, "_check_out", lambda parser, out: None)  # the disk changed after the check
+    out = tmp_path / "gone" / "r.json"
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--model", hf_checkpoint("llama"), "--benchmarks", "toy", "--data_file", f"toy={bench_file}",
+                  "--n", "4", "--limit", "3", "--num_workers", "0", "--no_progress", "--out", str(out)])
+    assert "| toy | 3 | 4 | 50.0 |" in capsys.readouterr().out
+    assert str(e.value.code).startswith(f"error: --out {out}: cannot write it (")
+
+
+def test_a_damaged_tokenizer_fails_in_one_line_before_the_model_loads(hf_checkpoint, bench_file, tmp_path,
+                                                                      monkeypatch, capsys):
+    """Issue 27: a truncated tokenizer.json was a JSONDecodeError traceback after the weights loaded."""
+    import shutil
+
+    model = shutil.copytree(hf_checkpoint("llama"), tmp_path / "m")
+    (model / "tokenizer.json").write_text((model / "tokenizer.json").read_text()[:500])
+    monkeypatch.setattr("sharpjax.models.hf.load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--model", str(model), "--benchmarks", "toy", "--data_file", f"toy={bench_file}"])
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert e.value.code == 2 and last.startswith(f"python -m sharpjax.eval: error: --model {model}: "
+                                                 f"{model}/tokenizer.json cannot be read as a tokenizer ("), last

@@ -117,6 +117,32 @@ def test_truncated_safetensors_names_the_file(hf_checkpoint, tmp_path, max_shard
             load(str(tmp_path))
 
 
+def _truncate(path, keep):
+    path.write_bytes(path.read_bytes()[:keep])
+
+
+@pytest.mark.parametrize("damage, name, message", [
+    (lambda d: (d / "tokenizer.json").unlink(), "tokenizer.json", "not found: the model directory has no tokenizer"),
+    (lambda d: _truncate(d / "tokenizer.json", 1000), "tokenizer.json", "cannot be read as a tokenizer (EOF"),
+    (lambda d: (d / "tokenizer.json").write_text('{"a": 1}'), "tokenizer.json", "cannot be read as a tokenizer"),
+    (lambda d: _truncate(d / "tokenizer_config.json", 50), "tokenizer_config.json", "is not valid JSON"),
+    (lambda d: _truncate(d / "chat_template.jinja", 60), "chat_template.jinja", "is not valid Jinja (unexpected"),
+    (lambda d: _truncate(d / "chat_template.jinja", 0), "chat_template.jinja", "is empty"),
+    (lambda d: (d / "chat_template.jinja").write_bytes(b"\xff{{"), "chat_template.jinja", "is not UTF-8 text"),
+], ids=["no-tokenizer.json", "tokenizer-truncated", "tokenizer-not-one", "config-truncated", "template-truncated",
+        "template-empty", "template-not-utf8"])
+def test_damaged_tokenizer_files_name_the_file(hf_checkpoint, tmp_path, damage, name, message):
+    """Issue 27: a truncated or corrupt tokenizer file or chat template is one line naming the file (the
+    template failed only at the first render, after the weights loaded); a missing tokenizer.json said
+    "install sentencepiece"."""
+    dst = shutil.copytree(hf_checkpoint("llama"), tmp_path / "m")
+    damage(dst)
+    with pytest.raises(ModelFileError) as e:
+        load_tokenizer(str(dst))
+    assert str(e.value).startswith(f"{dst / name}") and message in str(e.value), str(e.value)
+    assert "\n" not in str(e.value) and "sentencepiece" not in str(e.value)
+
+
 def test_reference_llama_uses_llama3_rope_scaling():
     # Why setup.cfg's floor is transformers>=5.0: the reference models are configured with
     # `rope_parameters`, which transformers 4.x ignores without a word (its key was
@@ -124,3 +150,20 @@ def test_reference_llama_uses_llama3_rope_scaling():
     from tests.tiny import build_hf_model
 
     assert build_hf_model("llama").model.rotary_emb.rope_type == "llama3"
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+@pytest.mark.parametrize("max_shard_bytes", [2**40, 20_000], ids=["single", "sharded"])
+def test_saved_files_follow_the_umask(hf_checkpoint, tmp_path, umask, max_shard_bytes):
+    """Issue 27: safetensors wrote the weights of every export 0600 (its temporary file's mode) while
+    config.json and the tokenizer files followed the umask: the group could read all but the weights."""
+    params, config = load_model(hf_checkpoint("qwen3"), dtype="float32")
+    old = os.umask(umask)
+    try:
+        save_model(str(tmp_path / "m"), params, config, max_shard_bytes=max_shard_bytes)
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "m").iterdir()}
+    shards = [n for n in modes if n.endswith(".safetensors")]
+    assert (len(shards) == 1) == (max_shard_bytes > 2**30) and "config.json" in modes
+    assert modes == dict.fromkeys(modes, 0o666 & ~umask), modes

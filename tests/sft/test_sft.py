@@ -4,6 +4,8 @@ import importlib.util
 import json
 import os
 import pathlib
+import re
+import shutil
 import types
 
 import jax
@@ -305,6 +307,28 @@ def test_changed_recipe_needs_retrain_base_then_uses_the_retrained_model(tmp_pat
     # From now on sft:quick is the model retrained with the current recipe (no second training).
     assert sft.resolve_model_dir("sft:quick") == retrained
     assert sft.resolve_model_dir("sft:quick", retrain=True) == retrained and len(trained) == 1
+
+
+def test_a_damaged_sft_info_is_one_line_naming_it(tmp_path, monkeypatch):
+    """Issue 27: a truncated sft_info.json was a JSONDecodeError naming no file (data.difficulty 'auto'),
+    and for the shipped model "it has no readable sft_info.json"."""
+    from sharpjax.configs.small_scale import sft_config
+    from sharpjax.errors import ModelFileError
+    from sharpjax.tasks.arithmetic import difficulty_for
+
+    model = shutil.copytree(sft.shipped_model_dir("quick"), tmp_path / "m")
+    info = model / "sft_info.json"
+    info.write_text(info.read_text()[:100])
+    monkeypatch.setattr(sft, "shipped_model_dir", lambda size: str(model))
+    monkeypatch.setenv("SHARPJAX_CACHE_DIR", str(tmp_path / "cache"))
+    for call in (sft.load_sft_info, sft.check_model_dir, lambda d: difficulty_for("auto", d),
+                 lambda d: sft.resolve_model_dir("sft:quick")):
+        with pytest.raises(ModelFileError, match=re.escape(f"{info} is not valid JSON (")):
+            call(str(model))
+    assert not sft._is_cached(str(model), sft_config("quick"))  # a cache: trained again, not an error
+    info.write_text('{"config": {}}')
+    with pytest.raises(ModelFileError, match=re.escape(f"{info} has no config.difficulty object")):
+        difficulty_for("auto", str(model))
 
 
 def test_shipped_assets_are_package_data():

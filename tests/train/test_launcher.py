@@ -24,6 +24,14 @@ def test_launcher_trains_with_overrides_and_rejects_bad_configs(tmp_path):
     bad = launch(*common, "--config.reward.alpha=-1.0", "--workdir", str(tmp_path / "bad"))
     assert bad.returncode == 2 and "config.reward" in bad.stderr and "alpha" in bad.stderr, bad.stderr[-2000:]
     assert not os.path.exists(tmp_path / "bad")
+    # Issue 27: --stop_after 0 trained to the end; a --workdir under a file was a traceback.
+    zero = launch(*common, "--stop_after", "0", "--workdir", str(tmp_path / "zero"))
+    assert zero.returncode == 2 and "--stop_after 0: must be a step >= 1" in zero.stderr, zero.stderr[-2000:]
+    (tmp_path / "file").write_text("")
+    under = launch(*common, "--workdir", str(tmp_path / "file" / "w"))
+    assert under.returncode == 2 and under.stderr.strip().splitlines()[-1] == (
+        f"error: --workdir {tmp_path}/file/w: {tmp_path}/file is a file, so no directory can be made under it; "
+        "give another path."), under.stderr[-2000:]
     too_long = launch(*common, "--config.rollout.max_total_length=4096", "--workdir", str(tmp_path / "long"))
     assert too_long.returncode == 2 and "max_total_length=4096" in too_long.stderr, too_long.stderr[-2000:]
 
@@ -45,11 +53,21 @@ def test_launcher_trains_with_overrides_and_rejects_bad_configs(tmp_path):
 
 
 def test_launcher_names_the_bad_file_of_a_model_directory(tmp_path):
-    # issue 16, item 6: a corrupt config.json or a truncated safetensors file stops the launcher
-    # with one line naming the file (exit 2, no traceback), before anything trains or compiles.
+    # issue 16, item 6: a corrupt config.json or a truncated safetensors file (issue 27: or chat template) stops
+    # the launcher with one line naming the file (exit 2, no traceback), before anything trains or compiles.
     model = make_tiny_model(str(tmp_path / "model"))
     common = ["--config", "experiments/rl_arithmetic.py:quick:power-a2", f"--config.model_dir={model}",
               "--workdir", str(tmp_path / "run")]
+    # Issue 27: a truncated chat template failed at the first render, after the weights loaded.
+    template = os.path.join(model, "chat_template.jinja")
+    good_template = open(template).read()
+    with open(template, "w") as f:
+        f.write(good_template[:60])
+    out = launch(*common)
+    assert out.returncode == 2 and out.stderr.strip().splitlines()[-1].startswith(
+        f"error: {template}: the chat template is not valid Jinja ("), out.stderr[-2000:]
+    with open(template, "w") as f:
+        f.write(good_template)
     weights = os.path.join(model, "model.safetensors")
     data = open(weights, "rb").read()
     with open(weights, "wb") as f:
