@@ -127,7 +127,7 @@ def parse_args(argv: list[str] | None = None) -> Args:
                                 num_particles=ns.particles)
         except ValueError as e:
             parser.error(f"--baselines {ns.baselines}: {e}")
-    for flag, path in (("--base", ns.base), *((f"--policy {n}", p) for n, p in policies.items())):
+    for flag, path in (("--base", ns.base), *(("--policy", item.rpartition("=")[2]) for item in ns.policy)):
         if not os.path.isdir(path):
             parser.error(f"{flag} {path}: no such directory (expected a Hugging Face model directory).")
     _check_models(parser, ns.base, policies)
