@@ -50,4 +50,6 @@ def test_a_learning_policy_reads_as_beyond_sharpening():
     text = dict((c, t) for c, _, t in lines)
     assert "pass@1 0.300 -> 0.650 (+35.0 points), pass@4 0.800 -> 1.000" in text["pass@k"]
     assert "the policy solves 1 problems the base never solves in 4 samples" in text["coverage"]
-    assert "on the 2 problems whose base majority answer is wrong" in text["majority"]
+    # p3's base majority is a four-way tie (a quarter right): 2.75 wrong majorities; the policy keeps p4's.
+    assert "on the 2.8 problems whose base majority answer is wrong, the policy's majority keeps it on 1, leaves " \
+           "it for the right answer on 1.8 and for another wrong one on 0" in text["majority"]
