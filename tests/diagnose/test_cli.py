@@ -121,3 +121,26 @@ def test_a_policy_with_another_tokenizer_is_refused(models, tmp_path, capsys):
         cli.parse_args(["--base", models[0], "--policy", str(other), "--task", "arithmetic", "--benchmarks",
                         "arithmetic"])
     assert "its tokenizer differs from the base's" in capsys.readouterr().err
+
+
+def test_the_main_job_prints_a_diagnose_command_that_parses(tmp_path):
+    """`reproduce.diagnose_command`: every run's exported policy against the job's base, on its problems."""
+    import shlex
+
+    from sharpjax.reproduce import ReproduceConfig, diagnose_command
+    from sharpjax.sft import resolve_model_dir
+
+    base = resolve_model_dir("sft:quick")
+    runs = {}
+    for name in ("task_seed0", "likelihood_seed0"):
+        (tmp_path / "runs" / name / "export").mkdir(parents=True)
+        os.symlink(base, tmp_path / "runs" / name / "export" / "last")
+        runs[name] = {"workdir": str(tmp_path / "runs" / name)}
+    settings = ReproduceConfig(size="quick", test_problems=7)
+    command = diagnose_command(str(tmp_path), {"base_model": base, "runs": runs}, settings)
+    argv = shlex.split(command)
+    assert argv[:3] == ["python", "-m", "sharpjax.diagnose"]
+    args = cli.parse_args(argv[3:])
+    assert args.policies == {name: str(tmp_path / "runs" / name / "export" / "last") for name in runs}
+    assert args.base == base and len(args.benchmarks["arithmetic"]) == 7
+    assert args.ns.max_new_tokens == settings.max_new_tokens and args.ns.out == str(tmp_path / "diagnosis")
