@@ -11,25 +11,3 @@ at inference time (temperature 1/alpha, power sampling, `sharpjax.rollout.power`
     report    the summary sentences, report.md, report.json, figures
     __main__  the command: arguments, sampling, scoring, ETA
 """
-
-from sharpjax.diagnose.metrics import (
-    coverage,
-    crossings,
-    curve_ks,
-    estimated_token_factor,
-    likelihood_shift,
-    maj_curve,
-    majority_agreement,
-    pass_curve,
-)
-
-__all__ = [
-    "coverage",
-    "crossings",
-    "curve_ks",
-    "estimated_token_factor",
-    "likelihood_shift",
-    "maj_curve",
-    "majority_agreement",
-    "pass_curve",
-]
