@@ -330,7 +330,19 @@ def _run(workdir: str, settings: ReproduceConfig, progress: bool) -> dict:
         f"TensorBoard: tensorboard --logdir {workdir}/runs; more figures: notebooks/training_curves.ipynb "
         f"(SHARPJAX_RUNS_DIR={workdir})")
     say(f"total time {results['elapsed_s']:.0f} s")
+    say(f"how much of each policy is sharpening the base (pass@k crossings, coverage, majorities, base likelihood):\n"
+        f"  {diagnose_command(workdir, results, settings)}")
     return results
+
+
+def diagnose_command(workdir: str, results: dict, settings: ReproduceConfig) -> str:
+    """The `python -m sharpjax.diagnose` command for every run's last policy against the base, on the job's problems."""
+    policies = " ".join(f"--policy {name}={os.path.join(row['workdir'], 'export', 'last')}"
+                        for name, row in results["runs"].items())
+    return (f"python -m sharpjax.diagnose --task arithmetic --benchmarks arithmetic --limit {settings.test_problems} "
+            f"--max_new_tokens {settings.max_new_tokens} --block-size {INFERENCE_POWER['block_size']} --mh-steps "
+            f"{INFERENCE_POWER['mh_steps']} --particles {INFERENCE_POWER['num_particles']} "
+            f"--base {results['base_model']} {policies} --out {os.path.join(workdir, 'diagnosis')}")
 
 
 def _minutes(seconds: float) -> str:
