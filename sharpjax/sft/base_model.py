@@ -308,9 +308,10 @@ def _not_a_model_dir(model_dir: str, field: str) -> ConfigError:
     )
 
 
-def check_model_dir(model_dir: str, field: str = "config.model_dir") -> None:
+def check_model_dir(model_dir: str, field: str = "config.model_dir", *, weights: bool = True) -> None:
     """Raises ConfigError unless `model_dir` is `sft:<known size>` or an existing directory (no training),
-    and ModelFileError when that directory's config.json or safetensors files are missing or corrupt."""
+    and ModelFileError when that directory's config.json or safetensors files are missing or corrupt
+    (`weights=False`, a random-weights run: config.json only; weight files are never opened)."""
     if model_dir.startswith("sft:"):
         from sharpjax.configs.small_scale import sft_config
 
@@ -318,10 +319,13 @@ def check_model_dir(model_dir: str, field: str = "config.model_dir") -> None:
     elif not os.path.isdir(model_dir):
         raise _not_a_model_dir(model_dir, field)
     else:
-        from sharpjax.models.hf import check_model_files
+        from sharpjax.models.hf import check_model_files, load_config
 
         # A corrupt config.json or a corrupt / truncated safetensors file: ModelFileError naming it.
-        check_model_files(model_dir, weights_required=False)
+        if weights:
+            check_model_files(model_dir, weights_required=False)
+        else:
+            load_config(model_dir)
 
 
 def resolve_model_dirs(config_dict):

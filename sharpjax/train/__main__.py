@@ -91,7 +91,7 @@ def main(argv):
 
         # Everything is validated before anything heavy (an `sft:` base model trains for minutes).
         RunConfig.from_config_dict(config_dict)
-        check_model_dir(config_dict.model_dir)
+        check_model_dir(config_dict.model_dir, weights=config_dict.get("model_init") != "random")
         if config_dict.get("ref_model_dir"):
             check_model_dir(config_dict.ref_model_dir, "config.ref_model_dir")
         config_dict = resolve_model_dirs(config_dict)
