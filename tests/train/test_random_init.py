@@ -70,7 +70,6 @@ def test_random_init_trains_with_a_bpe_tokenizer_learned_from_the_data(tmp_path,
     assert [r["step"] for r in records] == [1, 2]
     for r in records:
         assert all(math.isfinite(v) for v in r.values() if isinstance(v, (int, float))), r
-    assert sorted(os.listdir(os.path.join(workdir, "checkpoints")))  # written, not just created
     assert any(name.isdigit() for name in os.listdir(os.path.join(workdir, "checkpoints")))
     assert sorted(os.listdir(model_dir)) == ["config.json"]  # nothing written into the model directory
 
