@@ -1,21 +1,25 @@
-"""Tokenizers: loading through transformers, a locally built character tokenizer, batching.
+"""Tokenizers: loading through transformers, locally built character and BPE tokenizers, batching.
 
 Nothing can be downloaded here, so tests, the demo and the synthetic-task base model use
 `build_char_tokenizer`: one token per character plus chat special tokens, wrapped as a
 `transformers.PreTrainedTokenizerFast` with a chat template, so every code path (chat
-template, special tokens, save/load) is the one real checkpoints take.
+template, special tokens, save/load) is the one real checkpoints take. A random-weights run
+(`config.model_init="random"`) of a model directory without tokenizer files uses
+`build_bpe_tokenizer`: the same special tokens and template over a byte-level BPE learned
+from the training data, so real-sized vocabularies and sequence lengths need no download.
 """
 
 from __future__ import annotations
 
 import os
 import string
+from collections.abc import Iterable
 
 import jinja2
 import numpy as np
 import tokenizers
 import transformers
-from tokenizers import decoders, models, pre_tokenizers
+from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from sharpjax.errors import ModelFileError
 
@@ -30,6 +34,8 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
 )
 DEFAULT_ALPHABET = string.printable.replace("\x0b", "").replace("\x0c", "").replace("\r", "")
+# Byte-level BPE: the special tokens, then one symbol per byte, before any merge.
+BPE_MIN_VOCAB = len(SPECIAL_TOKENS) + 256
 
 
 def build_char_tokenizer(alphabet: str = DEFAULT_ALPHABET) -> transformers.PreTrainedTokenizerFast:
@@ -46,12 +52,41 @@ def build_char_tokenizer(alphabet: str = DEFAULT_ALPHABET) -> transformers.PreTr
     tok.pre_tokenizer = pre_tokenizers.Split(tokenizers.Regex(r"[\s\S]"), behavior="isolated")
     tok.decoder = decoders.Fuse()
     tok.add_special_tokens([tokenizers.AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
+    return _with_chat_template(tok, unk_token="<|unk|>")
+
+
+def build_bpe_tokenizer(texts: Iterable[str], vocab_size: int) -> transformers.PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer learned from `texts`, with chat special tokens and a chat template.
+
+    Ids: the special tokens first (pad=0, bos=1, end/eos=2, ...), then the 256 byte symbols,
+    then merges, `vocab_size` ids in all (fewer when `texts` run out of pairs to merge). Any
+    text encodes (every byte has a symbol), so there is no unknown token.
+
+    Raises:
+      ValueError: `vocab_size` < BPE_MIN_VOCAB (the trainer would exceed it: ids past the model's rows).
+    """
+    if vocab_size < BPE_MIN_VOCAB:
+        raise ValueError(f"vocab_size={vocab_size}: a byte-level BPE needs at least {BPE_MIN_VOCAB} ids "
+                         f"({len(SPECIAL_TOKENS)} special tokens + 256 bytes).")
+    tok = tokenizers.Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer)
+    return _with_chat_template(tok, unk_token=None)
+
+
+def _with_chat_template(tok: tokenizers.Tokenizer, *, unk_token: str | None) -> transformers.PreTrainedTokenizerFast:
+    """`tok` (holding SPECIAL_TOKENS) as a transformers tokenizer: our special tokens, chat template, left padding."""
     return transformers.PreTrainedTokenizerFast(
         tokenizer_object=tok,
         pad_token=PAD,
         bos_token=BOS,
         eos_token=EOS,
-        unk_token="<|unk|>",
+        unk_token=unk_token,
         chat_template=CHAT_TEMPLATE,
         padding_side="left",
     )
@@ -64,6 +99,11 @@ SLOW_TOKENIZER_FILES = ("tokenizer.model", "spiece.model", "vocab.json", "vocab.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", CHAT_TEMPLATE_FILE, "chat_template.json",
                    *SLOW_TOKENIZER_FILES)
 _REFETCH = "re-copy the tokenizer files from the model it was made from"
+
+
+def has_tokenizer_files(model_dir: str) -> bool:
+    """Whether `model_dir` holds any file `load_tokenizer` reads."""
+    return any(os.path.isfile(os.path.join(model_dir, name)) for name in TOKENIZER_FILES)
 
 
 def load_tokenizer(model_dir: str) -> transformers.PreTrainedTokenizerBase:

@@ -316,10 +316,11 @@ def _not_a_model_dir(model_dir: str, field: str) -> ConfigError:
     )
 
 
-def check_model_dir(model_dir: str, field: str = "config.model_dir") -> None:
+def check_model_dir(model_dir: str, field: str = "config.model_dir", *, weights: bool = True) -> None:
     """Raises ConfigError unless `model_dir` is `sft:<known size>` or an existing directory (no training),
     and ModelFileError when that directory's config.json, safetensors, tokenizer files, chat template
-    or sft_info.json are corrupt (or missing, for config.json)."""
+    or sft_info.json are corrupt (or missing, for config.json). `weights=False` (a random-weights
+    run): config.json and the tokenizer only; weight files are never opened."""
     if model_dir.startswith("sft:"):
         from sharpjax.configs.small_scale import sft_config
 
@@ -327,11 +328,14 @@ def check_model_dir(model_dir: str, field: str = "config.model_dir") -> None:
     elif not os.path.isdir(model_dir):
         raise _not_a_model_dir(model_dir, field)
     else:
-        from sharpjax.models.hf import check_model_files
+        from sharpjax.models.hf import check_model_files, load_config
         from sharpjax.models.tokenizer import TOKENIZER_FILES, load_tokenizer
 
         # A corrupt config.json or a corrupt / truncated safetensors file: ModelFileError naming it.
-        check_model_files(model_dir, weights_required=False)
+        if weights:
+            check_model_files(model_dir, weights_required=False)
+        else:
+            load_config(model_dir)
         # Likewise a tokenizer file, the chat template or sft_info.json. A directory with no tokenizer
         # at all passes, as one without weights does (a fit check needs config.json only).
         if any(os.path.exists(os.path.join(model_dir, f)) for f in TOKENIZER_FILES):

@@ -59,7 +59,7 @@ def _main(argv):
         if _STOP_AFTER.value is not None and _STOP_AFTER.value < 1:
             fail(f"--stop_after {_STOP_AFTER.value}: must be a step >= 1 (leave it out to train to "
                  "config.train.steps).")
-        check_model_dir(config_dict.model_dir)
+        check_model_dir(config_dict.model_dir, weights=config_dict.get("model_init") != "random")
         if config_dict.get("ref_model_dir"):
             check_model_dir(config_dict.ref_model_dir, "config.ref_model_dir")
         config_dict = resolve_model_dirs(config_dict)

@@ -13,7 +13,7 @@ import math
 import types
 import typing
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from sharpjax.errors import ConfigError
 from sharpjax.losses.config import LossConfig
@@ -248,10 +248,17 @@ class PlanConfig:
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-    """Everything a training run needs, validated. Build with `from_config_dict`."""
+    """Everything a training run needs, validated. Build with `from_config_dict`.
+
+    `model_init`: "pretrained" loads `model_dir`'s weights; "random" reads only its config.json
+    (and tokenizer files, or builds a byte-level BPE tokenizer from the training data when there
+    are none) and initialises the policy, and the reference as the same params, on the devices:
+    a smoke test of a GPU or cluster (plan, memory, step time) before any weights are downloaded.
+    """
 
     model_dir: str
     ref_model_dir: str | None = None  # the frozen base model (default: model_dir)
+    model_init: Literal["pretrained", "random"] = "pretrained"
     dtype: str = "bfloat16"  # compute dtype; master params and the optimizer are fp32
     reward: RewardConfig = RewardConfig()
     loss: LossConfig = LossConfig()
@@ -276,6 +283,11 @@ class RunConfig:
     def validate(self) -> None:
         """Checks that need no model: ranges and consistency between sections."""
         r, t, e = self.rollout, self.train, self.eval
+        if self.model_init == "random" and self.ref_model_dir not in (None, self.model_dir):
+            raise ConfigError(
+                f"config.ref_model_dir={self.ref_model_dir!r} with config.model_init='random': the reference is the "
+                "same random params as the policy; leave config.ref_model_dir unset."
+            )
         _positive(r.prompts_per_step, "config.rollout.prompts_per_step")
         if r.samples_per_prompt < 2 and self.loss.advantage_estimator == "rloo":
             raise ConfigError(

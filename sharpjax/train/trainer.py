@@ -32,12 +32,19 @@ import jax.numpy as jnp
 import numpy as np
 
 from sharpjax.errors import TrainingDiverged
-from sharpjax.models.hf import load_model, save_model
-from sharpjax.models.tokenizer import bucket_length, load_tokenizer
-from sharpjax.models.transformer import Params
+from sharpjax.models.hf import load_config, load_model, save_model
+from sharpjax.models.tokenizer import (
+    BPE_MIN_VOCAB,
+    bucket_length,
+    build_bpe_tokenizer,
+    has_tokenizer_files,
+    load_tokenizer,
+)
+from sharpjax.models.transformer import Params, init_params
 from sharpjax.parallel import (
     BATCH_AXES,
     batch_sharding,
+    init_params_sharded,
     make_mesh,
     on_mesh,
     param_shardings,
@@ -65,6 +72,9 @@ from sharpjax.train.step import (
 
 log = logging.getLogger(__name__)
 
+# A random-weights run without tokenizer files learns this many BPE ids at most (the model's vocab
+# if smaller): enough merges for realistic prompt lengths, seconds to learn from MATH's train set.
+RANDOM_INIT_BPE_VOCAB = 16384
 PROGRESS_KEYS = ("reward/reward", "reward/task", "kl_to_base", "response_length", "tokens_per_s", "step_s")
 
 
@@ -165,6 +175,24 @@ def _changed_settings(saved: dict, current: dict) -> list[tuple[str, Any, Any]]:
             if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k)]
 
 
+def _random_init_tokenizer(config: RunConfig, model_vocab: int):
+    """model_dir's tokenizer, else a byte-level BPE learned from the training problems (at most the model's vocab)."""
+    if has_tokenizer_files(config.model_dir):
+        return load_tokenizer(config.model_dir)
+    if model_vocab < BPE_MIN_VOCAB:
+        raise ConfigError(
+            f"{config.model_dir} has no tokenizer files and its config.json's vocab_size={model_vocab} is under the "
+            f"{BPE_MIN_VOCAB} ids a byte-level BPE needs; add the model's tokenizer files or raise vocab_size."
+        )
+    # The problems only: the task's render (which needs the tokenizer) is not called here.
+    problems = build_task(config, None).train
+    texts = (t for p in problems for t in (p.problem, str(p.answer), getattr(p, "solution", None)) if t)
+    tokenizer = build_bpe_tokenizer(texts, vocab_size=min(model_vocab, RANDOM_INIT_BPE_VOCAB))
+    log.info("no tokenizer files in %s: built a byte-level BPE tokenizer of %d ids from the %d training problems "
+             "of %s (config.model_init='random')", config.model_dir, len(tokenizer), len(problems), config.data.train)
+    return tokenizer
+
+
 class Trainer:
     """Holds the models, mesh, jitted functions and logs of one run; `run()` trains."""
 
@@ -177,7 +205,11 @@ class Trainer:
         # Before anything slow: a second process on this workdir stops here, in one line.
         self._lock = WorkdirLock(workdir) if jax.process_index() == 0 else None
         try:
-            self.tokenizer = load_tokenizer(config.model_dir)
+            if config.model_init == "random":  # model_dir's tokenizer, else one learned from the data
+                vocab_size = load_config(config.model_dir, dtype=config.dtype).vocab_size
+                self.tokenizer = _random_init_tokenizer(config, vocab_size)
+            else:
+                self.tokenizer = load_tokenizer(config.model_dir)
             # The data before the weights: a bad training file fails in seconds, and prompts no
             # bucket holds are dropped now, never met mid-run (where every resume would meet them again).
             self.task: Task = build_task(config, self.tokenizer)
@@ -205,9 +237,13 @@ class Trainer:
 
     # ---- construction -------------------------------------------------------------
     def _load_models(self) -> Params:
-        """Tokenizer, policy and frozen reference on the mesh; returns the policy's params."""
+        """Policy and frozen reference on the mesh; returns the policy's params."""
         config = self.config
-        params, self.model = load_model(config.model_dir, dtype=config.dtype)
+        random_init = config.model_init == "random"
+        if random_init:  # config.json only: no weight file is opened
+            self.model = load_config(config.model_dir, dtype=config.dtype)
+        else:
+            params, self.model = load_model(config.model_dir, dtype=config.dtype)
         config.check_against(context_length=self.model.max_position_embeddings, num_devices=jax.device_count())
         data, fsdp, tensor = config.mesh_shape(jax.device_count())
         self.mesh = make_mesh(data, fsdp, tensor) if jax.device_count() > 1 else None
@@ -216,7 +252,10 @@ class Trainer:
             # not divide the kv heads leaves k and v replicated while q is split: use XLA's.
             self.model = self.model.replace(attention="xla")
         shardings = param_shardings(self.model, self.mesh) if self.mesh is not None else None
-        if shardings is not None:
+        if random_init:  # created in their shards (no full copy on one device); the reference is the same params
+            key = jax.random.key(config.train.seed)
+            params = init_params(self.model, key) if self.mesh is None else init_params_sharded(self.model, key, self.mesh)
+        elif shardings is not None:
             params = shard_params(params, shardings)
         ref_dir = config.ref_model_dir or config.model_dir
         ref = params if ref_dir == config.model_dir else load_model(ref_dir, dtype=config.dtype, shardings=shardings)[0]
