@@ -33,7 +33,7 @@ from sharpjax.parallel import to_host
 from sharpjax.rewards import verify_batch
 from sharpjax.rewards.math import Fallback, Verifier
 from sharpjax.rollout.sampler import SamplingConfig
-from sharpjax.rollout.text import DEFAULT_BUCKETS, generate_text
+from sharpjax.rollout.text import DEFAULT_BUCKETS, check_positions, fit_sampling, generate_text
 from sharpjax.tasks.base import VerifyFn
 
 __all__ = ["EvalProblem", "EvalResult", "check_context", "default_render_fn", "evaluate"]
@@ -64,7 +64,8 @@ def check_context(
 
     The longest prompt decides the largest bucket any batch pads to; that bucket plus
     `sampling.max_new_tokens` must fit the model's context (the sampler's own check would
-    otherwise fire mid-run, after earlier batches or benchmarks were sampled).
+    otherwise fire mid-run, after earlier batches or benchmarks were sampled). With
+    `sampling.max_total_length`, that must fit the context and leave every prompt a response.
     """
     lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
     longest = int(np.argmax(lengths))
@@ -72,7 +73,13 @@ def check_context(
         bucket = bucket_length(lengths[longest], buckets)
     except ValueError as e:
         raise ValueError(f"prompt {longest} ({lengths[longest]} tokens): {e}") from None
-    if bucket + sampling.max_new_tokens > model_config.max_position_embeddings:
+    if sampling.max_total_length is not None:
+        try:
+            fit_sampling(sampling, [lengths[longest]])
+            check_positions(model_config, bucket, sampling)
+        except ValueError as e:
+            raise ValueError(f"prompt {longest} ({lengths[longest]} tokens): {e}") from None
+    elif bucket + sampling.max_new_tokens > model_config.max_position_embeddings:
         raise ValueError(
             f"prompt {longest} has {lengths[longest]} tokens (padded to {bucket}); with max_new_tokens "
             f"{sampling.max_new_tokens} it exceeds the model's context of {model_config.max_position_embeddings}."

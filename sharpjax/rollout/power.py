@@ -96,6 +96,11 @@ def check_sampling(sampling: SamplingConfig) -> None:
             f"temperature=1.0, top_p=1.0, top_k=0, greedy=False (got temperature={sampling.temperature}, "
             f"top_p={sampling.top_p}, top_k={sampling.top_k}, greedy={sampling.greedy})."
         )
+    if sampling.max_total_length is not None:
+        raise ValueError(
+            "power sampling splits one fixed budget into blocks: give max_new_tokens, not "
+            f"max_total_length={sampling.max_total_length}."
+        )
 
 
 @flax.struct.dataclass
@@ -465,16 +470,12 @@ def generate_power_text(
     buckets: tuple[int, ...] | None = None,
 ) -> tuple[list[str], PowerSamples]:
     """`generate_text` with a power sampler: texts and `PowerSamples` (lengths, token cost)."""
-    from sharpjax.rollout.text import DEFAULT_BUCKETS, decode_responses, encode_prompts
+    from sharpjax.rollout.text import DEFAULT_BUCKETS, check_positions, decode_responses, encode_prompts
 
     if method not in METHODS:
         raise ValueError(f"method={method!r}; expected one of {METHODS}.")
     tokens, mask = encode_prompts(tokenizer, prompts, buckets=buckets or DEFAULT_BUCKETS)
-    if tokens.shape[1] + sampling.max_new_tokens > config.max_position_embeddings:
-        raise ValueError(
-            f"prompt bucket {tokens.shape[1]} + max_new_tokens {sampling.max_new_tokens} exceeds the model's "
-            f"context of {config.max_position_embeddings} tokens."
-        )
+    check_positions(config, tokens.shape[1], sampling)
     fn = power_mcmc if method == "power-mcmc" else power_smc
     out = fn(params, tokens, mask, key, config=config, sampling=sampling, power=power)
     return decode_responses(tokenizer, out.rollout), out

@@ -33,7 +33,7 @@ import numpy as np
 
 from sharpjax.errors import TrainingDiverged
 from sharpjax.models.hf import load_model, save_model
-from sharpjax.models.tokenizer import bucket_length, load_tokenizer
+from sharpjax.models.tokenizer import load_tokenizer
 from sharpjax.models.transformer import Params
 from sharpjax.parallel import (
     BATCH_AXES,
@@ -46,7 +46,7 @@ from sharpjax.parallel import (
     to_host,
 )
 from sharpjax.rollout.sampler import SamplingConfig, sample, sampling_config_for, trim_padding
-from sharpjax.rollout.text import decode_responses, encode_prompts
+from sharpjax.rollout.text import decode_responses, encode_prompts, fit_sampling
 from sharpjax.tasks import Task, build_task
 from sharpjax.train.checkpoint import Checkpointer, abstract_like
 from sharpjax.train.config import ConfigError, RunConfig
@@ -112,21 +112,21 @@ def _step_key(base_key: jax.Array, step: int, stream: int) -> jax.Array:
     return jax.random.fold_in(jax.random.fold_in(base_key, step), stream)
 
 
-def _sampling(config: RunConfig, model_config, tokenizer, prompt_len: int, *, eval: bool = False) -> SamplingConfig:
-    """The rollout's (or validation's) sampling settings for prompts padded to `prompt_len`."""
+def _sampling(config: RunConfig, model_config, tokenizer, *, eval: bool = False) -> SamplingConfig:
+    """The rollout's (or validation's) sampling settings; `rollout.text.fit_sampling` sizes each batch.
+
+    Without a fixed `max_new_tokens`, each response may use `rollout.max_total_length` minus its
+    own prompt's length (the paper's `max_total_sequence_length`), whatever the other prompts of
+    its batch are. Validation samples at T = 1 (the paper's evaluation) whatever the training
+    temperature.
+    """
     r = config.rollout
-    budget = r.max_new_tokens if r.max_new_tokens is not None else r.max_total_length - prompt_len
-    if eval and config.eval.max_new_tokens is not None:
-        budget = config.eval.max_new_tokens
-    if budget < 1:
-        raise ConfigError(
-            f"prompts of {prompt_len} tokens leave no room for a response within "
-            f"config.rollout.max_total_length={r.max_total_length}; raise it or shorten the prompts."
-        )
+    fixed = config.eval.max_new_tokens if eval and config.eval.max_new_tokens is not None else r.max_new_tokens
     return sampling_config_for(
-        model_config, tokenizer, max_new_tokens=budget,
+        model_config, tokenizer, max_new_tokens=fixed if fixed is not None else r.max_total_length - 1,
+        max_total_length=None if fixed is not None else r.max_total_length,
         num_samples=config.eval.num_samples if eval else r.samples_per_prompt,
-        temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, ignore_eos=r.ignore_eos,
+        temperature=1.0 if eval else r.temperature, top_p=r.top_p, top_k=r.top_k, ignore_eos=r.ignore_eos,
     )
 
 
@@ -295,7 +295,10 @@ class Trainer:
         problems = self.iterator.next()
         prompts = [self.task.render(p.problem) for p in problems]
         tokens, mask = encode_prompts(self.tokenizer, prompts, buckets=self.config.rollout.prompt_buckets)
-        sampling = _sampling(self.config, self.model, self.tokenizer, tokens.shape[1])
+        try:  # every row's own budget: max_total_length minus its prompt, not the batch's bucket
+            sampling = fit_sampling(_sampling(self.config, self.model, self.tokenizer), mask.sum(-1))
+        except ValueError as e:
+            raise ConfigError(f"config.rollout.max_total_length: {e}") from None
         policy = cast_params(self.state.params, self.model.jnp_dtype)
         chunk = self.config.rollout.chunk_prompts or len(tokens)
         # One sampler call per chunk of prompts: the KV cache is per call (config.rollout.chunk_prompts).
@@ -373,12 +376,9 @@ class Trainer:
 
         params = cast_params(self.state.params, self.model.jnp_dtype)
         out: dict[str, float] = {}
+        # Per-batch sizes and per-row budgets come from the harness (`rollout.text.generate_text`).
+        sampling = _sampling(self.config, self.model, self.tokenizer, eval=True)
         for i, (name, problems) in enumerate(self.task.validation.items()):
-            prompt_len = max(len(self.tokenizer(self.task.render(p.problem), add_special_tokens=False)["input_ids"]) for p in problems)
-            sampling = _sampling(
-                self.config, self.model, self.tokenizer, bucket_length(prompt_len, self.config.rollout.prompt_buckets),
-                eval=True,
-            )
             result = evaluate(
                 params, self.model, self.tokenizer, problems,
                 num_samples=self.config.eval.num_samples, sampling=sampling,

@@ -117,3 +117,28 @@ def test_non_positive_counts_fail_before_loading_the_model(bench_file, tmp_path,
         cli.main(["--model", str(tmp_path), "--benchmarks", "toy", "--data_file", f"toy={bench_file}", flag, value])
     err = capsys.readouterr().err
     assert e.value.code == 2 and f"{flag} {value}: must be a positive integer" in err, err
+
+
+def test_max_total_length_budget_is_per_prompt(hf_checkpoint, tmp_path):
+    """--max_total_length: a problem's budget is that minus its own prompt, whatever its batch holds."""
+    from sharpjax.eval.harness import default_render_fn
+    from sharpjax.models.tokenizer import load_tokenizer
+
+    model = hf_checkpoint("llama")
+    problems = {"short": "1+1?", "long": "Add up every one of these numbers: " + " + ".join(["12"] * 25) + "?"}
+    path = tmp_path / "two.jsonl"
+    path.write_text("".join(json.dumps({"id": k, "problem": q, "answer": "2"}) + "\n" for k, q in problems.items()))
+    tokenizer, total = load_tokenizer(model), 300
+    render = default_render_fn(tokenizer)
+    own = {k: len(tokenizer(render(q), add_special_tokens=False)["input_ids"]) for k, q in problems.items()}
+    assert own == {"short": 129, "long": 283}  # one batch of both pads to the 512 bucket
+
+    def lengths(batch_size):
+        out = cli.main(["--model", model, "--benchmarks", "two", "--data_file", f"two={path}", "--n", "1",
+                        "--max_total_length", str(total), "--ignore_eos", "--batch_size", str(batch_size),
+                        "--num_workers", "0", "--no_progress", "--save_responses"])  # fmt: skip
+        return {r["id"]: r["lengths"] for r in out["records"]["two"]}
+
+    alone = lengths(1)
+    assert alone == {"short": [total - 129], "long": [total - 283]}
+    assert lengths(2) == alone

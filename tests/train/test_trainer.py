@@ -171,3 +171,27 @@ def test_optimizer_numbers_that_would_poison_the_weights_are_refused(tiny_model_
 def test_max_skipped_updates_must_be_positive(tiny_model_dir):
     with pytest.raises(ConfigError, match="config.train.max_skipped_updates=0 must be a positive integer"):
         RunConfig.from_config_dict(tiny_config(tiny_model_dir, train__max_skipped_updates=0))
+
+
+def test_each_response_gets_its_own_prompts_room(tiny_model_dir, tmp_path, monkeypatch):
+    """Budget = max_total_length - the row's own prompt length (the paper's NeMo RL + vLLM), not
+    max_total_length - the batch's prompt bucket: a short prompt beside a long one keeps its room."""
+    from sharpjax.tasks.arithmetic import ArithmeticProblem
+
+    total = 96
+    config = RunConfig.from_config_dict(tiny_config(
+        tiny_model_dir, rollout__max_new_tokens=None, rollout__ignore_eos=True, rollout__max_total_length=total,
+        rollout__prompts_per_step=2, rollout__samples_per_prompt=2, train__micro_batches=1, eval__at_start=False,
+    ))
+    trainer = Trainer(config, str(tmp_path), progress=False)
+    short, long = "1+2", "+".join(["1"] * 24)
+    batch = [ArithmeticProblem(id="s", problem=short, answer="3", solution=""),
+             ArithmeticProblem(id="l", problem=long, answer="24", solution="")]
+    monkeypatch.setattr(trainer.iterator, "next", lambda: batch)
+    lengths = [len(trainer.tokenizer(trainer.task.render(p.problem), add_special_tokens=False)["input_ids"])
+               for p in batch]
+    assert lengths == [6, 50]  # the long one pads the batch to the 64 bucket: 32 tokens left before the fix
+    out = trainer.rollout_and_update(0)
+    trainer.close()
+    # ignore_eos: every response uses its whole budget.
+    np.testing.assert_array_equal(out["histograms"]["response_lengths"], [90, 90, 46, 46])
