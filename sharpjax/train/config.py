@@ -248,7 +248,8 @@ class PlanConfig:
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-    """Everything a training run needs, validated. Build with `from_config_dict`."""
+    """Everything a training run needs, validated on construction (`validate`). From the launcher's
+    ml-collections dict: `from_config_dict`."""
 
     model_dir: str
     ref_model_dir: str | None = None  # the frozen base model (default: model_dir)
@@ -263,12 +264,15 @@ class RunConfig:
     mesh: MeshConfig = MeshConfig()
     plan: PlanConfig = PlanConfig()
 
+    def __post_init__(self):
+        # On construction, so every entry point (the launcher, `train()`, `Trainer`, a config
+        # built or `dataclasses.replace`d in Python) refuses the same settings.
+        self.validate()
+
     @classmethod
     def from_config_dict(cls, config: Mapping[str, Any]) -> RunConfig:
-        """Converts an (ml-collections) mapping, checking names, types and ranges."""
-        run = build_config(cls, _to_plain(config), "config")
-        run.validate()
-        return run
+        """Converts an (ml-collections) mapping, checking names, types and ranges (`validate`)."""
+        return build_config(cls, _to_plain(config), "config")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

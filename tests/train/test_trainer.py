@@ -85,29 +85,29 @@ def test_sigterm_checkpoints_and_stops(tiny_model_dir, tmp_path, monkeypatch):
     assert after is previous_handler  # ... and puts the previous one back
 
 
-@pytest.mark.parametrize(
-    "overrides, message",
-    [
-        ({"reward__alpah": 2.0}, "config.reward.alpah: unknown field"),
-        ({"reward__mode": "optimization", "reward__alpha": 0.0, "reward__beta_inv": 0.0}, "R = 0 for every response"),
-        ({"rollout__samples_per_prompt": 1}, "config.rollout.samples_per_prompt"),
-        ({"train__micro_batches": 3}, "config.train.micro_batches=3"),
-        ({"train__tokens_per_micro_batch": 0}, "config.train.tokens_per_micro_batch"),
-        ({"rollout__temperature": 0.0}, "config.rollout.temperature"),
-        ({"data__task": "poetry"}, "config.data.task"),
-        # issue 16: options that were accepted and then ignored or wrong are refused, naming the field.
-        ({"rollout__top_p": 0.9}, "config.rollout.top_p=0.9"),
-        ({"rollout__top_k": 20}, "config.rollout.top_k=20"),
-        ({"loss__ppo_clip_eps": 0.2}, "config.loss.ppo_clip_eps=0.2"),
-        # Best-checkpoint selection would be silently off (item 5).
-        ({"eval__metric": "pass@4", "eval__num_samples": 2}, "config.eval.metric='pass@4'.*num_samples=2"),
-        ({"eval__metric": "no_answer"}, "config.eval.metric='no_answer'"),
-        ({"eval__metric": "pass@3", "eval__num_samples": 4}, "config.eval.metric='pass@3'"),
-        ({"data__validation": ("math500",)}, "config.data.validation=.*arithmetic"),
-        ({"data__task": "math", "data__validation": ("math_500",)}, "config.data.validation: unknown benchmark"),
-        ({"train__remat": "dot"}, "config.train.remat='dot' must be one of 'none', 'dots', 'full', 'auto'"),
-    ],
-)
+BAD_CONFIGS = [
+    ({"reward__alpah": 2.0}, "config.reward.alpah: unknown field"),
+    ({"reward__mode": "optimization", "reward__alpha": 0.0, "reward__beta_inv": 0.0}, "R = 0 for every response"),
+    ({"rollout__samples_per_prompt": 1}, "config.rollout.samples_per_prompt"),
+    ({"train__micro_batches": 3}, "config.train.micro_batches=3"),
+    ({"train__tokens_per_micro_batch": 0}, "config.train.tokens_per_micro_batch"),
+    ({"rollout__temperature": 0.0}, "config.rollout.temperature"),
+    ({"data__task": "poetry"}, "config.data.task"),
+    # issue 16: options that were accepted and then ignored or wrong are refused, naming the field.
+    ({"rollout__top_p": 0.9}, "config.rollout.top_p=0.9"),
+    ({"rollout__top_k": 20}, "config.rollout.top_k=20"),
+    ({"loss__ppo_clip_eps": 0.2}, "config.loss.ppo_clip_eps=0.2"),
+    # Best-checkpoint selection would be silently off (item 5).
+    ({"eval__metric": "pass@4", "eval__num_samples": 2}, "config.eval.metric='pass@4'.*num_samples=2"),
+    ({"eval__metric": "no_answer"}, "config.eval.metric='no_answer'"),
+    ({"eval__metric": "pass@3", "eval__num_samples": 4}, "config.eval.metric='pass@3'"),
+    ({"data__validation": ("math500",)}, "config.data.validation=.*arithmetic"),
+    ({"data__task": "math", "data__validation": ("math_500",)}, "config.data.validation: unknown benchmark"),
+    ({"train__remat": "dot"}, "config.train.remat='dot' must be one of 'none', 'dots', 'full', 'auto'"),
+]
+
+
+@pytest.mark.parametrize("overrides, message", BAD_CONFIGS)
 def test_bad_configs_name_the_field(tiny_model_dir, overrides, message):
     c = tiny_config(tiny_model_dir)
     for dotted, value in overrides.items():
@@ -115,6 +115,20 @@ def test_bad_configs_name_the_field(tiny_model_dir, overrides, message):
         c[section][leaf] = value
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         RunConfig.from_config_dict(c)
+
+
+@pytest.mark.parametrize("overrides, message", [b for b in BAD_CONFIGS if "unknown field" not in b[1]])
+def test_configs_built_in_python_are_refused_alike(tiny_model_dir, overrides, message):
+    """`train()` and `Trainer` take a RunConfig built in Python: it refuses what the launcher does."""
+    import dataclasses
+
+    good = RunConfig.from_config_dict(tiny_config(tiny_model_dir))
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        sections = {}
+        for dotted, value in overrides.items():
+            section, leaf = dotted.split("__")
+            sections[section] = dataclasses.replace(sections.get(section, getattr(good, section)), **{leaf: value})
+        dataclasses.replace(good, **sections)
 
 
 def test_remat_auto_is_resolved_before_the_step_is_built(tiny_model_dir, tmp_path):
