@@ -364,7 +364,8 @@ class Trainer:
             for key in ("kl", "kl_sequence", "reward/ref_logp_sum"):
                 metrics.pop(key, None)
         if score_ref:
-            # Sequence-level KL(pi || base) estimate: E_pi[log pi(y) - log base(y)], y ~ pi.
+            # Sequence-level KL(pi || base) estimate: E_pi[log pi(y) - log base(y)], y ~ pi, both at
+            # T = 1 (the only training temperature, `RunConfig.validate`).
             metrics["kl_to_base"] = metrics["reward/pol_logp_sum"] - metrics["reward/ref_logp_sum"]
         if metrics.get("update_skipped", 0.0) > 0:
             log.warning("step %d: non-finite loss, gradient or update; update skipped (params unchanged)", step)

@@ -95,6 +95,8 @@ BAD_CONFIGS = [
     ({"data__task": "poetry"}, "config.data.task"),
     # issue 16: options that were accepted and then ignored or wrong are refused, naming the field.
     ({"rollout__top_p": 0.9}, "config.rollout.top_p=0.9"),
+    # issue 26: a per-token weight cannot correct tempered multi-token rollouts.
+    ({"rollout__temperature": 0.7}, "config.rollout.temperature=0.7: training samples at temperature 1.0 only"),
     ({"rollout__top_k": 20}, "config.rollout.top_k=20"),
     ({"loss__ppo_clip_eps": 0.2}, "config.loss.ppo_clip_eps=0.2"),
     # Best-checkpoint selection would be silently off (item 5).
