@@ -191,13 +191,15 @@ def test_aot_plan_agrees_with_the_closed_forms(tmp_path):
 
 
 @pytest.mark.slow  # a 2-step training run (~30 s on an idle 2-core CPU)
+@pytest.mark.guard  # CI's second stage: the single-GPU targets sample in chunks (config.rollout.chunk_prompts)
 def test_chunked_sampling_calls_the_sampler_per_chunk(tmp_path, monkeypatch):
     """config.rollout.chunk_prompts: the loop samples the step's prompts a chunk at a time (the
     plan's rollout program) and trains on all of them."""
     import numpy as np
 
-    from sharpjax.train import loop
-    from tests.train._tiny_run import make_tiny_model, tiny_config
+    from sharpjax.train import trainer as loop
+    from sharpjax.train.metrics import read_metrics
+    from tests.tiny import make_tiny_model, tiny_config
 
     calls = []
     real_sample = loop.sample
@@ -212,8 +214,6 @@ def test_chunked_sampling_calls_the_sampler_per_chunk(tmp_path, monkeypatch):
     c.rollout.chunk_prompts = 2
     result = loop.train(RunConfig.from_config_dict(c), str(tmp_path / "run"), progress=False)
     assert result.last_step == 2 and calls == [2, 2, 2, 2]
-    from sharpjax.train.metrics_log import read_metrics
-
     rows = [r for r in read_metrics(str(tmp_path / "run")) if "loss" in r]
     assert len(rows) == 2 and all(np.isfinite(r["loss"]) for r in rows)
     with pytest.raises(ConfigError, match="chunk_prompts=3 must divide"):
