@@ -80,13 +80,14 @@ def test_analytic_state_and_kv_cache_closed_forms(tmp_path):
     plan = plan_run(run, "h100x1", method="analytic")
     programs = {p.name: p for p in plan.programs}
     s = plan.shapes
-    assert (s.prompt_len, s.new_tokens, s.rows) == (128, 384, 32)
+    # The worst batch: one prompt in the 128 bucket, one of a single token with 511 to go (512 slots).
+    assert (s.prompt_len, s.new_tokens, s.rows) == (128, 512, 32)
     # During the rollout: fp32 master params + Adam mu, nu (12 B/param) and the bf16 reference (2 B/param).
     assert programs["rollout"].resident_bytes == 14 * n
     parts = dict(programs["rollout"].parts)
-    # The 8 prompts' KV once (128 slots), each of the 32 rows' responses (384 slots): bf16 k and v.
+    # The 8 prompts' KV once (128 slots), each of the 32 rows' responses (512 slots): bf16 k and v.
     kv_slot = model.num_layers * 2 * model.num_kv_heads * model.head_dim * 2
-    assert parts["KV cache"] == (8 * 128 + 32 * 384) * kv_slot
+    assert parts["KV cache"] == (8 * 128 + 32 * 512) * kv_slot
     # Sharding: fsdp=2 halves every param the rules shard (all but the norms here).
     fsdp2 = plan_run(tiny_run(tmp_path, mesh=dict(data=1, fsdp=2)), "h100x2", method="analytic")
     sharded = dict(fsdp2.programs[0].parts)
@@ -226,19 +227,54 @@ def test_chunked_sampling_calls_the_sampler_per_chunk(tmp_path, monkeypatch):
 def test_paper_configs_fit_their_targets(model, target):
     """experiments/rl_math.py:<model>:task:<target> fits at <= 90% of the device (analytic plan;
     BENCHMARKS.md has XLA's compile-only numbers), and the default target is the paper's."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("rl_math", os.path.join(ROOT, "experiments", "rl_math.py"))
-    rl_math = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(rl_math)
+    rl_math = _rl_math()
     run = RunConfig.from_config_dict(rl_math.get_config(f"{model}:task:{target}"))
     assert run.plan.target == target and run.train.remat == "auto"
     plan = plan_run(run, target, method="analytic")
     assert plan.remat in REMAT_CANDIDATES  # the launcher's choice for the target
     check_fit(plan, run, max_fraction=0.9)
-    assert plan.shapes.width == run.rollout.max_total_length
+    # The worst batch: a prompt in the largest bucket beside a one-token prompt with the whole length.
+    assert plan.shapes.width == max(run.rollout.prompt_buckets) + run.rollout.max_total_length
     default = RunConfig.from_config_dict(rl_math.get_config(f"{model}:task:fixed")).plan.target
     assert default == ("h100x8" if model == "qwen3_4b" else "h100x4")
+
+
+def _rl_math():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("rl_math", os.path.join(ROOT, "experiments", "rl_math.py"))
+    rl_math = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rl_math)
+    return rl_math
+
+
+@pytest.mark.parametrize("config", ["llama3b:task:h200x1", "qwen3_4b:task:h200x2"])
+def test_the_plan_is_the_worst_batch_the_run_can_meet(config):
+    """issue 26, item 4: every response may use max_total_length minus its own prompt, and with
+    share_prompt_kv a short prompt means more response slots, so the plan's peak and time are the
+    maximum over every batch the sampler can be given (prompt bucket x shortest prompt)."""
+    import dataclasses
+
+    from sharpjax.plan import _analytic_programs, _phases
+    from sharpjax.rollout.text import response_allocation
+
+    c = _rl_math().get_config(config)
+    c.train.remat = "full"
+    run = RunConfig.from_config_dict(c)
+    plan = plan_run(run, run.plan.target, method="analytic")
+    total, gpu = run.rollout.max_total_length, plan.target.gpu
+    peaks = {p.name: p.peak_bytes for p in plan.programs}
+    times = {p.name: p.time_s(gpu) for p in plan.programs}
+
+    for bucket in sorted(run.rollout.prompt_buckets):
+        for shortest in (1, 17, 64, 100, 128, 300, 600, 1000):
+            if shortest > bucket:
+                continue
+            shapes = dataclasses.replace(plan.shapes, prompt_len=bucket,
+                                         new_tokens=response_allocation(total, shortest, cap=total))
+            for p in _analytic_programs(run, plan.model, shapes):
+                p = dataclasses.replace(p, phases=_phases(p.name, run, plan.model, shapes))
+                assert p.peak_bytes <= peaks[p.name] and p.time_s(gpu) <= times[p.name] * (1 + 1e-12), (bucket, p.name)
 
 
 # ---- train.remat="auto" ---------------------------------------------------------------------

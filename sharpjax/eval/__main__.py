@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> dict:
     tokenizer = load_tokenizer(args.model)
     sampling = sampling_config_for(
         config, tokenizer, num_samples=args.n, max_total_length=args.max_total_length,
-        max_new_tokens=args.max_new_tokens if args.max_total_length is None else args.max_total_length - 1,
+        max_new_tokens=args.max_new_tokens if args.max_total_length is None else args.max_total_length,
         temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, ignore_eos=args.ignore_eos,
     )
     render = default_render_fn(tokenizer)

@@ -110,9 +110,11 @@ class PlanShapes:
 
     Attributes:
       mesh: (data, fsdp, tensor).
-      prompt_len: P, the prompt bucket planned for (default: the largest bucket that leaves
-        half of `max_total_length` to the response).
-      new_tokens: M, the response budget.
+      prompt_len: P, the prompt bucket planned for (default: with per-prompt budgets, the
+        largest bucket a prompt that leaves room for a response can reach; with a fixed
+        `max_new_tokens`, the largest bucket that leaves half of `max_total_length`).
+      new_tokens: M, the response slots: with per-prompt budgets, those of a batch that also
+        holds a one-token prompt (`rollout.text.response_allocation`), the worst case.
       prompts_per_call: prompts per sampler call (`config.rollout.chunk_prompts`).
       samples: K, samples per prompt.
       rows: B = prompts_per_step x K, rows of the scoring and of the train step.
@@ -145,10 +147,21 @@ class PlanShapes:
 def plan_shapes(run: RunConfig, model: ModelConfig, num_devices: int, *, prompt_len: int | None = None) -> PlanShapes:
     run.check_against(context_length=model.max_position_embeddings, num_devices=num_devices)
     r = run.rollout
-    if prompt_len is None:
-        fits = [b for b in r.prompt_buckets if b <= r.max_total_length // 2]
-        prompt_len = max(fits) if fits else min(r.prompt_buckets)
-    new_tokens = r.max_new_tokens if r.max_new_tokens is not None else r.max_total_length - prompt_len
+    if r.max_new_tokens is None:
+        from sharpjax.rollout.text import response_allocation
+
+        # Each response may use max_total_length minus its own prompt (`rollout.text.fit_sampling`),
+        # so the worst batch pads to the largest bucket a prompt that leaves a response can reach
+        # and holds a one-token prompt beside it: the most prompt slots AND the most response slots.
+        buckets = sorted(r.prompt_buckets)
+        reachable = [b for i, b in enumerate(buckets) if (buckets[i - 1] if i else 0) + 1 < r.max_total_length]
+        prompt_len = prompt_len or max(reachable, default=buckets[0])
+        new_tokens = response_allocation(r.max_total_length, 1, cap=r.max_total_length)
+    else:
+        if prompt_len is None:
+            fits = [b for b in r.prompt_buckets if b <= r.max_total_length // 2]
+            prompt_len = max(fits) if fits else min(r.prompt_buckets)
+        new_tokens = r.max_new_tokens
     if new_tokens < 1:
         raise ConfigError(
             f"a prompt of {prompt_len} tokens leaves no response budget in config.rollout.max_total_length."

@@ -53,10 +53,16 @@ def fit_sampling(sampling: SamplingConfig, prompt_lengths) -> SamplingConfig:
             f"a prompt of {longest} tokens leaves no room for a response within max_total_length={total}; "
             "raise max_total_length or drop the longer prompts."
         )
-    need = total - int(np.min(prompt_lengths))
-    step = 16 * -(-total // 128)
-    m = min(sampling.max_new_tokens, -(-need // step) * step)
+    m = response_allocation(total, int(np.min(prompt_lengths)), cap=sampling.max_new_tokens)
     return dataclasses.replace(sampling, max_new_tokens=m)
+
+
+def response_allocation(max_total_length: int, shortest_prompt: int, *, cap: int) -> int:
+    """M, the response slots of a batch whose shortest prompt has `shortest_prompt` tokens:
+    its budget max_total_length - shortest_prompt rounded up to a multiple of 16 * ceil(T / 128),
+    at most `cap` (`fit_sampling`; the plan's worst case is `shortest_prompt=1`)."""
+    step = 16 * -(-max_total_length // 128)
+    return min(cap, -(-(max_total_length - shortest_prompt) // step) * step)
 
 
 def check_positions(config: ModelConfig, prompt_len: int, sampling: SamplingConfig) -> None:

@@ -123,7 +123,7 @@ def _sampling(config: RunConfig, model_config, tokenizer, *, eval: bool = False)
     r = config.rollout
     fixed = config.eval.max_new_tokens if eval and config.eval.max_new_tokens is not None else r.max_new_tokens
     return sampling_config_for(
-        model_config, tokenizer, max_new_tokens=fixed if fixed is not None else r.max_total_length - 1,
+        model_config, tokenizer, max_new_tokens=fixed if fixed is not None else r.max_total_length,
         max_total_length=None if fixed is not None else r.max_total_length,
         num_samples=config.eval.num_samples if eval else r.samples_per_prompt,
         temperature=1.0 if eval else r.temperature, top_p=r.top_p, top_k=r.top_k, ignore_eos=r.ignore_eos,
