@@ -372,3 +372,38 @@ def test_remat_auto_on_an_analytic_plan_of_a_sharded_mesh_is_full(tmp_path):
     choice = choose_remat(run, "h100x2", method="analytic", plan_all=True)
     none = dict(choice.plans)["none"]
     assert none.peak_bytes < 0.01 * none.memory_bytes and choice.policy == "full"  # none fits; not trusted
+
+
+def test_a_target_is_planned_against_the_local_gpu_it_runs_on(tmp_path, monkeypatch, caplog):
+    """issue 26, item 5: with config.plan.target set, a GPU host smaller than the target (or whose
+    allocator keeps less) is what the fit check and remat="auto" plan against, with one warning."""
+    import dataclasses
+    import logging
+
+    import sharpjax.plan as plan_module
+    from sharpjax.plan import GPUS, Target
+
+    run = tiny_run(tmp_path, plan=dict(target="h200x1", method="analytic"))
+    assert "fit check" in preflight(run)  # the tiny run fits an H200 (and no GPU here: nothing else to check)
+    needed = plan_run(run, "h200x1", method="analytic").peak_bytes
+    monkeypatch.setattr(plan_module, "local_target", lambda: (Target(GPUS["h100"], 1), needed // 2))
+    with caplog.at_level(logging.WARNING, logger="sharpjax.plan"):
+        with pytest.raises(ConfigError):
+            preflight(run)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "config.plan.target=h200x1 but this host has h100x1" in warnings[0]
+    # remat="auto" chooses on the local memory too: with room for "full" only, it picks "full".
+    from sharpjax.plan import _with_remat
+
+    auto = tiny_run(tmp_path, plan=dict(target="h200x1", method="analytic"), rollout=ACTIVATION_BOUND["rollout"],
+                    train=dict(micro_batches=1, remat="auto"))
+    sizes = {p: plan_run(_with_remat(auto, p), "h200x1", method="analytic").peak_bytes for p in ("none", "full")}
+    assert sizes["full"] < sizes["none"]
+    fraction = auto.plan.max_memory_fraction
+    monkeypatch.setattr(plan_module, "local_target", lambda: None)
+    assert preflight_run(auto)[0].train.remat != "full"  # the H200 itself has room for more
+    room = int(sizes["full"] / fraction) + 1
+    monkeypatch.setattr(plan_module, "local_target", lambda: (Target(GPUS["h100"], 1), room))
+    assert preflight_run(auto)[0].train.remat == "full"
+    assert preflight_run(dataclasses.replace(auto, plan=dataclasses.replace(auto.plan, target=None)))[0].train.remat \
+        == "full"  # the same choice as planning the local GPU itself

@@ -40,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import inspect
+import logging
 import math
 import os
 import re
@@ -50,6 +51,8 @@ from sharpjax.errors import ConfigError
 from sharpjax.models.config import ModelConfig
 from sharpjax.plan.targets import GPUS, Gpu, Target, parse_target
 from sharpjax.train.config import RunConfig
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "GiB", "GPUS", "Gpu", "Target", "parse_target", "PAPER_MODELS", "Plan", "ProgramPlan", "PlanShapes",
@@ -769,7 +772,9 @@ def preflight_run(run: RunConfig, *, model: ModelConfig | None = None) -> tuple[
     """`preflight`, and `run` with `config.train.remat="auto"` resolved to none|dots|full.
 
     The policy is the cheapest-compute one whose plan fits (`choose_remat`) on the plan's
-    target (`config.plan.target`, else the local GPUs); with no plan (no target and no GPU, or
+    target (`config.plan.target`, else the local GPUs; on a GPU host never more memory than
+    the local device's allocator limit, with one warning line when target and host differ,
+    since the run executes here); with no plan (no target and no GPU, or
     `config.plan.method="off"`) it is REMAT_DEFAULT ("full"). The returned summary then starts
     with one line naming the policy and the numbers that chose it. Raises ConfigError when
     the run cannot fit (with "auto": under any policy).
@@ -785,6 +790,17 @@ def preflight_run(run: RunConfig, *, model: ModelConfig | None = None) -> tuple[
             target = parse_target(p.target)
         except ValueError as e:
             raise ConfigError(f"config.plan.target: {e}") from None
+        local = local_target()
+        if local is not None:  # a run on this GPU: plan against what this GPU can actually give
+            here, local_memory = local
+            planned = memory or target.gpu.memory_bytes
+            if local_memory < planned or here.name != target.name:
+                log.warning(
+                    "config.plan.target=%s but this host has %s (%.1f GiB usable per device: the allocator's limit, "
+                    "XLA_PYTHON_CLIENT_MEM_FRACTION; the launcher sets 0.95): planning against %.1f GiB",
+                    target.name, here.name, local_memory / GiB, min(planned, local_memory) / GiB,
+                )
+            memory = min(planned, local_memory)
     else:
         local = local_target()
         if local is None:

@@ -235,7 +235,9 @@ class PlanConfig:
 
     Attributes:
       target: GPU target the run is sized for, e.g. "h100x4" (None: the local GPU's memory;
-        no check on a CPU).
+        no check on a CPU). On a GPU host the plan uses at most the local device's usable
+        memory (its allocator limit: XLA_PYTHON_CLIENT_MEM_FRACTION, which the launcher sets
+        to 0.95 and a Python `train()` call leaves at JAX's 0.75 unless set before jax starts).
       method: "auto" (XLA's compile-only GPU plan when the jax-cuda12 plugin imports, else
         analytic), "aot", "analytic", or "off".
       max_memory_fraction: refuse the run above this fraction of the device's memory.
