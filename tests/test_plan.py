@@ -407,3 +407,18 @@ def test_a_target_is_planned_against_the_local_gpu_it_runs_on(tmp_path, monkeypa
     assert preflight_run(auto)[0].train.remat == "full"
     assert preflight_run(dataclasses.replace(auto, plan=dataclasses.replace(auto.plan, target=None)))[0].train.remat \
         == "full"  # the same choice as planning the local GPU itself
+
+
+@pytest.mark.parametrize("target, attention", [("h100x4", "xla"), ("h200x2", "xla"), ("h200x1", "auto")])
+def test_the_plan_samples_as_the_target_will(tmp_path, target, attention):
+    """issue 26, item 6: the planning host has one device, so "auto" would compile the Pallas
+    decode kernel; a multi-GPU run never takes it (dense XLA attention), so its plan must not."""
+    from sharpjax.plan import plan_sampling, plan_shapes
+
+    run = tiny_run(tmp_path, mesh=dict(data=-1, fsdp=1, tensor=1))
+    model, t = model_config_for(run), parse_target(target)
+    shapes = plan_shapes(run, model, t.count)
+    sampling = plan_sampling(run, model, t, shapes)
+    assert sampling.decode_attention == attention
+    # ... with the run's per-prompt budgets and the plan's worst-case response slots.
+    assert (sampling.max_total_length, sampling.max_new_tokens) == (run.rollout.max_total_length, shapes.new_tokens)

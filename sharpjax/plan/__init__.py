@@ -45,12 +45,15 @@ import math
 import os
 import re
 import types
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sharpjax.errors import ConfigError
 from sharpjax.models.config import ModelConfig
 from sharpjax.plan.targets import GPUS, Gpu, Target, parse_target
 from sharpjax.train.config import RunConfig
+
+if TYPE_CHECKING:
+    from sharpjax.rollout.sampler import SamplingConfig
 
 log = logging.getLogger(__name__)
 
@@ -621,6 +624,23 @@ def _phases(name: str, run: RunConfig, model: ModelConfig, s: PlanShapes) -> tup
 
 # ---- AOT compile ------------------------------------------------------------------------
 
+def plan_sampling(run: RunConfig, model: ModelConfig, target: Target, s: PlanShapes) -> SamplingConfig:
+    """The `SamplingConfig` of the rollout program the run executes on `target`, at the plan's shapes.
+
+    The decode attention is chosen for the target, not for the planning host: a multi-GPU run
+    takes the dense XLA path (`transformer._decode_attention`: the Pallas kernel only on one
+    device), while the compile-only host has one device and would pick the kernel.
+    """
+    from sharpjax.rollout.sampler import SamplingConfig
+
+    r = run.rollout
+    return SamplingConfig(
+        max_new_tokens=s.new_tokens, max_total_length=r.max_total_length if r.max_new_tokens is None else None,
+        num_samples=s.samples, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, ignore_eos=r.ignore_eos,
+        stop_token_ids=tuple(model.eos_token_ids) or (0,), decode_attention="xla" if target.count > 1 else "auto",
+    )
+
+
 def _aot_programs(run: RunConfig, model: ModelConfig, target: Target, s: PlanShapes,
                   names: tuple[str, ...] = ("rollout", "scoring", "train_step")) -> list[ProgramPlan]:
     if getattr(model, "attention", None) == "auto":  # tracing on this CPU host would pick XLA's attention
@@ -669,7 +689,7 @@ def _aot_compile(run: RunConfig, model: ModelConfig, target: Target, s: PlanShap
 
     from sharpjax.models.transformer import param_shapes
     from sharpjax.parallel import batch_sharding, make_mesh, param_shardings, replicated
-    from sharpjax.rollout.sampler import RolloutBatch, SamplingConfig, sample
+    from sharpjax.rollout.sampler import RolloutBatch, sample
     from sharpjax.train.step import (
         StepConfig,
         TrainBatch,
@@ -707,11 +727,9 @@ def _aot_compile(run: RunConfig, model: ModelConfig, target: Target, s: PlanShap
                    for x in jax.tree.leaves(tree))
 
     score_ref = run.reward.needs_ref_logprobs or run.loss.kl_coef > 0 or run.train.score_reference_always
-    k, P, M, T, B = s.samples, s.prompt_len, s.new_tokens, s.width, s.rows
+    k, P, T, B = s.samples, s.prompt_len, s.width, s.rows
     key = jax.eval_shape(lambda: jax.random.key(0))
-    r = run.rollout
-    sampling = SamplingConfig(max_new_tokens=M, num_samples=k, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
-                              ignore_eos=r.ignore_eos, stop_token_ids=tuple(model.eos_token_ids) or (0,))
+    sampling = plan_sampling(run, model, target, s)
     prompts = sds((s.prompts_per_call, P), jnp.int32, sharding=rows2)
     if name == "rollout":
         low = sample.lower(compute, prompts, prompts, sds(key.shape, key.dtype, sharding=rep), config=model,
