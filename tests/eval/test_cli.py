@@ -131,10 +131,10 @@ def test_max_total_length_budget_is_per_prompt(hf_checkpoint, tmp_path):
     tokenizer, total = load_tokenizer(model), 300
     render = default_render_fn(tokenizer)
     own = {k: len(tokenizer(render(q), add_special_tokens=False)["input_ids"]) for k, q in problems.items()}
-    assert own == {"short": 129, "long": 283}  # one batch of both pads to the 512 bucket
+    assert own == {"short": 130, "long": 284}  # one batch of both pads to the 512 bucket
 
     out = cli.main(["--model", model, "--benchmarks", "two", "--data_file", f"two={path}", "--n", "1",
                     "--max_total_length", str(total), "--ignore_eos", "--batch_size", "2",
                     "--num_workers", "0", "--no_progress", "--save_responses"])  # fmt: skip
     # ignore_eos: each response uses its whole budget; the short one is not cut to 300 - 256 = 44.
-    assert {r["id"]: r["lengths"] for r in out["records"]["two"]} == {"short": [total - 129], "long": [total - 283]}
+    assert {r["id"]: r["lengths"] for r in out["records"]["two"]} == {"short": [total - 130], "long": [total - 284]}
