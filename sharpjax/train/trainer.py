@@ -329,11 +329,11 @@ class Trainer:
                 tokens_per_micro_batch=self.config.train.tokens_per_micro_batch, row_shards=self._row_shards(),
             )
         k = self.config.rollout.samples_per_prompt
-        task_reward = None
-        if self.config.reward.needs_task_reward:
-            texts = decode_responses(self.tokenizer, rollout)
-            answers = [p.answer for p in problems for _ in range(k)]
-            task_reward = self._put_rows(np.asarray(self.task.score(texts, answers), np.float32))
+        # Verified even when the reward does not use it (sharpening runs): host-side and cheap, it is
+        # their real training accuracy (`reward/task`; the main job's figures_accuracy.png).
+        texts = decode_responses(self.tokenizer, rollout)
+        answers = [p.answer for p in problems for _ in range(k)]
+        task_reward = self._put_rows(np.asarray(self.task.score(texts, answers), np.float32))
         t_verify = time.perf_counter()
         scored = self._rewards(
             None, rollout, task_reward, model=self.model, reward=self.config.reward, loss=self.config.loss,

@@ -190,20 +190,29 @@ def test_max_skipped_updates_must_be_positive(tiny_model_dir):
 
 
 def test_each_response_gets_its_own_prompts_room(tiny_model_dir, tmp_path, monkeypatch):
-    """Budget = max_total_length - the row's own prompt length (the paper's NeMo RL + vLLM), not
-    max_total_length - the batch's prompt bucket: a short prompt beside a long one keeps its room."""
+    """issue 26, item 1: budget = max_total_length - the row's own prompt length (the paper's NeMo
+    RL + vLLM), not max_total_length - the batch's prompt bucket: a short prompt beside a long one
+    keeps its room. Item 7: a sharpening run (w_task = 0) still verifies its rollouts and logs the
+    accuracy as reward/task (the main job's accuracy figure), without it entering the reward."""
+    import dataclasses
+    import types
+
     from sharpjax.tasks.arithmetic import ArithmeticProblem
 
     total = 96
     config = RunConfig.from_config_dict(tiny_config(
-        tiny_model_dir, rollout__max_new_tokens=None, rollout__ignore_eos=True, rollout__max_total_length=total,
-        rollout__prompts_per_step=2, rollout__samples_per_prompt=2, train__micro_batches=1, eval__at_start=False,
+        tiny_model_dir, reward="power-a2", rollout__max_new_tokens=None, rollout__ignore_eos=True,
+        rollout__max_total_length=total, rollout__prompts_per_step=2, rollout__samples_per_prompt=2,
+        train__micro_batches=1, eval__at_start=False,
     ))
     trainer = Trainer(config, str(tmp_path), progress=False)
     short, long = "1+2", "+".join(["1"] * 24)
     batch = [ArithmeticProblem(id="s", problem=short, answer="3", solution=""),
              ArithmeticProblem(id="l", problem=long, answer="24", solution="")]
     monkeypatch.setattr(trainer.iterator, "next", lambda: batch)
+    # A verifier that marks 3 of the 4 responses correct (the tiny random model answers nothing).
+    marks = [types.SimpleNamespace(score=s) for s in (1.0, 0.0, 1.0, 1.0)]
+    monkeypatch.setattr(trainer, "task", dataclasses.replace(trainer.task, verify=lambda texts, answers: marks))
     lengths = [len(trainer.tokenizer(trainer.task.render(p.problem), add_special_tokens=False)["input_ids"])
                for p in batch]
     assert lengths == [6, 50]  # the long one pads the batch to the 64 bucket: 32 tokens left before the fix
@@ -211,3 +220,5 @@ def test_each_response_gets_its_own_prompts_room(tiny_model_dir, tmp_path, monke
     trainer.close()
     # ignore_eos: every response uses its whole budget.
     np.testing.assert_array_equal(out["histograms"]["response_lengths"], [90, 90, 46, 46])
+    assert out["scalars"]["reward/task"] == 0.75
+    assert config.reward.w_task == 0
