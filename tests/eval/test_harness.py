@@ -76,6 +76,9 @@ def test_end_to_end_tiny_model(tiny, monkeypatch):
     texts, rollout = generate_text(params, config, tokenizer, want[:2], jax.random.fold_in(key, 0), sampling)
     assert result.records[0].responses + result.records[1].responses == texts
     assert result.records[0].lengths == [int(x) for x in rollout.lengths[:4]]
+    # Plain sampling prefills each prompt once (its samples share it): the mean prompt length.
+    prompt_lens = [len(tokenizer(w, add_special_tokens=False)["input_ids"]) for w in want]
+    assert s["prefill_tokens_per_problem"] == pytest.approx(np.mean(prompt_lens))
 
     # Deterministic given the key; another key samples other responses.
     again = run(key)
