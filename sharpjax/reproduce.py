@@ -53,7 +53,7 @@ KS = (1, 2, 4, 8, 16)
 FIXED_LENGTH = 48  # tokens per training response of a ':fixed' run; the SFT model's answers are ~24
 ROW_FILE = "reproduce_eval.json"  # a finished run's evaluation, reused when the job is run again
 TABLE_KEYS = ("pass@1", "pass@4", "pass@16", "maj@16", "trap_pass@1", "trap_maj@16", "shortcut_rate", "mean_length",
-              "no_answer_rate", "token_cost_per_problem")
+              "no_answer_rate", "token_cost_per_problem", "prefill_tokens_per_problem")
 # Inference-time sharpening of the base model (no training): "temp-a<alpha>" samples at T = 1/alpha,
 # "power-mcmc-a<alpha>" / "power-smc-a<alpha>" sample pi^alpha (sharpjax.rollout.power).
 # power-mcmc-a4 draws ~8x the tokens of plain sampling (~4.5 min at 300 x 16 on 2 cores, a third of the
@@ -217,11 +217,12 @@ def _inference_rows(workdir: str, base_dir: str, problems, settings: ReproduceCo
     return rows
 
 
-def _cost_ratio(row: dict, base: dict) -> float:
-    """Tokens drawn per problem relative to the base model's plain sampling in the same run."""
-    if "token_cost_per_problem" not in row or not base.get("token_cost_per_problem"):
+def _cost_ratio(row: dict, base: dict, key: str = "token_cost_per_problem") -> float:
+    """Tokens drawn (or, key="prefill_tokens_per_problem", prefilled) per problem relative to the
+    base model's plain sampling in the same run. Inference only: an RL row's training is not in it."""
+    if key not in row or not base.get(key):
         return float("nan")
-    return row["token_cost_per_problem"] / base["token_cost_per_problem"]
+    return row[key] / base[key]
 
 
 def parse_mode(mode: str) -> tuple[str, bool]:
@@ -428,22 +429,23 @@ def summarize_runs(results: dict, settings: ReproduceConfig) -> dict[str, dict[s
 
 
 def results_markdown(results: dict) -> str:
-    cols = list(TABLE_KEYS) + ["cost_ratio", "kl_to_base_last", "base_loglik_last"]
+    cols = list(TABLE_KEYS) + ["cost_ratio", "prefill_ratio", "kl_to_base_last", "base_loglik_last"]
     lines = ["| model | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     base = results["base"]
 
     def plain_row(name: str, row: dict) -> str:
-        row = {**row, "cost_ratio": _cost_ratio(row, base)}
+        row = {**row, "cost_ratio": _cost_ratio(row, base),
+               "prefill_ratio": _cost_ratio(row, base, "prefill_tokens_per_problem")}
         return f"| {name} | " + " | ".join(f"{row[c]:.3f}" if c in row else "" for c in cols) + " |"
 
     lines.append(plain_row("base", base))
     for mode, row in results.get("inference", {}).items():
         lines.append(plain_row(f"infer:{mode}", row))
     for mode, metrics in results["summary"].items():
-        cost = metrics.get("token_cost_per_problem")
-        if cost is not None and base.get("token_cost_per_problem"):
-            base_cost = base["token_cost_per_problem"]
-            metrics = {**metrics, "cost_ratio": (cost[0] / base_cost, cost[1] / base_cost)}
+        for key, ratio in (("token_cost_per_problem", "cost_ratio"), ("prefill_tokens_per_problem", "prefill_ratio")):
+            cost = metrics.get(key)
+            if cost is not None and base.get(key):
+                metrics = {**metrics, ratio: (cost[0] / base[key], cost[1] / base[key])}
         cells = []
         for c in cols:
             if c in metrics:
@@ -452,6 +454,10 @@ def results_markdown(results: dict) -> str:
             else:
                 cells.append("")
         lines.append(f"| {mode} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("cost_ratio / prefill_ratio: tokens sampled / prefilled per held-out problem relative to the base "
+                 "model's plain sampling, inference only (an RL row's training tokens are not in it); power "
+                 "rows count every proposal drawn, each re-prefilling its prompt and response prefix.")
     return "\n".join(lines)
 
 

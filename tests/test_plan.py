@@ -81,13 +81,14 @@ def test_analytic_state_and_kv_cache_closed_forms(tmp_path):
     plan = plan_run(run, "h100x1", method="analytic")
     programs = {p.name: p for p in plan.programs}
     s = plan.shapes
-    assert (s.prompt_len, s.new_tokens, s.rows) == (128, 384, 32)
+    # The worst batch: one prompt in the 128 bucket, one of a single token with 511 to go (512 slots).
+    assert (s.prompt_len, s.new_tokens, s.rows) == (128, 512, 32)
     # During the rollout: fp32 master params + Adam mu, nu (12 B/param) and the bf16 reference (2 B/param).
     assert programs["rollout"].resident_bytes == 14 * n
     parts = dict(programs["rollout"].parts)
-    # The 8 prompts' KV once (128 slots), each of the 32 rows' responses (384 slots): bf16 k and v.
+    # The 8 prompts' KV once (128 slots), each of the 32 rows' responses (512 slots): bf16 k and v.
     kv_slot = model.num_layers * 2 * model.num_kv_heads * model.head_dim * 2
-    assert parts["KV cache"] == (8 * 128 + 32 * 384) * kv_slot
+    assert parts["KV cache"] == (8 * 128 + 32 * 512) * kv_slot
     # Sharding: fsdp=2 halves every param the rules shard (all but the norms here).
     fsdp2 = plan_run(tiny_run(tmp_path, mesh=dict(data=1, fsdp=2)), "h100x2", method="analytic")
     sharded = dict(fsdp2.programs[0].parts)
@@ -193,13 +194,15 @@ def test_aot_plan_agrees_with_the_closed_forms(tmp_path):
 
 
 @pytest.mark.slow  # a 2-step training run (~30 s on an idle 2-core CPU)
+@pytest.mark.guard  # CI's second stage: the single-GPU targets sample in chunks (config.rollout.chunk_prompts)
 def test_chunked_sampling_calls_the_sampler_per_chunk(tmp_path, monkeypatch):
     """config.rollout.chunk_prompts: the loop samples the step's prompts a chunk at a time (the
     plan's rollout program) and trains on all of them."""
     import numpy as np
 
-    from sharpjax.train import loop
-    from tests.train._tiny_run import make_tiny_model, tiny_config
+    from sharpjax.train import trainer as loop
+    from sharpjax.train.metrics import read_metrics
+    from tests.tiny import make_tiny_model, tiny_config
 
     calls = []
     real_sample = loop.sample
@@ -214,8 +217,6 @@ def test_chunked_sampling_calls_the_sampler_per_chunk(tmp_path, monkeypatch):
     c.rollout.chunk_prompts = 2
     result = loop.train(RunConfig.from_config_dict(c), str(tmp_path / "run"), progress=False)
     assert result.last_step == 2 and calls == [2, 2, 2, 2]
-    from sharpjax.train.metrics_log import read_metrics
-
     rows = [r for r in read_metrics(str(tmp_path / "run")) if "loss" in r]
     assert len(rows) == 2 and all(np.isfinite(r["loss"]) for r in rows)
     with pytest.raises(ConfigError, match="chunk_prompts=3 must divide"):
@@ -228,19 +229,54 @@ def test_chunked_sampling_calls_the_sampler_per_chunk(tmp_path, monkeypatch):
 def test_paper_configs_fit_their_targets(model, target):
     """experiments/rl_math.py:<model>:task:<target> fits at <= 90% of the device (analytic plan;
     BENCHMARKS.md has XLA's compile-only numbers), and the default target is the paper's."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("rl_math", os.path.join(ROOT, "experiments", "rl_math.py"))
-    rl_math = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(rl_math)
+    rl_math = _rl_math()
     run = RunConfig.from_config_dict(rl_math.get_config(f"{model}:task:{target}"))
     assert run.plan.target == target and run.train.remat == "auto"
     plan = plan_run(run, target, method="analytic")
     assert plan.remat in REMAT_CANDIDATES  # the launcher's choice for the target
     check_fit(plan, run, max_fraction=0.9)
-    assert plan.shapes.width == run.rollout.max_total_length
+    # The worst batch: a prompt in the largest bucket beside a one-token prompt with the whole length.
+    assert plan.shapes.width == max(run.rollout.prompt_buckets) + run.rollout.max_total_length
     default = RunConfig.from_config_dict(rl_math.get_config(f"{model}:task:fixed")).plan.target
     assert default == ("h100x8" if model == "qwen3_4b" else "h100x4")
+
+
+def _rl_math():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("rl_math", os.path.join(ROOT, "experiments", "rl_math.py"))
+    rl_math = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rl_math)
+    return rl_math
+
+
+@pytest.mark.parametrize("config", ["llama3b:task:h200x1", "qwen3_4b:task:h200x2"])
+def test_the_plan_is_the_worst_batch_the_run_can_meet(config):
+    """issue 26, item 4: every response may use max_total_length minus its own prompt, and with
+    share_prompt_kv a short prompt means more response slots, so the plan's peak and time are the
+    maximum over every batch the sampler can be given (prompt bucket x shortest prompt)."""
+    import dataclasses
+
+    from sharpjax.plan import _analytic_programs, _phases
+    from sharpjax.rollout.text import response_allocation
+
+    c = _rl_math().get_config(config)
+    c.train.remat = "full"
+    run = RunConfig.from_config_dict(c)
+    plan = plan_run(run, run.plan.target, method="analytic")
+    total, gpu = run.rollout.max_total_length, plan.target.gpu
+    peaks = {p.name: p.peak_bytes for p in plan.programs}
+    times = {p.name: p.time_s(gpu) for p in plan.programs}
+
+    for bucket in sorted(run.rollout.prompt_buckets):
+        for shortest in (1, 17, 64, 100, 128, 300, 600, 1000):
+            if shortest > bucket:
+                continue
+            shapes = dataclasses.replace(plan.shapes, prompt_len=bucket,
+                                         new_tokens=response_allocation(total, shortest, cap=total))
+            for p in _analytic_programs(run, plan.model, shapes):
+                p = dataclasses.replace(p, phases=_phases(p.name, run, plan.model, shapes))
+                assert p.peak_bytes <= peaks[p.name] and p.time_s(gpu) <= times[p.name] * (1 + 1e-12), (bucket, p.name)
 
 
 # ---- train.remat="auto" ---------------------------------------------------------------------
@@ -383,3 +419,53 @@ def test_plan_cli_errors_are_one_line(flags, message):
                          timeout=120, env={**os.environ, "JAX_PLATFORMS": "cpu"})
     assert out.returncode == 2 and out.stderr.strip().splitlines() == [out.stderr.strip()], out.stderr[-2000:]
     assert out.stderr.strip().startswith(message), out.stderr[-2000:]
+
+
+def test_a_target_is_planned_against_the_local_gpu_it_runs_on(tmp_path, monkeypatch, caplog):
+    """issue 26, item 5: with config.plan.target set, a GPU host smaller than the target (or whose
+    allocator keeps less) is what the fit check and remat="auto" plan against, with one warning."""
+    import dataclasses
+    import logging
+
+    import sharpjax.plan as plan_module
+    from sharpjax.plan import GPUS, Target
+
+    run = tiny_run(tmp_path, plan=dict(target="h200x1", method="analytic"))
+    assert "fit check" in preflight(run)  # the tiny run fits an H200 (and no GPU here: nothing else to check)
+    needed = plan_run(run, "h200x1", method="analytic").peak_bytes
+    monkeypatch.setattr(plan_module, "local_target", lambda: (Target(GPUS["h100"], 1), needed // 2))
+    with caplog.at_level(logging.WARNING, logger="sharpjax.plan"):
+        with pytest.raises(ConfigError):
+            preflight(run)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "config.plan.target=h200x1 but this host has h100x1" in warnings[0]
+    # remat="auto" chooses on the local memory too: with room for "full" only, it picks "full".
+    from sharpjax.plan import _with_remat
+
+    auto = tiny_run(tmp_path, plan=dict(target="h200x1", method="analytic"), rollout=ACTIVATION_BOUND["rollout"],
+                    train=dict(micro_batches=1, remat="auto"))
+    sizes = {p: plan_run(_with_remat(auto, p), "h200x1", method="analytic").peak_bytes for p in ("none", "full")}
+    assert sizes["full"] < sizes["none"]
+    fraction = auto.plan.max_memory_fraction
+    monkeypatch.setattr(plan_module, "local_target", lambda: None)
+    assert preflight_run(auto)[0].train.remat != "full"  # the H200 itself has room for more
+    room = int(sizes["full"] / fraction) + 1
+    monkeypatch.setattr(plan_module, "local_target", lambda: (Target(GPUS["h100"], 1), room))
+    assert preflight_run(auto)[0].train.remat == "full"
+    assert preflight_run(dataclasses.replace(auto, plan=dataclasses.replace(auto.plan, target=None)))[0].train.remat \
+        == "full"  # the same choice as planning the local GPU itself
+
+
+@pytest.mark.parametrize("target, attention", [("h100x4", "xla"), ("h200x2", "xla"), ("h200x1", "auto")])
+def test_the_plan_samples_as_the_target_will(tmp_path, target, attention):
+    """issue 26, item 6: the planning host has one device, so "auto" would compile the Pallas
+    decode kernel; a multi-GPU run never takes it (dense XLA attention), so its plan must not."""
+    from sharpjax.plan import plan_sampling, plan_shapes
+
+    run = tiny_run(tmp_path, mesh=dict(data=-1, fsdp=1, tensor=1))
+    model, t = model_config_for(run), parse_target(target)
+    shapes = plan_shapes(run, model, t.count)
+    sampling = plan_sampling(run, model, t, shapes)
+    assert sampling.decode_attention == attention
+    # ... with the run's per-prompt budgets and the plan's worst-case response slots.
+    assert (sampling.max_total_length, sampling.max_new_tokens) == (run.rollout.max_total_length, shapes.new_tokens)

@@ -1,8 +1,13 @@
 """The paper's prompt (PAPER.md): one user turn, the model's own chat template, no system
 prompt, generation prompt on.
 
-The template contains a literal `\\boxed{}`, so it is filled with `str.replace`, never
+The template contains a literal `{}` (of `boxed{}`), so it is filled with `str.replace`, never
 `str.format` (which would read `{}` as a field).
+
+Two backslashes, as the authors' model saw it: NeMo RL reads its prompt file raw and fills it
+with `str.format`, so the file's `\\\\boxed{{}}` reaches the model as `\\\\boxed{}` (the paper
+prints one). A different token sequence from the paper's text is a different prompt; we match
+what was run (issue 26, item 7).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ __all__ = ["PROMPT_TEMPLATE", "format_prompt", "render_prompt", "render_prompts"
 
 PROMPT_TEMPLATE = (
     "Think step-by-step to solve the following problem. Output your answer inside of "
-    "\\boxed{} tags.:\n{problem}\n\nLet's think step-by-step"
+    "\\\\boxed{} tags.:\n{problem}\n\nLet's think step-by-step"
 )
 _FIELD = "{problem}"
 

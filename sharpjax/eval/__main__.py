@@ -48,7 +48,14 @@ def _parser() -> argparse.ArgumentParser:
         "--max_new_tokens",
         type=int,
         default=2048,
-        help="response budget in tokens (paper: 2048 total for the 3B models, 8192 for AIME)",
+        help="response budget in tokens, the same for every problem (ignored with --max_total_length)",
+    )
+    p.add_argument(
+        "--max_total_length",
+        type=int,
+        default=None,
+        help="each problem's budget is this minus its own prompt's length (the paper's max total sequence "
+        "length: 2048 for the 3B models, 8192 for AIME); not with the power samplers",
     )
     p.add_argument("--ignore_eos", action="store_true", help="fixed-length evaluation: every response is full length")
     p.add_argument("--ks", default=",".join(map(str, DEFAULT_KS)), help="k of pass@k / maj@k (k above --n is dropped)")
@@ -140,8 +147,9 @@ def main(argv: list[str] | None = None) -> dict:
             parser.error(f"--data_file {item!r}: expected NAME=PATH.")
         data_files[name] = path
     # Checked before the data and the model load: a zero here would fail only after both.
-    for flag, value in (("--n", args.n), ("--batch_size", args.batch_size), ("--max_new_tokens", args.max_new_tokens)):
-        if value < 1:
+    for flag, value in (("--n", args.n), ("--batch_size", args.batch_size), ("--max_new_tokens", args.max_new_tokens),
+                        ("--max_total_length", args.max_total_length)):
+        if value is not None and value < 1:
             parser.error(f"{flag} {value}: must be a positive integer.")
     if args.limit is not None and args.limit < 1:
         parser.error(f"--limit {args.limit}: must be a positive integer (leave it out for every problem).")
@@ -161,6 +169,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.sampler != "plain":
         from sharpjax.rollout.power import PowerConfig
 
+        if args.max_total_length is not None:
+            parser.error(f"--sampler {args.sampler} splits one fixed budget into blocks: use --max_new_tokens")
         if args.temperature != 1.0 or args.top_p != 1.0 or args.top_k != 0:
             parser.error(
                 f"--sampler {args.sampler} draws at temperature 1/--alpha: leave --temperature, --top_p, --top_k"
@@ -189,8 +199,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     params, config = load_model(args.model, dtype=args.dtype)
     sampling = sampling_config_for(
-        config, tokenizer, max_new_tokens=args.max_new_tokens, num_samples=args.n, temperature=args.temperature,
-        top_p=args.top_p, top_k=args.top_k, ignore_eos=args.ignore_eos,
+        config, tokenizer, num_samples=args.n, max_total_length=args.max_total_length,
+        max_new_tokens=args.max_new_tokens if args.max_total_length is None else args.max_total_length,
+        temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, ignore_eos=args.ignore_eos,
     )
     render = default_render_fn(tokenizer)
     for name, problems in benchmarks.items():  # Every benchmark fits, before any sampling.

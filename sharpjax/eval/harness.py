@@ -33,7 +33,7 @@ from sharpjax.parallel import to_host
 from sharpjax.rewards import verify_batch
 from sharpjax.rewards.math import Fallback, Verifier
 from sharpjax.rollout.sampler import SamplingConfig
-from sharpjax.rollout.text import DEFAULT_BUCKETS, generate_text
+from sharpjax.rollout.text import DEFAULT_BUCKETS, check_positions, fit_sampling, generate_text
 from sharpjax.tasks.base import VerifyFn
 
 __all__ = ["EvalProblem", "EvalResult", "check_context", "default_render_fn", "evaluate"]
@@ -59,12 +59,14 @@ def check_context(
     sampling: SamplingConfig,
     *,
     buckets: tuple[int, ...] = DEFAULT_BUCKETS,
-) -> None:
-    """Raises ValueError, before any sampling, if a rendered prompt cannot be sampled.
+) -> list[int]:
+    """Raises ValueError, before any sampling, if a rendered prompt cannot be sampled; returns
+    every prompt's length in tokens.
 
     The longest prompt decides the largest bucket any batch pads to; that bucket plus
     `sampling.max_new_tokens` must fit the model's context (the sampler's own check would
-    otherwise fire mid-run, after earlier batches or benchmarks were sampled).
+    otherwise fire mid-run, after earlier batches or benchmarks were sampled). With
+    `sampling.max_total_length`, that must fit the context and leave every prompt a response.
     """
     lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
     longest = int(np.argmax(lengths))
@@ -72,11 +74,18 @@ def check_context(
         bucket = bucket_length(lengths[longest], buckets)
     except ValueError as e:
         raise ValueError(f"prompt {longest} ({lengths[longest]} tokens): {e}") from None
-    if bucket + sampling.max_new_tokens > model_config.max_position_embeddings:
+    if sampling.max_total_length is not None:
+        try:
+            fit_sampling(sampling, [lengths[longest]])
+            check_positions(model_config, bucket, sampling)
+        except ValueError as e:
+            raise ValueError(f"prompt {longest} ({lengths[longest]} tokens): {e}") from None
+    elif bucket + sampling.max_new_tokens > model_config.max_position_embeddings:
         raise ValueError(
             f"prompt {longest} has {lengths[longest]} tokens (padded to {bucket}); with max_new_tokens "
             f"{sampling.max_new_tokens} it exceeds the model's context of {model_config.max_position_embeddings}."
         )
+    return lengths
 
 
 @dataclasses.dataclass
@@ -149,6 +158,8 @@ def evaluate(
         `functools.partial(sharpjax.rollout.power.generate_power_text, method=..., power=...)`;
         a batch with a `token_cost` (tokens drawn per sample, rejected proposals and particles
         included) sets the summary's `token_cost_per_problem`; otherwise that is the lengths.
+        Likewise `prefill_cost` (prompt + prefix re-read per proposal) sets
+        `prefill_tokens_per_problem`; otherwise that is the prompt's length (one prefill).
 
     Returns:
       An `EvalResult`: per-problem records and their summary.
@@ -164,11 +175,12 @@ def evaluate(
     prompts = [render_fn(p.problem) for p in problems]
     references = [str(p.answer) for p in problems]
     ids = [str(getattr(p, "id", i)) for i, p in enumerate(problems)]
-    check_context(model_config, tokenizer, prompts, sampling, buckets=buckets)
+    prompt_lengths = check_context(model_config, tokenizer, prompts, sampling, buckets=buckets)
     bs = min(batch_size, len(problems))
 
     records: list[ProblemRecord] = []
     costs: list[int] = []  # tokens drawn per problem, all of its samples
+    prefills: list[int] = []  # tokens prefilled per problem
     generate = generate_fn or generate_text
     with tqdm.tqdm(total=len(problems), desc=desc, unit="prompt", disable=not progress) as bar:
         for batch_index, start in enumerate(range(0, len(problems), bs)):
@@ -183,6 +195,11 @@ def evaluate(
             finished = to_host(rollout.finished)[: real * g]
             cost = to_host(getattr(rollout, "token_cost", rollout.lengths))[: real * g]
             costs += [int(cost[i * g : (i + 1) * g].sum()) for i in range(real)]
+            if hasattr(rollout, "prefill_cost"):  # every proposal re-reads prompt + prefix
+                pre = to_host(rollout.prefill_cost)[: real * g]
+                prefills += [int(pre[i * g : (i + 1) * g].sum()) for i in range(real)]
+            else:  # one prefill of the prompt, shared by its samples
+                prefills += prompt_lengths[start : start + real]
             refs = [references[start + i // g] for i in range(real * g)]
             if verify_fn is None:
                 results = verify_batch(
@@ -210,4 +227,5 @@ def evaluate(
             bar.set_postfix(acc=f"{np.mean([c for r in records for c in r.correct]):.3f}")
     summary = summarize(records, ks, merge_correct=merge_correct, maj_num_draws=maj_num_draws)
     summary["token_cost_per_problem"] = float(np.mean(costs))
+    summary["prefill_tokens_per_problem"] = float(np.mean(prefills))
     return EvalResult(records=records, summary=summary)

@@ -40,16 +40,22 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import inspect
+import logging
 import math
 import os
 import re
 import types
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sharpjax.errors import ConfigError
 from sharpjax.models.config import ModelConfig
 from sharpjax.plan.targets import GPUS, Gpu, Target, parse_target
 from sharpjax.train.config import RunConfig
+
+if TYPE_CHECKING:
+    from sharpjax.rollout.sampler import SamplingConfig
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "GiB", "GPUS", "Gpu", "Target", "parse_target", "PAPER_MODELS", "Plan", "ProgramPlan", "PlanShapes",
@@ -110,9 +116,11 @@ class PlanShapes:
 
     Attributes:
       mesh: (data, fsdp, tensor).
-      prompt_len: P, the prompt bucket planned for (default: the largest bucket that leaves
-        half of `max_total_length` to the response).
-      new_tokens: M, the response budget.
+      prompt_len: P, the prompt bucket planned for (default: with per-prompt budgets, the
+        largest bucket a prompt that leaves room for a response can reach; with a fixed
+        `max_new_tokens`, the largest bucket that leaves half of `max_total_length`).
+      new_tokens: M, the response slots: with per-prompt budgets, those of a batch that also
+        holds a one-token prompt (`rollout.text.response_allocation`), the worst case.
       prompts_per_call: prompts per sampler call (`config.rollout.chunk_prompts`).
       samples: K, samples per prompt.
       rows: B = prompts_per_step x K, rows of the scoring and of the train step.
@@ -145,10 +153,21 @@ class PlanShapes:
 def plan_shapes(run: RunConfig, model: ModelConfig, num_devices: int, *, prompt_len: int | None = None) -> PlanShapes:
     run.check_against(context_length=model.max_position_embeddings, num_devices=num_devices)
     r = run.rollout
-    if prompt_len is None:
-        fits = [b for b in r.prompt_buckets if b <= r.max_total_length // 2]
-        prompt_len = max(fits) if fits else min(r.prompt_buckets)
-    new_tokens = r.max_new_tokens if r.max_new_tokens is not None else r.max_total_length - prompt_len
+    if r.max_new_tokens is None:
+        from sharpjax.rollout.text import response_allocation
+
+        # Each response may use max_total_length minus its own prompt (`rollout.text.fit_sampling`),
+        # so the worst batch pads to the largest bucket a prompt that leaves a response can reach
+        # and holds a one-token prompt beside it: the most prompt slots AND the most response slots.
+        buckets = sorted(r.prompt_buckets)
+        reachable = [b for i, b in enumerate(buckets) if (buckets[i - 1] if i else 0) + 1 < r.max_total_length]
+        prompt_len = prompt_len or max(reachable, default=buckets[0])
+        new_tokens = response_allocation(r.max_total_length, 1, cap=r.max_total_length)
+    else:
+        if prompt_len is None:
+            fits = [b for b in r.prompt_buckets if b <= r.max_total_length // 2]
+            prompt_len = max(fits) if fits else min(r.prompt_buckets)
+        new_tokens = r.max_new_tokens
     if new_tokens < 1:
         raise ConfigError(
             f"a prompt of {prompt_len} tokens leaves no response budget in config.rollout.max_total_length."
@@ -641,6 +660,23 @@ def _phases(name: str, run: RunConfig, model: ModelConfig, s: PlanShapes) -> tup
 
 # ---- AOT compile ------------------------------------------------------------------------
 
+def plan_sampling(run: RunConfig, model: ModelConfig, target: Target, s: PlanShapes) -> SamplingConfig:
+    """The `SamplingConfig` of the rollout program the run executes on `target`, at the plan's shapes.
+
+    The decode attention is chosen for the target, not for the planning host: a multi-GPU run
+    takes the dense XLA path (`transformer._decode_attention`: the Pallas kernel only on one
+    device), while the compile-only host has one device and would pick the kernel.
+    """
+    from sharpjax.rollout.sampler import SamplingConfig
+
+    r = run.rollout
+    return SamplingConfig(
+        max_new_tokens=s.new_tokens, max_total_length=r.max_total_length if r.max_new_tokens is None else None,
+        num_samples=s.samples, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, ignore_eos=r.ignore_eos,
+        stop_token_ids=tuple(model.eos_token_ids) or (0,), decode_attention="xla" if target.count > 1 else "auto",
+    )
+
+
 def _aot_programs(run: RunConfig, model: ModelConfig, target: Target, s: PlanShapes,
                   names: tuple[str, ...] = ("rollout", "scoring", "train_step")) -> list[ProgramPlan]:
     from sharpjax.parallel import on_mesh
@@ -703,7 +739,7 @@ def _aot_compile(run: RunConfig, model: ModelConfig, target: Target, s: PlanShap
 
     from sharpjax.models.transformer import param_shapes
     from sharpjax.parallel import batch_sharding, param_shardings, replicated
-    from sharpjax.rollout.sampler import RolloutBatch, SamplingConfig, sample
+    from sharpjax.rollout.sampler import RolloutBatch, sample
     from sharpjax.train.step import (
         StepConfig,
         TrainBatch,
@@ -739,11 +775,9 @@ def _aot_compile(run: RunConfig, model: ModelConfig, target: Target, s: PlanShap
                    for x in jax.tree.leaves(tree))
 
     score_ref = run.reward.needs_ref_logprobs or run.loss.kl_coef > 0 or run.train.score_reference_always
-    k, P, M, T, B = s.samples, s.prompt_len, s.new_tokens, s.width, s.rows
+    k, P, T, B = s.samples, s.prompt_len, s.width, s.rows
     key = jax.eval_shape(lambda: jax.random.key(0))
-    r = run.rollout
-    sampling = SamplingConfig(max_new_tokens=M, num_samples=k, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
-                              ignore_eos=r.ignore_eos, stop_token_ids=tuple(model.eos_token_ids) or (0,))
+    sampling = plan_sampling(run, model, target, s)
     prompts = sds((s.prompts_per_call, P), jnp.int32, sharding=rows2)
     if name == "rollout":
         low = sample.lower(compute, prompts, prompts, sds(key.shape, key.dtype, sharding=rep), config=model,
@@ -804,7 +838,9 @@ def preflight_run(run: RunConfig, *, model: ModelConfig | None = None) -> tuple[
     """`preflight`, and `run` with `config.train.remat="auto"` resolved to none|dots|full.
 
     The policy is the cheapest-compute one whose plan fits (`choose_remat`) on the plan's
-    target (`config.plan.target`, else the local GPUs); with no plan (no target and no GPU, or
+    target (`config.plan.target`, else the local GPUs; on a GPU host never more memory than
+    the local device's allocator limit, with one warning line when target and host differ,
+    since the run executes here); with no plan (no target and no GPU, or
     `config.plan.method="off"`) it is REMAT_DEFAULT ("full"). The returned summary then starts
     with one line naming the policy and the numbers that chose it. Raises ConfigError when
     the run cannot fit (with "auto": under any policy).
@@ -820,6 +856,17 @@ def preflight_run(run: RunConfig, *, model: ModelConfig | None = None) -> tuple[
             target = parse_target(p.target)
         except ValueError as e:
             raise ConfigError(f"config.plan.target: {e}") from None
+        local = local_target()
+        if local is not None:  # a run on this GPU: plan against what this GPU can actually give
+            here, local_memory = local
+            planned = memory or target.gpu.memory_bytes
+            if local_memory < planned or here.name != target.name:
+                log.warning(
+                    "config.plan.target=%s but this host has %s (%.1f GiB usable per device: the allocator's limit, "
+                    "XLA_PYTHON_CLIENT_MEM_FRACTION; the launcher sets 0.95): planning against %.1f GiB",
+                    target.name, here.name, local_memory / GiB, min(planned, local_memory) / GiB,
+                )
+            memory = min(planned, local_memory)
     else:
         local = local_target()
         if local is None:

@@ -21,8 +21,8 @@ from sharpjax.configs.cli import parse_config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file (experiments/*.py[:arg]).")
 _TARGET = flags.DEFINE_string("target", None, "GPU target, e.g. h100x4, h200x1 (default: config.plan.target).")
 _METHOD = flags.DEFINE_enum("method", None, ["auto", "aot", "analytic"], "default: config.plan.method (auto).")
-_PROMPT_LEN = flags.DEFINE_integer("prompt_len", None, "prompt bucket to plan for (default: the largest bucket "
-                                   "that leaves half of max_total_length to the response).")
+_PROMPT_LEN = flags.DEFINE_integer("prompt_len", None, "prompt bucket to plan for (default: the worst batch, "
+                                   "the largest bucket beside a one-token prompt; see sharpjax.plan.plan_shapes).")
 _JSON = flags.DEFINE_string("json", None, "also write the plan as JSON to this file.")
 flags.mark_flags_as_required(["config"])
 

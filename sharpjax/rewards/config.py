@@ -31,6 +31,9 @@ class RewardConfig:
         no task reward at all (pure sharpening, the verifier is never called).
       normalization: How L_ref is aggregated over response tokens: "sum" (every reported
         run), "mean" (divide by length), "weighted_mean" (divide by length**length_power).
+        "mean" / "weighted_mean" are the project's own form, w_ref * L_ref / len^w - w_pol * L_pol;
+        the authors' code normalizes only part of it ((alpha - 1) * L_ref / len^w + L_ref - L_pol).
+        The two agree for "sum" (README, "Deliberate differences from the authors' code").
       length_power: The w of "weighted_mean"; must be None for the other normalizations.
     """
 

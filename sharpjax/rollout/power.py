@@ -96,6 +96,11 @@ def check_sampling(sampling: SamplingConfig) -> None:
             f"temperature=1.0, top_p=1.0, top_k=0, greedy=False (got temperature={sampling.temperature}, "
             f"top_p={sampling.top_p}, top_k={sampling.top_k}, greedy={sampling.greedy})."
         )
+    if sampling.max_total_length is not None:
+        raise ValueError(
+            "power sampling splits one fixed budget into blocks: give max_new_tokens, not "
+            f"max_total_length={sampling.max_total_length}."
+        )
 
 
 @flax.struct.dataclass
@@ -109,6 +114,8 @@ class PowerSamples:
         resampling (only differences within a system matter); 0 for MCMC chains and draws.
       token_cost: [B] tokens drawn from the proposal for this row: every proposal, rejected or
         not, for a chain; the whole system's particles for an SMC draw.
+      prefill_cost: [B] tokens prefilled for those proposals: each one re-reads its prompt and
+        the response prefix it continues (prompt + y_<start), which plain sampling reads once.
       accept_rate: [B] fraction of accepted MH proposals (MCMC; 0 for SMC).
     """
 
@@ -116,6 +123,7 @@ class PowerSamples:
     log_weights: Float[Array, " B"]
     token_cost: Int[Array, " B"]
     accept_rate: Float[Array, " B"]
+    prefill_cost: Int[Array, " B"]
 
     @property
     def lengths(self) -> Int[Array, " B"]:
@@ -190,10 +198,11 @@ def _propose(
     *,
     config: ModelConfig,
     proposal: SamplingConfig,
-) -> tuple[_Chains, Int[Array, " R"]]:
+) -> tuple[_Chains, Int[Array, " R"], Int[Array, " R"]]:
     """Keeps y_{<start} and draws up to `budget` new tokens from q after it.
 
-    Returns the spliced proposals and the number of tokens drawn per row.
+    Returns the spliced proposals, the number of tokens drawn per row, and the tokens prefilled
+    per row (prompt + y_{<start} where a proposal was drawn, 0 where the budget was 0).
     """
     m = chains.tokens.shape[1]
     p = prompt_RP.shape[1]
@@ -224,7 +233,8 @@ def _propose(
         lengths=start_R + out.lengths,
         finished=out.finished,
     )
-    return spliced, out.lengths
+    prefilled_R = jnp.where(budget_R > 0, prompt_mask_RP.sum(-1) + start_R, 0).astype(jnp.int32)
+    return spliced, out.lengths, prefilled_R
 
 
 def _setup(prompt_tokens_BP, prompt_mask_BP, rows_per_prompt: int, sampling: SamplingConfig, power: PowerConfig):
@@ -284,7 +294,7 @@ def power_mcmc(
     per_block = 1 + power.mh_steps  # one extension, then the MH steps
 
     def step(i, carry):
-        chains, key, cost_R, accepted_R = carry
+        chains, key, cost_R, accepted_R, prefill_R = carry
         key, k_prop, k_pos, k_acc = jax.random.split(key, 4)
         extend = i % per_block == 0
         end = jnp.minimum((i // per_block + 1) * power.block_size, m)
@@ -292,7 +302,7 @@ def power_mcmc(
         position_R = jnp.clip(position_R, 0, jnp.maximum(chains.lengths - 1, 0))
         start_R = jnp.where(extend, chains.lengths, position_R)
         budget_R = jnp.where(extend & chains.finished, 0, end - start_R)
-        proposed, drawn_R = _propose(
+        proposed, drawn_R, prefilled_R = _propose(
             params, prompt_RP, prompt_mask_RP, chains, start_R, budget_R, k_prop, config=config, proposal=proposal
         )
         log_accept_R = mh_log_acceptance(
@@ -305,16 +315,19 @@ def power_mcmc(
         # An extension is a draw from q, taken as is; a finished response is never extended.
         accept_R = jnp.where(extend, ~chains.finished, mh_accept_R)
         chains = _where_rows(accept_R, proposed, chains)
-        return chains, key, cost_R + drawn_R, accepted_R + (accept_R & ~extend).astype(jnp.int32)
+        accepted_R = accepted_R + (accept_R & ~extend).astype(jnp.int32)
+        return chains, key, cost_R + drawn_R, accepted_R, prefill_R + prefilled_R
 
-    init = (_Chains.empty(r, m, sampling.pad_id), key, jnp.zeros((r,), jnp.int32), jnp.zeros((r,), jnp.int32))
+    zeros_R = jnp.zeros((r,), jnp.int32)
+    init = (_Chains.empty(r, m, sampling.pad_id), key, zeros_R, zeros_R, zeros_R)
     num_blocks = power.num_blocks(m)
-    chains, _, cost_R, accepted_R = jax.lax.fori_loop(0, num_blocks * per_block, step, init)
+    chains, _, cost_R, accepted_R, prefill_R = jax.lax.fori_loop(0, num_blocks * per_block, step, init)
     return PowerSamples(
         rollout=_rollout(prompt_RP, prompt_mask_RP, chains, g),
         log_weights=jnp.zeros((r,), jnp.float32),
         token_cost=cost_R,
         accept_rate=accepted_R / max(num_blocks * power.mh_steps, 1),
+        prefill_cost=prefill_R,
     )
 
 
@@ -351,11 +364,11 @@ def power_smc_particles(
     num_blocks = power.num_blocks(m)
 
     def block(k, carry):
-        chains, log_w_R, key, cost_R = carry
+        chains, log_w_R, key, cost_R, prefill_R = carry
         key, k_prop, k_res = jax.random.split(key, 3)
         end = jnp.minimum((k + 1) * power.block_size, m)
         budget_R = jnp.where(chains.finished, 0, end - chains.lengths)
-        proposed, drawn_R = _propose(
+        proposed, drawn_R, prefilled_R = _propose(
             params, prompt_RP, prompt_mask_RP, chains, chains.lengths, budget_R, k_prop, config=config,
             proposal=proposal,
         )  # fmt: skip
@@ -370,15 +383,18 @@ def power_smc_particles(
         rows_R = (jnp.arange(r // n)[:, None] * n + ancestors_SN).reshape(-1)
         chains = jax.tree.map(lambda x: x[rows_R], chains)
         log_w_R = jnp.where(resample_S[:, None], 0.0, log_w_SN).reshape(-1)
-        return chains, log_w_R, key, cost_R + drawn_R
+        # Resampled particles inherit their ancestors' history; the cost stays per row slot.
+        return chains, log_w_R, key, cost_R + drawn_R, prefill_R + prefilled_R
 
-    init = (_Chains.empty(r, m, sampling.pad_id), jnp.zeros((r,), jnp.float32), key, jnp.zeros((r,), jnp.int32))
-    chains, log_w_R, _, cost_R = jax.lax.fori_loop(0, num_blocks, block, init)
+    zeros_R = jnp.zeros((r,), jnp.int32)
+    init = (_Chains.empty(r, m, sampling.pad_id), jnp.zeros((r,), jnp.float32), key, zeros_R, zeros_R)
+    chains, log_w_R, _, cost_R, prefill_R = jax.lax.fori_loop(0, num_blocks, block, init)
     return PowerSamples(
         rollout=_rollout(prompt_RP, prompt_mask_RP, chains, g * n),
         log_weights=log_w_R,
         token_cost=cost_R,
         accept_rate=jnp.zeros((r,), jnp.float32),
+        prefill_cost=prefill_R,
     )
 
 
@@ -406,8 +422,8 @@ def select(
       beta_inv: the tilt's inverse temperature (0: no tilt).
 
     Returns:
-      `PowerSamples` with B / group_size rows; the token cost of a row is its group's total,
-      the acceptance rate its group's mean, the log weight 0.
+      `PowerSamples` with B / group_size rows; the token and prefill costs of a row are its
+      group's totals, the acceptance rate its group's mean, the log weight 0.
     """
     b = samples.log_weights.shape[0]
     if b % group_size:
@@ -424,6 +440,7 @@ def select(
         log_weights=jnp.zeros((groups,), jnp.float32),
         token_cost=samples.token_cost.reshape(groups, group_size).sum(-1),
         accept_rate=samples.accept_rate.reshape(groups, group_size).mean(-1),
+        prefill_cost=samples.prefill_cost.reshape(groups, group_size).sum(-1),
     )
 
 
@@ -465,16 +482,12 @@ def generate_power_text(
     buckets: tuple[int, ...] | None = None,
 ) -> tuple[list[str], PowerSamples]:
     """`generate_text` with a power sampler: texts and `PowerSamples` (lengths, token cost)."""
-    from sharpjax.rollout.text import DEFAULT_BUCKETS, decode_responses, encode_prompts
+    from sharpjax.rollout.text import DEFAULT_BUCKETS, check_positions, decode_responses, encode_prompts
 
     if method not in METHODS:
         raise ValueError(f"method={method!r}; expected one of {METHODS}.")
     tokens, mask = encode_prompts(tokenizer, prompts, buckets=buckets or DEFAULT_BUCKETS)
-    if tokens.shape[1] + sampling.max_new_tokens > config.max_position_embeddings:
-        raise ValueError(
-            f"prompt bucket {tokens.shape[1]} + max_new_tokens {sampling.max_new_tokens} exceeds the model's "
-            f"context of {config.max_position_embeddings} tokens."
-        )
+    check_positions(config, tokens.shape[1], sampling)
     fn = power_mcmc if method == "power-mcmc" else power_smc
     out = fn(params, tokens, mask, key, config=config, sampling=sampling, power=power)
     return decode_responses(tokenizer, out.rollout), out

@@ -40,7 +40,11 @@ class SamplingConfig:
     """How to sample (static: changing it recompiles).
 
     Attributes:
-      max_new_tokens: M, response length budget.
+      max_new_tokens: M, response length budget (the allocation: every row's budget is at most M).
+      max_total_length: None, or each row's budget is at most this minus its own prompt's
+        length (the paper's `max_total_sequence_length`: NeMo RL + vLLM give each response
+        the room its prompt leaves). M must then cover the batch's shortest prompt for its
+        rows to get their whole budget (`rollout.text.fit_sampling` picks it per batch).
       num_samples: G, samples per prompt (the RLOO group), sharing one prefill.
       temperature: softmax temperature (paper: 1.0). Ignored when `greedy`.
       top_p: nucleus mass (1.0 = off, the paper's setting).
@@ -64,6 +68,7 @@ class SamplingConfig:
     """
 
     max_new_tokens: int = 64
+    max_total_length: int | None = None
     num_samples: int = 1
     temperature: float = 1.0
     top_p: float = 1.0
@@ -78,6 +83,8 @@ class SamplingConfig:
     def __post_init__(self):
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens={self.max_new_tokens} must be >= 1.")
+        if self.max_total_length is not None and self.max_total_length < 2:
+            raise ValueError(f"max_total_length={self.max_total_length} must be >= 2 (a prompt token and a response).")
         if self.num_samples < 1:
             raise ValueError(f"num_samples={self.num_samples} must be >= 1.")
         if not self.greedy and self.temperature <= 0:
@@ -97,6 +104,7 @@ def sampling_config_for(
     tokenizer,
     *,
     max_new_tokens: int,
+    max_total_length: int | None = None,
     num_samples: int = 1,
     temperature: float = 1.0,
     top_p: float = 1.0,
@@ -116,6 +124,7 @@ def sampling_config_for(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else model_config.pad_token_id
     return SamplingConfig(
         max_new_tokens=int(max_new_tokens),
+        max_total_length=None if max_total_length is None else int(max_total_length),
         num_samples=num_samples,
         temperature=temperature,
         top_p=top_p,
@@ -256,6 +265,7 @@ def sample(
         stops after that many tokens (`finished` stays False unless a stop token ended it), and
         the loop ends once every row is stopped or out of budget. Power sampling
         (`sharpjax.rollout.power`) resamples suffixes of different lengths in one call.
+        `sampling.max_total_length` caps them further, per row, by its own prompt's length.
 
     Returns:
       A `RolloutBatch` with B = Bp * G rows; rows i*G .. i*G+G-1 answer prompt i.
@@ -294,6 +304,8 @@ def sample(
     # Per-layer weights sliced once here: a w[i] inside the loop body is copied every step.
     layers = unstack_layers(params, config.num_layers)
     budget_B = jnp.full((b,), m, jnp.int32) if max_new_tokens_B is None else jnp.asarray(max_new_tokens_B, jnp.int32)
+    if sampling.max_total_length is not None:  # each row's own room, not the batch's bucket
+        budget_B = jnp.minimum(budget_B, sampling.max_total_length - prompt_len_B)
 
     def cond(state: _State):
         return (state.step < m) & ~jnp.all(state.done | (state.step >= budget_B))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import numpy as np
 
@@ -34,6 +36,60 @@ def prompt_lengths(tokenizer, texts: list[str]) -> list[int]:
     return [len(x) for x in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
 
 
+def fit_sampling(sampling: SamplingConfig, prompt_lengths) -> SamplingConfig:
+    """The sampling settings of one batch: with `max_total_length` set, an allocation M that
+    gives every row its own whole budget (max_total_length minus its prompt's length).
+
+    M is the shortest prompt's budget rounded up to a multiple of 16 * ceil(T / 128) (about
+    T / 8: a run compiles at most ~8 response sizes per prompt bucket), and at most
+    `sampling.max_new_tokens`. Unchanged without `max_total_length` (one fixed budget).
+
+    Args:
+      sampling: the run's settings.
+      prompt_lengths: [Bp] real (unpadded) prompt lengths of the batch.
+
+    Raises:
+      ValueError: a prompt leaves no room for a response within max_total_length.
+    """
+    total = sampling.max_total_length
+    if total is None:
+        return sampling
+    longest = int(np.max(prompt_lengths))
+    if longest >= total:
+        raise ValueError(
+            f"a prompt of {longest} tokens leaves no room for a response within max_total_length={total}; "
+            "raise max_total_length or drop the longer prompts."
+        )
+    m = response_allocation(total, int(np.min(prompt_lengths)), cap=sampling.max_new_tokens)
+    return dataclasses.replace(sampling, max_new_tokens=m)
+
+
+def response_allocation(max_total_length: int, shortest_prompt: int, *, cap: int) -> int:
+    """M, the response slots of a batch whose shortest prompt has `shortest_prompt` tokens:
+    its budget max_total_length - shortest_prompt rounded up to a multiple of 16 * ceil(T / 128),
+    at most `cap` (`fit_sampling`; the plan's worst case is `shortest_prompt=1`)."""
+    step = 16 * -(-max_total_length // 128)
+    return min(cap, -(-(max_total_length - shortest_prompt) // step) * step)
+
+
+def check_positions(config: ModelConfig, prompt_len: int, sampling: SamplingConfig) -> None:
+    """Raises ValueError when a batch padded to `prompt_len` could reach past the model's context.
+
+    With `max_total_length` a row's last position is below it; otherwise below P + M.
+    """
+    if sampling.max_total_length is not None:
+        if sampling.max_total_length > config.max_position_embeddings:
+            raise ValueError(
+                f"max_total_length {sampling.max_total_length} exceeds the model's context of "
+                f"{config.max_position_embeddings} tokens."
+            )
+    elif prompt_len + sampling.max_new_tokens > config.max_position_embeddings:
+        raise ValueError(
+            f"prompt bucket {prompt_len} + max_new_tokens {sampling.max_new_tokens} exceeds the model's "
+            f"context of {config.max_position_embeddings} tokens."
+        )
+
+
 def decode_responses(tokenizer, rollout: RolloutBatch) -> list[str]:
     """The response text of every row (prompt, padding and stop token stripped)."""
     tokens = to_host(rollout.tokens)
@@ -51,12 +107,13 @@ def generate_text(
     *,
     buckets: tuple[int, ...] = DEFAULT_BUCKETS,
 ) -> tuple[list[str], RolloutBatch]:
-    """Samples `sampling.num_samples` responses per rendered prompt; returns texts and batch."""
+    """Samples `sampling.num_samples` responses per rendered prompt; returns texts and batch.
+
+    With `sampling.max_total_length`, each prompt's budget is that minus its own length
+    (`fit_sampling`), whatever the other prompts of the batch are.
+    """
     tokens, mask = encode_prompts(tokenizer, prompts, buckets=buckets)
-    if tokens.shape[1] + sampling.max_new_tokens > config.max_position_embeddings:
-        raise ValueError(
-            f"prompt bucket {tokens.shape[1]} + max_new_tokens {sampling.max_new_tokens} exceeds the model's "
-            f"context of {config.max_position_embeddings} tokens."
-        )
+    sampling = fit_sampling(sampling, mask.sum(-1))
+    check_positions(config, tokens.shape[1], sampling)
     rollout = sample(params, tokens, mask, key, config=config, sampling=sampling)
     return decode_responses(tokenizer, rollout), rollout

@@ -93,9 +93,11 @@ class RolloutConfig:
     Attributes:
       prompts_per_step: P, prompts per optimizer step.
       samples_per_prompt: K, the RLOO group size (>= 2: the leave-one-out baseline needs it).
-      max_total_length: prompt + response budget in tokens; the response budget is this
-        minus the prompt's (bucketed) length unless `max_new_tokens` is set.
+      max_total_length: prompt + response budget in tokens; each response's budget is this
+        minus its own prompt's length (the paper's NeMo RL + vLLM) unless `max_new_tokens` is set.
       max_new_tokens: fixed response budget (None: derived from `max_total_length`).
+      temperature, top_p, top_k: only 1.0, 1.0, 0 (the paper's) are accepted in training: a
+        tempered or truncated rollout is off-policy in a way no per-token weight corrects.
       ignore_eos: the paper's "fixed-length" variant: every response has the maximum length.
       prompt_buckets: prompt lengths are padded up to one of these (one compile per bucket).
       chunk_prompts: prompts per sampler call (None: all of the step's prompts in one call);
@@ -233,7 +235,9 @@ class PlanConfig:
 
     Attributes:
       target: GPU target the run is sized for, e.g. "h100x4" (None: the local GPU's memory;
-        no check on a CPU).
+        no check on a CPU). On a GPU host the plan uses at most the local device's usable
+        memory (its allocator limit: XLA_PYTHON_CLIENT_MEM_FRACTION, which the launcher sets
+        to 0.95 and a Python `train()` call leaves at JAX's 0.75 unless set before jax starts).
       method: "auto" (XLA's compile-only GPU plan when the jax-cuda12 plugin imports, else
         analytic), "aot", "analytic", or "off".
       max_memory_fraction: refuse the run above this fraction of the device's memory.
@@ -248,7 +252,8 @@ class PlanConfig:
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-    """Everything a training run needs, validated. Build with `from_config_dict`.
+    """Everything a training run needs, validated on construction (`validate`). From the launcher's
+    ml-collections dict: `from_config_dict`.
 
     `model_init`: "pretrained" loads `model_dir`'s weights; "random" reads only its config.json
     (and tokenizer files, or builds a byte-level BPE tokenizer from the training data when there
@@ -270,12 +275,15 @@ class RunConfig:
     mesh: MeshConfig = MeshConfig()
     plan: PlanConfig = PlanConfig()
 
+    def __post_init__(self):
+        # On construction, so every entry point (the launcher, `train()`, `Trainer`, a config
+        # built or `dataclasses.replace`d in Python) refuses the same settings.
+        self.validate()
+
     @classmethod
     def from_config_dict(cls, config: Mapping[str, Any]) -> RunConfig:
-        """Converts an (ml-collections) mapping, checking names, types and ranges."""
-        run = build_config(cls, _to_plain(config), "config")
-        run.validate()
-        return run
+        """Converts an (ml-collections) mapping, checking names, types and ranges (`validate`)."""
+        return build_config(cls, _to_plain(config), "config")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -299,13 +307,22 @@ class RunConfig:
             _positive(r.max_new_tokens, "config.rollout.max_new_tokens")
         if not r.temperature > 0:
             raise ConfigError(f"config.rollout.temperature={r.temperature} must be > 0.")
+        if r.temperature != 1.0:
+            # The per-token importance weight pi(y_t|y_<t) / q_T(y_t|y_<t) corrects one token, but
+            # the prefix and the continuation behind the advantage are still drawn from q_T: on an
+            # exact toy at T = 0.7 the expected gradient is off by 7.5% / 15% / 17% for 2 / 3 / 4
+            # tokens (tests/train/test_step.py). No per-token weight fixes that.
+            raise ConfigError(
+                f"config.rollout.temperature={r.temperature}: training samples at temperature 1.0 only (the "
+                "paper's setting; a per-token importance weight cannot correct tempered multi-token rollouts, so "
+                "the policy gradient would be biased); use 1.0 (validation always samples at 1.0)."
+            )
         if not 0 < r.top_p <= 1:
             raise ConfigError(f"config.rollout.top_p={r.top_p} must be in (0, 1].")
         if r.top_p < 1 or r.top_k != 0:
-            # Temperature is corrected (the importance weight's denominator is the tempered
-            # distribution the tokens were drawn from); truncation cannot be: tokens outside the
-            # top-k / nucleus have probability 0 under the sampler but not under the policy, so
-            # no importance weight recovers their share of the on-policy gradient.
+            # Truncation cannot be corrected either: tokens outside the top-k / nucleus have
+            # probability 0 under the sampler but not under the policy, so no importance weight
+            # recovers their share of the on-policy gradient.
             raise ConfigError(
                 f"config.rollout.top_p={r.top_p}, config.rollout.top_k={r.top_k}: truncated sampling is not "
                 "supported in training (tokens outside the nucleus / top-k can never be sampled, so the "

@@ -278,7 +278,8 @@ def compute_rewards(
     policy's log-likelihood). The batch's importance-weight denominator is the sampled
     distribution's log-probs (`rollout.sampling_logprobs`), so at temperature T != 1 the
     truncated weight min(pi / q_T, cap) turns samples of q_T into on-policy gradient estimates
-    (exactly so for one-token responses; per token, as truncated IS does, for longer ones).
+    exactly for one-token responses only (longer ones stay biased: `RunConfig` refuses T != 1
+    in training). `task_reward_B` is logged (reward/task) even when w_task = 0.
     `ref_logp_BT`, when given, is that scoring already done (`reference_logprobs`, dispatched
     earlier so it overlaps the host's answer verification); `ref_params` is then unused.
 
@@ -297,7 +298,7 @@ def compute_rewards(
         )
     out = make_reward(reward)(
         mask_BT=mask,
-        task_reward_B=task_reward_B if reward.needs_task_reward else None,
+        task_reward_B=task_reward_B,  # weighted by w_task; logged as reward/task whatever the weight
         ref_logp_BT=ref_logp,
         pol_logp_BT=rollout.logprobs,
     )

@@ -35,7 +35,6 @@ from sharpjax.errors import TrainingDiverged
 from sharpjax.models.hf import load_config, load_model, save_model
 from sharpjax.models.tokenizer import (
     BPE_MIN_VOCAB,
-    bucket_length,
     build_bpe_tokenizer,
     has_tokenizer_files,
     load_tokenizer,
@@ -54,7 +53,7 @@ from sharpjax.parallel import (
     to_host,
 )
 from sharpjax.rollout.sampler import SamplingConfig, sample, sampling_config_for, trim_padding
-from sharpjax.rollout.text import decode_responses, encode_prompts, prompt_lengths
+from sharpjax.rollout.text import decode_responses, encode_prompts, fit_sampling, prompt_lengths
 from sharpjax.tasks import Task, build_task
 from sharpjax.train.checkpoint import Checkpointer, abstract_like
 from sharpjax.train.config import ConfigError, RunConfig
@@ -123,21 +122,21 @@ def _step_key(base_key: jax.Array, step: int, stream: int) -> jax.Array:
     return jax.random.fold_in(jax.random.fold_in(base_key, step), stream)
 
 
-def _sampling(config: RunConfig, model_config, tokenizer, prompt_len: int, *, eval: bool = False) -> SamplingConfig:
-    """The rollout's (or validation's) sampling settings for prompts padded to `prompt_len`."""
+def _sampling(config: RunConfig, model_config, tokenizer, *, eval: bool = False) -> SamplingConfig:
+    """The rollout's (or validation's) sampling settings; `rollout.text.fit_sampling` sizes each batch.
+
+    Without a fixed `max_new_tokens`, each response may use `rollout.max_total_length` minus its
+    own prompt's length (the paper's `max_total_sequence_length`), whatever the other prompts of
+    its batch are. Validation samples at T = 1 (the paper's evaluation) whatever the training
+    temperature.
+    """
     r = config.rollout
-    budget = r.max_new_tokens if r.max_new_tokens is not None else r.max_total_length - prompt_len
-    if eval and config.eval.max_new_tokens is not None:
-        budget = config.eval.max_new_tokens
-    if budget < 1:
-        raise ConfigError(
-            f"prompts of {prompt_len} tokens leave no room for a response within "
-            f"config.rollout.max_total_length={r.max_total_length}; raise it or shorten the prompts."
-        )
+    fixed = config.eval.max_new_tokens if eval and config.eval.max_new_tokens is not None else r.max_new_tokens
     return sampling_config_for(
-        model_config, tokenizer, max_new_tokens=budget,
+        model_config, tokenizer, max_new_tokens=fixed if fixed is not None else r.max_total_length,
+        max_total_length=None if fixed is not None else r.max_total_length,
         num_samples=config.eval.num_samples if eval else r.samples_per_prompt,
-        temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, ignore_eos=r.ignore_eos,
+        temperature=1.0 if eval else r.temperature, top_p=r.top_p, top_k=r.top_k, ignore_eos=r.ignore_eos,
     )
 
 
@@ -385,7 +384,10 @@ class Trainer:
         problems = self.iterator.next()
         prompts = [self.task.render(p.problem) for p in problems]
         tokens, mask = encode_prompts(self.tokenizer, prompts, buckets=self.config.rollout.prompt_buckets)
-        sampling = _sampling(self.config, self.model, self.tokenizer, tokens.shape[1])
+        try:  # every row's own budget: max_total_length minus its prompt, not the batch's bucket
+            sampling = fit_sampling(_sampling(self.config, self.model, self.tokenizer), mask.sum(-1))
+        except ValueError as e:
+            raise ConfigError(f"config.rollout.max_total_length: {e}") from None
         policy = cast_params(self.state.params, self.model.jnp_dtype)
         chunk = self.config.rollout.chunk_prompts or len(tokens)
         # One sampler call per chunk of prompts: the KV cache is per call (config.rollout.chunk_prompts).
@@ -416,11 +418,11 @@ class Trainer:
                 tokens_per_micro_batch=self.config.train.tokens_per_micro_batch, row_shards=self._row_shards(),
             )
         k = self.config.rollout.samples_per_prompt
-        task_reward = None
-        if self.config.reward.needs_task_reward:
-            texts = decode_responses(self.tokenizer, rollout)
-            answers = [p.answer for p in problems for _ in range(k)]
-            task_reward = self._put_rows(np.asarray(self.task.score(texts, answers), np.float32))
+        # Verified even when the reward does not use it (sharpening runs): host-side and cheap, it is
+        # their real training accuracy (`reward/task`; the main job's figures_accuracy.png).
+        texts = decode_responses(self.tokenizer, rollout)
+        answers = [p.answer for p in problems for _ in range(k)]
+        task_reward = self._put_rows(np.asarray(self.task.score(texts, answers), np.float32))
         t_verify = time.perf_counter()
         scored = self._rewards(
             None, rollout, task_reward, model=self.model, reward=self.config.reward, loss=self.config.loss,
@@ -451,7 +453,8 @@ class Trainer:
             for key in ("kl", "kl_sequence", "reward/ref_logp_sum"):
                 metrics.pop(key, None)
         if score_ref:
-            # Sequence-level KL(pi || base) estimate: E_pi[log pi(y) - log base(y)], y ~ pi.
+            # Sequence-level KL(pi || base) estimate: E_pi[log pi(y) - log base(y)], y ~ pi, both at
+            # T = 1 (the only training temperature, `RunConfig.validate`).
             metrics["kl_to_base"] = metrics["reward/pol_logp_sum"] - metrics["reward/ref_logp_sum"]
         if metrics.get("update_skipped", 0.0) > 0:
             log.warning("step %d: non-finite loss, gradient or update; update skipped (params unchanged)", step)
@@ -467,12 +470,9 @@ class Trainer:
 
         params = cast_params(self.state.params, self.model.jnp_dtype)
         out: dict[str, float] = {}
+        # Per-batch sizes and per-row budgets come from the harness (`rollout.text.generate_text`).
+        sampling = _sampling(self.config, self.model, self.tokenizer, eval=True)
         for i, (name, problems) in enumerate(self.task.validation.items()):
-            prompt_len = max(len(self.tokenizer(self.task.render(p.problem), add_special_tokens=False)["input_ids"]) for p in problems)
-            sampling = _sampling(
-                self.config, self.model, self.tokenizer, bucket_length(prompt_len, self.config.rollout.prompt_buckets),
-                eval=True,
-            )
             result = evaluate(
                 params, self.model, self.tokenizer, problems,
                 num_samples=self.config.eval.num_samples, sampling=sampling,

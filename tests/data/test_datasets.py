@@ -318,10 +318,11 @@ def test_problem_is_frozen_and_hashable():
 
 # --------------------------------------------------------------------------- prompts
 
-# PAPER.md "Prompt": written out by hand, not built from PROMPT_TEMPLATE.
+# PAPER.md "Prompt": written out by hand, not built from PROMPT_TEMPLATE; with the two backslashes
+# of the authors' raw prompt file (issue 26, item 7).
 PAPER_PROMPT_FOR_2_PLUS_2 = (
     "Think step-by-step to solve the following problem. "
-    "Output your answer inside of \\boxed{} tags.:\n"
+    "Output your answer inside of \\\\boxed{} tags.:\n"
     "What is $2+2$?\n"
     "\n"
     "Let's think step-by-step"
@@ -330,6 +331,7 @@ PAPER_PROMPT_FOR_2_PLUS_2 = (
 
 def test_format_prompt_is_the_papers_text():
     assert format_prompt("What is $2+2$?") == PAPER_PROMPT_FOR_2_PLUS_2
+    assert PROMPT_TEMPLATE.count("\\") == 2  # two backslash characters before "boxed"
     p = Problem(id="x", problem="What is $2+2$?", answer="4", solution=None, source="t")
     assert format_prompt(p) == PAPER_PROMPT_FOR_2_PLUS_2
     assert PROMPT_TEMPLATE.count("{problem}") == 1

@@ -176,3 +176,24 @@ def test_a_damaged_tokenizer_fails_in_one_line_before_the_model_loads(hf_checkpo
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert e.value.code == 2 and last.startswith(f"python -m sharpjax.eval: error: --model {model}: "
                                                  f"{model}/tokenizer.json cannot be read as a tokenizer ("), last
+
+
+def test_max_total_length_budget_is_per_prompt(hf_checkpoint, tmp_path):
+    """--max_total_length: a problem's budget is that minus its own prompt, whatever its batch holds."""
+    from sharpjax.eval.harness import default_render_fn
+    from sharpjax.models.tokenizer import load_tokenizer
+
+    model = hf_checkpoint("llama")
+    problems = {"short": "1+1?", "long": "Add up every one of these numbers: " + " + ".join(["12"] * 25) + "?"}
+    path = tmp_path / "two.jsonl"
+    path.write_text("".join(json.dumps({"id": k, "problem": q, "answer": "2"}) + "\n" for k, q in problems.items()))
+    tokenizer, total = load_tokenizer(model), 300
+    render = default_render_fn(tokenizer)
+    own = {k: len(tokenizer(render(q), add_special_tokens=False)["input_ids"]) for k, q in problems.items()}
+    assert own == {"short": 130, "long": 284}  # one batch of both pads to the 512 bucket
+
+    out = cli.main(["--model", model, "--benchmarks", "two", "--data_file", f"two={path}", "--n", "1",
+                    "--max_total_length", str(total), "--ignore_eos", "--batch_size", "2",
+                    "--num_workers", "0", "--no_progress", "--save_responses"])  # fmt: skip
+    # ignore_eos: each response uses its whole budget; the short one is not cut to 300 - 256 = 44.
+    assert {r["id"]: r["lengths"] for r in out["records"]["two"]} == {"short": [total - 130], "long": [total - 284]}

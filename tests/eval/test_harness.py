@@ -17,7 +17,7 @@ from sharpjax.rollout.text import generate_text
 
 # PAPER.md "Prompt", written out by hand.
 PAPER_PROMPT = (
-    "Think step-by-step to solve the following problem. Output your answer inside of \\boxed{} tags.:\n"
+    "Think step-by-step to solve the following problem. Output your answer inside of \\\\boxed{} tags.:\n"
     "{problem}\n\nLet's think step-by-step"
 )
 PROBLEMS = [
@@ -72,10 +72,13 @@ def test_end_to_end_tiny_model(tiny, monkeypatch):
     assert len(calls) == 2
     want = [render_chat(tokenizer, PAPER_PROMPT.replace("{problem}", p.problem)) for p in PROBLEMS]
     assert calls[0][0] == want[:2] and calls[1][0] == [want[2], want[2]]
-    assert "Output your answer inside of \\boxed{} tags.:\nWhat is 1+1?\n\nLet's think step-by-step" in want[0]
+    assert "Output your answer inside of \\\\boxed{} tags.:\nWhat is 1+1?\n\nLet's think step-by-step" in want[0]
     texts, rollout = generate_text(params, config, tokenizer, want[:2], jax.random.fold_in(key, 0), sampling)
     assert result.records[0].responses + result.records[1].responses == texts
     assert result.records[0].lengths == [int(x) for x in rollout.lengths[:4]]
+    # Plain sampling prefills each prompt once (its samples share it): the mean prompt length.
+    prompt_lens = [len(tokenizer(w, add_special_tokens=False)["input_ids"]) for w in want]
+    assert s["prefill_tokens_per_problem"] == pytest.approx(np.mean(prompt_lens))
 
     # Deterministic given the key; another key samples other responses.
     again = run(key)

@@ -182,8 +182,10 @@ def test_mh_acceptance_ratio_matches_hand_computation():
     chains = _chain_state(params, prompts, masks, responses, alpha)
     proposal = dataclasses.replace(_sampling(1), temperature=1.0 / alpha)
     budget = MAX_NEW - start
-    new, drawn = _propose(params, jnp.asarray(prompts), jnp.asarray(masks), chains, jnp.asarray(start),
-                          jnp.asarray(budget), jax.random.key(0), config=MODEL, proposal=proposal)  # fmt: skip
+    new, drawn, prefilled = _propose(params, jnp.asarray(prompts), jnp.asarray(masks), chains, jnp.asarray(start),
+                                     jnp.asarray(budget), jax.random.key(0), config=MODEL, proposal=proposal)  # fmt: skip
+    # Each proposal re-reads its prompt and the prefix it continues (issue 26, item 7).
+    np.testing.assert_array_equal(np.asarray(prefilled), masks.sum(1) + start)
     got = np.asarray(mh_log_acceptance(
         alpha=alpha, logp_old_RM=chains.logp, logq_old_RM=chains.logq, lengths_old_R=chains.lengths,
         logp_new_RM=new.logp, logq_new_RM=new.logq, lengths_new_R=new.lengths, start_R=jnp.asarray(start),
@@ -241,6 +243,10 @@ def test_mcmc_matches_the_exact_law_of_the_chain(block_size, steps):
     if steps == 0:  # no MH step: the proposal, pi at temperature 1/alpha
         np.testing.assert_allclose(law, PROPOSAL, atol=1e-5)
         np.testing.assert_array_equal(np.asarray(out.token_cost), np.asarray(out.rollout.lengths))
+        # One extension per block a chain reaches, each re-prefilling the prompt (2) and the response so far.
+        lengths = np.asarray(out.rollout.lengths)
+        starts = [range(0, n, block_size) for n in lengths]
+        np.testing.assert_array_equal(np.asarray(out.prefill_cost), [sum(2 + t for t in s) for s in starts])
     else:
         assert np.all(np.asarray(out.token_cost) > np.asarray(out.rollout.lengths))
         assert 0.5 < float(np.mean(out.accept_rate)) < 1.0

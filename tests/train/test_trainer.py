@@ -85,29 +85,31 @@ def test_sigterm_checkpoints_and_stops(tiny_model_dir, tmp_path, monkeypatch):
     assert after is previous_handler  # ... and puts the previous one back
 
 
-@pytest.mark.parametrize(
-    "overrides, message",
-    [
-        ({"reward__alpah": 2.0}, "config.reward.alpah: unknown field"),
-        ({"reward__mode": "optimization", "reward__alpha": 0.0, "reward__beta_inv": 0.0}, "R = 0 for every response"),
-        ({"rollout__samples_per_prompt": 1}, "config.rollout.samples_per_prompt"),
-        ({"train__micro_batches": 3}, "config.train.micro_batches=3"),
-        ({"train__tokens_per_micro_batch": 0}, "config.train.tokens_per_micro_batch"),
-        ({"rollout__temperature": 0.0}, "config.rollout.temperature"),
-        ({"data__task": "poetry"}, "config.data.task"),
-        # issue 16: options that were accepted and then ignored or wrong are refused, naming the field.
-        ({"rollout__top_p": 0.9}, "config.rollout.top_p=0.9"),
-        ({"rollout__top_k": 20}, "config.rollout.top_k=20"),
-        ({"loss__ppo_clip_eps": 0.2}, "config.loss.ppo_clip_eps=0.2"),
-        # Best-checkpoint selection would be silently off (item 5).
-        ({"eval__metric": "pass@4", "eval__num_samples": 2}, "config.eval.metric='pass@4'.*num_samples=2"),
-        ({"eval__metric": "no_answer"}, "config.eval.metric='no_answer'"),
-        ({"eval__metric": "pass@3", "eval__num_samples": 4}, "config.eval.metric='pass@3'"),
-        ({"data__validation": ("math500",)}, "config.data.validation=.*arithmetic"),
-        ({"data__task": "math", "data__validation": ("math_500",)}, "config.data.validation: unknown benchmark"),
-        ({"train__remat": "dot"}, "config.train.remat='dot' must be one of 'none', 'dots', 'full', 'auto'"),
-    ],
-)
+BAD_CONFIGS = [
+    ({"reward__alpah": 2.0}, "config.reward.alpah: unknown field"),
+    ({"reward__mode": "optimization", "reward__alpha": 0.0, "reward__beta_inv": 0.0}, "R = 0 for every response"),
+    ({"rollout__samples_per_prompt": 1}, "config.rollout.samples_per_prompt"),
+    ({"train__micro_batches": 3}, "config.train.micro_batches=3"),
+    ({"train__tokens_per_micro_batch": 0}, "config.train.tokens_per_micro_batch"),
+    ({"rollout__temperature": 0.0}, "config.rollout.temperature"),
+    ({"data__task": "poetry"}, "config.data.task"),
+    # issue 16: options that were accepted and then ignored or wrong are refused, naming the field.
+    ({"rollout__top_p": 0.9}, "config.rollout.top_p=0.9"),
+    # issue 26: a per-token weight cannot correct tempered multi-token rollouts.
+    ({"rollout__temperature": 0.7}, "config.rollout.temperature=0.7: training samples at temperature 1.0 only"),
+    ({"rollout__top_k": 20}, "config.rollout.top_k=20"),
+    ({"loss__ppo_clip_eps": 0.2}, "config.loss.ppo_clip_eps=0.2"),
+    # Best-checkpoint selection would be silently off (item 5).
+    ({"eval__metric": "pass@4", "eval__num_samples": 2}, "config.eval.metric='pass@4'.*num_samples=2"),
+    ({"eval__metric": "no_answer"}, "config.eval.metric='no_answer'"),
+    ({"eval__metric": "pass@3", "eval__num_samples": 4}, "config.eval.metric='pass@3'"),
+    ({"data__validation": ("math500",)}, "config.data.validation=.*arithmetic"),
+    ({"data__task": "math", "data__validation": ("math_500",)}, "config.data.validation: unknown benchmark"),
+    ({"train__remat": "dot"}, "config.train.remat='dot' must be one of 'none', 'dots', 'full', 'auto'"),
+]
+
+
+@pytest.mark.parametrize("overrides, message", BAD_CONFIGS)
 def test_bad_configs_name_the_field(tiny_model_dir, overrides, message):
     c = tiny_config(tiny_model_dir)
     for dotted, value in overrides.items():
@@ -115,6 +117,20 @@ def test_bad_configs_name_the_field(tiny_model_dir, overrides, message):
         c[section][leaf] = value
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         RunConfig.from_config_dict(c)
+
+
+@pytest.mark.parametrize("overrides, message", [b for b in BAD_CONFIGS if "unknown field" not in b[1]])
+def test_configs_built_in_python_are_refused_alike(tiny_model_dir, overrides, message):
+    """`train()` and `Trainer` take a RunConfig built in Python: it refuses what the launcher does."""
+    import dataclasses
+
+    good = RunConfig.from_config_dict(tiny_config(tiny_model_dir))
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        sections = {}
+        for dotted, value in overrides.items():
+            section, leaf = dotted.split("__")
+            sections[section] = dataclasses.replace(sections.get(section, getattr(good, section)), **{leaf: value})
+        dataclasses.replace(good, **sections)
 
 
 def test_remat_auto_is_resolved_before_the_step_is_built(tiny_model_dir, tmp_path):
@@ -171,3 +187,38 @@ def test_optimizer_numbers_that_would_poison_the_weights_are_refused(tiny_model_
 def test_max_skipped_updates_must_be_positive(tiny_model_dir):
     with pytest.raises(ConfigError, match="config.train.max_skipped_updates=0 must be a positive integer"):
         RunConfig.from_config_dict(tiny_config(tiny_model_dir, train__max_skipped_updates=0))
+
+
+def test_each_response_gets_its_own_prompts_room(tiny_model_dir, tmp_path, monkeypatch):
+    """issue 26, item 1: budget = max_total_length - the row's own prompt length (the paper's NeMo
+    RL + vLLM), not max_total_length - the batch's prompt bucket: a short prompt beside a long one
+    keeps its room. Item 7: a sharpening run (w_task = 0) still verifies its rollouts and logs the
+    accuracy as reward/task (the main job's accuracy figure), without it entering the reward."""
+    import dataclasses
+    import types
+
+    from sharpjax.tasks.arithmetic import ArithmeticProblem
+
+    total = 96
+    config = RunConfig.from_config_dict(tiny_config(
+        tiny_model_dir, reward="power-a2", rollout__max_new_tokens=None, rollout__ignore_eos=True,
+        rollout__max_total_length=total, rollout__prompts_per_step=2, rollout__samples_per_prompt=2,
+        train__micro_batches=1, eval__at_start=False,
+    ))
+    trainer = Trainer(config, str(tmp_path), progress=False)
+    short, long = "1+2", "+".join(["1"] * 24)
+    batch = [ArithmeticProblem(id="s", problem=short, answer="3", solution=""),
+             ArithmeticProblem(id="l", problem=long, answer="24", solution="")]
+    monkeypatch.setattr(trainer.iterator, "next", lambda: batch)
+    # A verifier that marks 3 of the 4 responses correct (the tiny random model answers nothing).
+    marks = [types.SimpleNamespace(score=s) for s in (1.0, 0.0, 1.0, 1.0)]
+    monkeypatch.setattr(trainer, "task", dataclasses.replace(trainer.task, verify=lambda texts, answers: marks))
+    lengths = [len(trainer.tokenizer(trainer.task.render(p.problem), add_special_tokens=False)["input_ids"])
+               for p in batch]
+    assert lengths == [6, 50]  # the long one pads the batch to the 64 bucket: 32 tokens left before the fix
+    out = trainer.rollout_and_update(0)
+    trainer.close()
+    # ignore_eos: every response uses its whole budget.
+    np.testing.assert_array_equal(out["histograms"]["response_lengths"], [90, 90, 46, 46])
+    assert out["scalars"]["reward/task"] == 0.75
+    assert config.reward.w_task == 0
