@@ -163,7 +163,7 @@ def test_launcher_lock_kill_ctrl_c_and_sigterm(tiny_model_dir, tmp_path):
     workdir = str(tmp_path / "run")
     cmd = [sys.executable, "-m", "sharpjax.train", "--config", "experiments/rl_arithmetic.py:quick:power-a2",
            f"--config.model_dir={tiny_model_dir}", "--config.rollout.max_total_length=96",
-           "--config.rollout.max_new_tokens=16", "--config.data.validation=", "--config.eval.at_start=False",
+           "--config.rollout.max_new_tokens=16", "--config.data.validation=()", "--config.eval.at_start=False",
            "--config.train.steps=1000", "--config.train.checkpoint_every=1000", "--workdir", workdir]
 
     def start():
