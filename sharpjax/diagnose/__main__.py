@@ -158,12 +158,9 @@ def _check_models(parser, base: str, policies: dict[str, str]) -> None:
 
 
 def _load_benchmarks(parser, ns, names: list[str]) -> dict[str, list]:
-    data_files = {}
-    for item in ns.data_file:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            parser.error(f"--data_file {item!r}: expected NAME=PATH.")
-        data_files[name] = path
+    from sharpjax.eval.__main__ import parse_data_files
+
+    data_files = parse_data_files(parser, ns.data_file)
     if ns.task == ARITHMETIC:
         from sharpjax.configs.small_scale import size
         from sharpjax.reproduce import TEST_SEED

@@ -131,6 +131,17 @@ def load_benchmarks(names: list[str], *, data_files: dict[str, str], data_dir: s
     return out
 
 
+def parse_data_files(parser, items: list[str]) -> dict[str, str]:
+    """`--data_file NAME=PATH` flags as {name: path}; a malformed one is a usage error."""
+    data_files = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            parser.error(f"--data_file {item!r}: expected NAME=PATH.")
+        data_files[name] = path
+    return data_files
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Runs the CLI; returns the JSON-ready results dict."""
     parser = _parser()
@@ -140,12 +151,7 @@ def main(argv: list[str] | None = None) -> dict:
     names = [b.strip() for b in args.benchmarks.split(",") if b.strip()]
     if not names:
         parser.error("--benchmarks is empty.")
-    data_files = {}
-    for item in args.data_file:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            parser.error(f"--data_file {item!r}: expected NAME=PATH.")
-        data_files[name] = path
+    data_files = parse_data_files(parser, args.data_file)
     # Checked before the data and the model load: a zero here would fail only after both.
     for flag, value in (("--n", args.n), ("--batch_size", args.batch_size), ("--max_new_tokens", args.max_new_tokens),
                         ("--max_total_length", args.max_total_length)):
