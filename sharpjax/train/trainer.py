@@ -153,8 +153,11 @@ def max_prompt_tokens(rollout) -> int:
 
 
 # Settings a resumed run may change: extending a run is a resume with more steps.
+# Settings a resume may change. The mesh among them: the checkpoint restores onto the new mesh's
+# shardings (orbax), so a run moves to another device count with the same state.
 RESUMABLE_CHANGES = frozenset(
-    {"train.steps", "optim.total_steps", "train.tokens_per_micro_batch", "train.max_skipped_updates"}
+    {"train.steps", "optim.total_steps", "train.tokens_per_micro_batch", "train.max_skipped_updates",
+     "mesh.data", "mesh.fsdp", "mesh.tensor"}
 )
 
 
