@@ -377,9 +377,9 @@ def test_remat_auto_on_an_analytic_plan_of_a_sharded_mesh_is_full(tmp_path):
 
 
 def test_a_run_that_more_micro_batches_fit_is_told_so_not_to_buy_gpus():
-    """Issue 27: llama3b on one H200 with 8 micro-batches: the largest part of the update is the
-    gradients, which only sharding shrinks, so the message said "use a target with more GPUs" though
-    the paper's own 16 micro-batches fit. The knob named must be the one that suffices."""
+    """Issue 27: llama3b on one H200 with 8 micro-batches: the message said "use a target with more
+    GPUs" (when the largest part was one only sharding shrinks) though the paper's own 16 micro-batches
+    fit. The knob named must be the one that suffices, whatever part is largest."""
     from sharpjax.configs.paper import paper_config
 
     run = RunConfig.from_config_dict(paper_config("llama3b", "task", target="h200x1"))
@@ -390,13 +390,14 @@ def test_a_run_that_more_micro_batches_fit_is_told_so_not_to_buy_gpus():
     plan = plan_run(with_micro(8), "h200x1", method="analytic")
     with pytest.raises(ConfigError) as e:
         check_fit(plan, with_micro(8))
-    assert "(largest part: gradients" in str(e.value) and "more GPUs" not in str(e.value)
+    assert "more GPUs" not in str(e.value)
     assert str(e.value).endswith("raise config.train.micro_batches (now 8) to 16: that alone fits."), str(e.value)
     check_fit(plan_run(with_micro(16), "h200x1", method="analytic"), with_micro(16))  # the claim holds
-    # Where no micro-batching fits (the state alone is over the limit), sharding is still the knob.
+    # Where no number of micro-batches fits, the message does not promise that one does.
     small = plan_run(with_micro(8), "h200x1", method="analytic", memory_bytes=80 * GiB)
-    with pytest.raises(ConfigError, match="use a target with more GPUs"):
+    with pytest.raises(ConfigError) as e:
         check_fit(small, with_micro(8))
+    assert "that alone fits" not in str(e.value), str(e.value)
 
 
 @pytest.mark.parametrize("flags, message", [
