@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+from tests.tiny import require_torch
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -15,5 +17,6 @@ def run(args, timeout=600):
 
 
 def test_rollout_benchmark_runs_and_prints_ratio(tmp_path):
+    require_torch()  # the benchmark's other side is HF generate
     out = run(["benchmarks/rollout.py", "--size", "tiny", "--repeats", "1", "--json", str(tmp_path / "r.json")])
     assert "ratio sharpjax / HF:" in out

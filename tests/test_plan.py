@@ -418,8 +418,10 @@ def test_plan_cli_errors_are_one_line(flags, message):
     """Issue 27: these were tracebacks (exit 1), or a negative device memory was planned against."""
     out = subprocess.run([sys.executable, "-m", "sharpjax.plan", *flags], cwd=ROOT, capture_output=True, text=True,
                          timeout=120, env={**os.environ, "JAX_PLATFORMS": "cpu"})
-    assert out.returncode == 2 and out.stderr.strip().splitlines() == [out.stderr.strip()], out.stderr[-2000:]
-    assert out.stderr.strip().startswith(message), out.stderr[-2000:]
+    # transformers' own import notice (without torch: the Python 3.12 stage) is not ours to count.
+    lines = [ln for ln in out.stderr.strip().splitlines() if not ln.startswith("[transformers] PyTorch was not found")]
+    assert out.returncode == 2 and len(lines) == 1, out.stderr[-2000:]
+    assert lines[0].startswith(message), out.stderr[-2000:]
 
 
 def test_a_target_is_planned_against_the_local_gpu_it_runs_on(tmp_path, monkeypatch, caplog):
