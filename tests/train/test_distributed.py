@@ -58,7 +58,10 @@ def test_two_processes_match_one(tmp_path):
     assert "process 0/2 devices 2 done step 2" in outs[0][0] and "process 1/2 devices 2 done step 2" in outs[1][0]
 
     a, b = read_metrics(str(tmp_path / "single")), read_metrics(str(tmp_path / "multi"))
-    assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2]
+    # Step 0 holds the data counts (issue 27: over-long prompts dropped before step 1), then the steps.
+    assert [r["step"] for r in a] == [r["step"] for r in b] == [0, 1, 2]
+    assert a[0]["data/dropped_long_prompts"] == b[0]["data/dropped_long_prompts"] == 0
+    a, b = a[1:], b[1:]
     for ra, rb in zip(a, b):
         for key in ("reward/reward", "reward/ref_logp_sum", "response_length", "loss", "grad_norm", "kl_to_base"):
             np.testing.assert_allclose(rb[key], ra[key], rtol=1e-5, atol=1e-5, err_msg=key)
