@@ -684,11 +684,12 @@ def _aot_programs(run: RunConfig, model: ModelConfig, target: Target, s: PlanSha
     if getattr(model, "attention", None) == "auto":  # tracing on this CPU host would pick XLA's attention
         model = model.replace(attention=gpu_attention(model))
     out, notes = [], []
+    mesh = _target_mesh(target, s.mesh)  # one topology for every program
     for name in names:
         try:
             # Traced under the target's mesh: the model pins q/k/v shardings (parallel.on_mesh).
-            with _target_cudnn(target), on_mesh(_target_mesh(target, s.mesh)):
-                out.append(_aot_compile(run, model, target, s, name))
+            with _target_cudnn(target), on_mesh(mesh):
+                out.append(_aot_compile(run, model, target, s, name, mesh))
         except Exception as e:  # noqa: BLE001 - reported in the plan, then planned with XLA's attention
             if getattr(model, "attention", None) != "cudnn":
                 raise
@@ -696,8 +697,8 @@ def _aot_programs(run: RunConfig, model: ModelConfig, target: Target, s: PlanSha
             first = lines[-1]
             notes.append(f"{name}: cuDNN attention does not compile on this mesh ({first[:160]}); "
                          "planned with XLA attention (config.attention='xla')")
-            with on_mesh(_target_mesh(target, s.mesh)):
-                out.append(_aot_compile(run, model.replace(attention="xla"), target, s, name))
+            with on_mesh(mesh):
+                out.append(_aot_compile(run, model.replace(attention="xla"), target, s, name, mesh))
     return out, tuple(notes)
 
 
@@ -731,8 +732,9 @@ def _target_cudnn(target: Target):
         fa.check_cudnn_version = original
 
 
-def _aot_compile(run: RunConfig, model: ModelConfig, target: Target, s: PlanShapes, name: str) -> ProgramPlan:
-    """Lowers and compiles one program (`name`) for the target's compile-only topology."""
+def _aot_compile(run: RunConfig, model: ModelConfig, target: Target, s: PlanShapes, name: str, mesh) -> ProgramPlan:
+    """Lowers and compiles one program (`name`) over `mesh`, the target's compile-only GPUs
+    (`_target_mesh`); call it under `on_mesh(mesh)`."""
     import jax
     import jax.numpy as jnp
     import optax
@@ -749,7 +751,6 @@ def _aot_compile(run: RunConfig, model: ModelConfig, target: Target, s: PlanShap
         make_train_step,
     )
 
-    mesh = _target_mesh(target, s.mesh)
     rep = replicated(mesh)
     rows1, rows2 = batch_sharding(mesh, 1), batch_sharding(mesh, 2)
     p_sh = param_shardings(model, mesh)
