@@ -20,7 +20,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from sharpjax.errors import ConfigError
 from sharpjax.models.config import ModelConfig
-from sharpjax.models.partitioning import BATCH_AXES, DEFAULT_RULES, MESH_AXES, logical_to_spec
+from sharpjax.models.partitioning import BATCH_AXES, DEFAULT_RULES, MESH_AXES, logical_to_spec, put_global
 from sharpjax.models.transformer import Params, init_params, param_logical_axes, param_shapes
 
 
@@ -72,18 +72,6 @@ def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
 
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
-
-
-def put_global(x, sharding: jax.sharding.Sharding) -> jax.Array:
-    """A host value that is identical on every process -> a global array with `sharding`.
-
-    One process: `jax.device_put`. Several: each process fills its own shards from its copy
-    (`device_put` refuses shardings that span other hosts' devices).
-    """
-    if jax.process_count() == 1:
-        return jax.device_put(x, sharding)
-    x = np.asarray(x)
-    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
 
 
 def shard_params(params: Params, shardings: Params) -> Params:

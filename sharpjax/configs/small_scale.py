@@ -1,4 +1,5 @@
-"""The small-scale experiment's sizes, in one table: SFT base model, RL runs, held-out evaluation.
+"""The small-scale experiment's sizes, in one table: RL runs, held-out evaluation (and, re-exported from
+`sharpjax.sft.config.sft_config`, the SFT base model's: `sft` resolves `sft:<size>` and sits below `configs`).
 
 Sizes: "quick" (CI plumbing: seconds, the numbers mean little), "default" (the main job:
 minutes on a 2-core CPU, large enough for the effects the paper is about to show up) and
@@ -15,7 +16,7 @@ import ml_collections
 
 from sharpjax.configs.base import base_config, reward_preset
 from sharpjax.errors import ConfigError
-from sharpjax.sft.config import SFTConfig
+from sharpjax.sft.config import sft_config  # noqa: F401 - the SFT sizes live with SFTConfig (below configs)
 
 __all__ = ["SIZES", "SmallScaleSize", "arithmetic_rl_config", "sft_config"]
 
@@ -61,24 +62,10 @@ SIZES = {
                             test_problems=500, test_samples=16),
 }
 
-# SFT sizes of the base model (the library defaults of `SFTConfig` are the "default" model).
-_SFT_OVERRIDES = {
-    "default": {},
-    "quick": dict(steps=150, shortcut_from_step=100, eval_problems=16, eval_samples=2, log_every=50),  # plumbing only
-}
-
-
 def size(name: str) -> SmallScaleSize:
     if name not in SIZES:
         raise ConfigError(f"unknown small-scale size {name!r}; expected one of {', '.join(SIZES)}.")
     return SIZES[name]
-
-
-def sft_config(name: str = "default") -> SFTConfig:
-    """The SFT run that makes the arithmetic base model of size `name` ("quick" or "default")."""
-    if name not in _SFT_OVERRIDES:
-        raise ConfigError(f"unknown base model size {name!r} (in 'sft:{name}'); expected 'quick' or 'default'.")
-    return SFTConfig(**_SFT_OVERRIDES[name])
 
 
 def arithmetic_rl_config(name: str = "quick", reward: str = "task") -> ml_collections.ConfigDict:

@@ -21,6 +21,7 @@ import safetensors.numpy
 
 from sharpjax.errors import ModelFileError
 from sharpjax.models.config import ModelConfig
+from sharpjax.models.partitioning import put_global
 from sharpjax.models.transformer import Params, param_logical_axes
 
 SINGLE_FILE = "model.safetensors"
@@ -203,8 +204,6 @@ def load_params(
         value = value.astype(dtype) if value.dtype != dtype else value
         if shardings is None:
             return jnp.asarray(value)
-        from sharpjax.parallel import put_global  # parallel imports the models package: import here
-
         sharding = shardings
         for key in where:
             sharding = sharding[key]

@@ -4,8 +4,10 @@ Model code names logical axes, for params (`transformer.param_logical_axes`) and
 activations whose sharding must be pinned (`constrain`); `DEFAULT_RULES` maps them to the
 mesh axes ("data", "fsdp", "tensor"). It sits below `models/` so that the model can apply it
 without importing `sharpjax.parallel` (which builds meshes and places arrays, and imports the
-model). A logical axis whose size the mesh axis does not divide is replicated rather than
-failing (e.g. 2 kv heads on tensor=4), so small test models still run on big meshes.
+model); for the same reason `put_global` (a host value onto a sharding, re-exported by
+`sharpjax.parallel`) lives here, so that `models.hf` loads params in place. A logical axis whose
+size the mesh axis does not divide is replicated rather than failing (e.g. 2 kv heads on
+tensor=4), so small test models still run on big meshes.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import math
 from collections.abc import Mapping
 
 import jax
+import numpy as np
 from jax.sharding import PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -72,3 +75,15 @@ def constrain(x: jax.Array, logical_axes: tuple[str, ...], rules: Mapping = DEFA
         raise ValueError(f"tracing under a mesh with axes {mesh.axis_names}; sharpjax's rules need {MESH_AXES} "
                          "(build it with sharpjax.parallel.make_mesh).")
     return jax.lax.with_sharding_constraint(x, logical_to_spec(logical_axes, x.shape, mesh, rules))
+
+
+def put_global(x, sharding: jax.sharding.Sharding) -> jax.Array:
+    """A host value that is identical on every process -> a global array with `sharding`.
+
+    One process: `jax.device_put`. Several: each process fills its own shards from its copy
+    (`device_put` refuses shardings that span other hosts' devices).
+    """
+    if jax.process_count() == 1:
+        return jax.device_put(x, sharding)
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])

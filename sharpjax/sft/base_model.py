@@ -66,7 +66,7 @@ class Accuracy:
         the shortcut; on the other problems the two styles can be the same text).
       trap_mean_at_1: mean@1 on the problems the shortcut gets wrong (`arithmetic.is_trap`).
       trap_majority_wrong: 1 - maj@num_samples on the trap problems: how often their most
-        frequent sampled answer is wrong (ties split, `sharpjax.eval.metrics.maj_at_k`).
+        frequent sampled answer is wrong (ties split, `sharpjax.sample_metrics.maj_at_k`).
     """
 
     mean_at_1: float
@@ -272,7 +272,7 @@ def resolve_model_dir(model_dir: str, *, retrain: bool = False) -> str:
     """`sft:<size>` -> the base model's directory; a path -> itself.
 
     `sft:<size>` is the model shipped in sharpjax/assets/base_<size> (the same weights on every
-    machine), provided it was trained with `sharpjax.configs.small_scale.sft_config(size)`.
+    machine), provided it was trained with `sharpjax.sft.config.sft_config(size)`.
     `retrain=True` (`python -m sharpjax --retrain-base`) trains the recipe on this machine instead,
     into $SHARPJAX_CACHE_DIR/sft_<size> (reused there by later retrains of the same recipe). When the
     recipe no longer matches the shipped model, a model retrained earlier with it is used; without
@@ -282,7 +282,7 @@ def resolve_model_dir(model_dir: str, *, retrain: bool = False) -> str:
         if not os.path.isdir(model_dir):
             raise _not_a_model_dir(model_dir, "config.model_dir")
         return model_dir
-    from sharpjax.configs.small_scale import sft_config
+    from sharpjax.sft.config import sft_config  # at call time: tests replace the recipe
 
     size = model_dir.split(":", 1)[1]
     config = sft_config(size)  # ConfigError on an unknown size
@@ -304,7 +304,7 @@ def resolve_model_dir(model_dir: str, *, retrain: bool = False) -> str:
         return cached
     raise ConfigError(
         f"the shipped base model {model_dir} ({shipped}) does not match sft_config({size!r}) in "
-        f"sharpjax/configs/small_scale.py: {why}. Train it with `python -m sharpjax --retrain-base` "
+        f"sharpjax/sft/config.py: {why}. Train it with `python -m sharpjax --retrain-base` "
         f"(or `python experiments/sft_arithmetic.py --preset {size} --out_dir {cached}`)."
     )
 
@@ -322,7 +322,7 @@ def check_model_dir(model_dir: str, field: str = "config.model_dir", *, weights:
     or sft_info.json are corrupt (or missing, for config.json). `weights=False` (a random-weights
     run): config.json and the tokenizer only; weight files are never opened."""
     if model_dir.startswith("sft:"):
-        from sharpjax.configs.small_scale import sft_config
+        from sharpjax.sft.config import sft_config  # at call time: tests replace the recipe
 
         sft_config(model_dir.split(":", 1)[1])
     elif not os.path.isdir(model_dir):

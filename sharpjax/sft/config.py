@@ -1,8 +1,9 @@
 """The SFT run that makes the arithmetic base model: one frozen config, validated once.
 
 Everything here determines the trained model; `SFTConfig.to_dict()` is the cache key of
-`sharpjax.sft.base_model.train_base_model`. The named sizes ("quick", "default") are in
-`sharpjax.configs.small_scale`, the one table of the small-scale experiment's sizes.
+`sharpjax.sft.base_model.train_base_model`. The named sizes ("quick", "default") are
+`sft_config(size)` at the end of this file (re-exported by `sharpjax.configs.small_scale`, the
+table of the small-scale experiment's sizes): `sft` resolves `sft:<size>` and sits below `configs`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from sharpjax.errors import ConfigError
 from sharpjax.models.config import ModelConfig
 from sharpjax.tasks.arithmetic import Difficulty
 
-__all__ = ["SFTConfig"]
+__all__ = ["SFTConfig", "sft_config"]
 
 _SECTIONS = ("model", "task", "optim", "eval")
 
@@ -193,3 +194,17 @@ class SFTConfig:
             eos_token_ids=(tokenizer.eos_token_id,),
             pad_token_id=tokenizer.pad_token_id,
         )
+
+
+# SFT sizes of the base model (the library defaults of `SFTConfig` are the "default" model).
+_SFT_OVERRIDES = {
+    "default": {},
+    "quick": dict(steps=150, shortcut_from_step=100, eval_problems=16, eval_samples=2, log_every=50),  # plumbing only
+}
+
+
+def sft_config(name: str = "default") -> SFTConfig:
+    """The SFT run that makes the arithmetic base model of size `name` ("quick" or "default")."""
+    if name not in _SFT_OVERRIDES:
+        raise ConfigError(f"unknown base model size {name!r} (in 'sft:{name}'); expected 'quick' or 'default'.")
+    return SFTConfig(**_SFT_OVERRIDES[name])

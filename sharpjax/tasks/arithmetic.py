@@ -42,6 +42,7 @@ import re
 from typing import Literal
 
 from sharpjax.rewards.math import VerifyReason, VerifyResult, extract_boxed
+from sharpjax.sample_metrics import summarize
 
 __all__ = [
     "SOURCE",
@@ -236,7 +237,7 @@ def stopped_early(response: str, problem: ArithmeticProblem) -> bool:
 
 def trap_summary(problems, records, ks) -> dict[str, float]:
     """The testbed's mechanism in an evaluation: pass@k and maj@k on the trap problems alone
-    (`sharpjax.eval.metrics.summarize`, keys prefixed "trap_") and "shortcut_rate", the share of
+    (`sharpjax.sample_metrics.summarize`, keys prefixed "trap_") and "shortcut_rate", the share of
     their responses that stop early. Empty when no problem is a trap.
 
     Args:
@@ -244,8 +245,6 @@ def trap_summary(problems, records, ks) -> dict[str, float]:
       records: their `ProblemRecord`s, in the same order, with responses kept.
       ks: the k of pass@k and maj@k.
     """
-    from sharpjax.eval.metrics import summarize
-
     traps = [(p, r) for p, r in zip(problems, records, strict=True) if is_trap(p)]
     if not traps:
         return {}

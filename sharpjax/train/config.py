@@ -389,7 +389,7 @@ class RunConfig:
 
     def _check_best_checkpoint_metric(self) -> None:
         """eval.metric must be a key validation reports, else the best checkpoint is silently never chosen."""
-        from sharpjax.eval.metrics import DEFAULT_KS  # numpy only; validation reports these ks
+        from sharpjax.sample_metrics import DEFAULT_KS  # numpy only; validation reports these ks
 
         e = self.eval
         n = e.num_samples

@@ -269,7 +269,7 @@ def test_shipped_base_model_is_the_recipe_and_loads(size):
     model_dir = sft.shipped_model_dir(size)
     info = sft.load_sft_info(model_dir)
     assert info is not None, f"no {sft.INFO_FILE} in {model_dir}"
-    # On failure: the recipe in sharpjax/configs/small_scale.py changed; retrain and ship the model
+    # On failure: the recipe in sharpjax/sft/config.py changed; retrain and ship the model
     # (sharpjax/assets/README.md has the command).
     assert info["format_version"] == sft.FORMAT_VERSION and info["config"] == sft_config(size).to_dict()
     params, model_config = load_model(model_dir)
@@ -290,10 +290,10 @@ def test_sft_size_resolves_to_the_shipped_model_without_training(tmp_path, monke
 
 def test_changed_recipe_needs_retrain_base_then_uses_the_retrained_model(tmp_path, monkeypatch):
     """A recipe that no longer matches the shipped weights is an error naming --retrain-base, never stale weights."""
-    import sharpjax.configs.small_scale as small_scale
+    import sharpjax.sft.config as sft_config_module
 
     monkeypatch.setenv("SHARPJAX_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(small_scale, "sft_config", lambda name="default": TINY)  # "someone changed the recipe"
+    monkeypatch.setattr(sft_config_module, "sft_config", lambda name="default": TINY)  # "someone changed the recipe"
     with pytest.raises(sft.ConfigError, match=r"--retrain-base.*") as err:
         sft.resolve_model_dir("sft:quick")
     assert "steps (150 there, 80 now)" in str(err.value)
