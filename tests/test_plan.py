@@ -431,7 +431,7 @@ def test_a_target_is_planned_against_the_local_gpu_it_runs_on(tmp_path, monkeypa
     import dataclasses
     import logging
 
-    import sharpjax.plan as plan_module
+    import sharpjax.plan.fit as plan_module  # preflight_run looks local_target up there
     from sharpjax.plan import GPUS, Target
 
     run = tiny_run(tmp_path, plan=dict(target="h200x1", method="analytic"))
