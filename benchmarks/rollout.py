@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import time
 
 # JAX and PyTorch share the GPU in one process: allocate on demand, not 75% up front.
@@ -40,6 +39,7 @@ from sharpjax.models import ModelConfig
 from sharpjax.models.hf import to_hf_state_dict
 from sharpjax.parallel import init_params_sharded, make_mesh
 from sharpjax.rollout import SamplingConfig, sample
+from sharpjax.rollout.hlo import COMPUTATION, stacked_weight_slices, while_bodies
 
 # Peak HBM bandwidth, bytes/s, by device_kind substring.
 HBM_BANDWIDTH = {"H200": 4.8e12, "H100": 3.35e12, "A100": 2.0e12}
@@ -140,33 +140,9 @@ def time_hf(config, params, tokens, mask, new_tokens, repeats, device):
     return min(times)
 
 
-_COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s+\(.*\{\s*$")
-_DEFINITION = re.compile(r"%([\w.\-]+)\s*=\s*\w+\[([\d,]*)\]")
-_SLICE = re.compile(r"\b(slice|dynamic-slice)\(\s*%([\w.\-]+)")
-
-
 def _decode_body(hlo: str) -> tuple[str, str]:
     """(name, text with every computation it calls) of the largest while body: the decode loop."""
-    comps, name, lines = {}, None, []
-    for line in hlo.splitlines():
-        match = _COMPUTATION.match(line)
-        if match and name is None:
-            name, lines = match.group(1), []
-        elif name is not None and line.strip() == "}":
-            comps[name], name = "\n".join(lines), None
-        elif name is not None:
-            lines.append(line)
-    best = ("", "")
-    for body in re.findall(r"while\(.*?body=%?([\w.\-]+)", hlo):
-        seen, todo = set(), [body]
-        while todo:
-            c = todo.pop()
-            if c not in seen and c in comps:
-                seen.add(c)
-                todo += [n for n in re.findall(r"%([\w.\-]+)", comps[c]) if n in comps]
-        text = "\n".join(comps[c] for c in seen)
-        best = max(best, (body, text), key=lambda x: len(x[1]))
-    return best
+    return max(while_bodies(hlo).items(), key=lambda x: len(x[1]), default=("", ""))
 
 
 def _body_cost(hlo: str, body: str) -> dict:
@@ -178,7 +154,7 @@ def _body_cost(hlo: str, body: str) -> dict:
     lines = ["HloModule decode_body"]
     for line in hlo.splitlines()[1:]:
         line = line.removeprefix("ENTRY ")
-        match = _COMPUTATION.match(line)
+        match = COMPUTATION.match(line)
         lines.append("ENTRY " + line if match and match.group(1) == body else line)
     module = _hlo.hlo_module_from_text("\n".join(lines))
     return _jax.hlo_module_cost_analysis(jax.devices("cpu")[0].client, module)
@@ -203,8 +179,7 @@ def aot_report(config, batch, prompt, new, sampling, target_path):
     hlo = compiled.as_text()
     body, text = _decode_body(hlo)
     stacked = set(jax.tree.leaves(param_shapes(config)["layers"], is_leaf=lambda x: isinstance(x, tuple)))
-    dims = {m.group(1): tuple(int(d) for d in m.group(2).split(",") if d) for m in _DEFINITION.finditer(text)}
-    weight_slices = sum(dims.get(m.group(2)) in stacked for m in _SLICE.finditer(text))
+    weight_slices = len(stacked_weight_slices(text, stacked))
     cost = _body_cost(hlo, body)
     memory = compiled.memory_analysis()
     name = os.path.basename(target_path).split(".")[0].upper()

@@ -10,46 +10,7 @@ import pytest
 from sharpjax.models import ModelConfig, init_params
 from sharpjax.models.transformer import KVCache, decode_step, forward, param_shapes, unstack_layers
 from sharpjax.rollout import SamplingConfig, sample
-
-_COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s+\(.*\{\s*$")
-_DEFINITION = re.compile(r"%([\w.\-]+)\s*=\s*\w+\[([\d,]*)\]")
-_SLICE = re.compile(r"\b(slice|dynamic-slice)\(\s*%([\w.\-]+)")
-
-
-def _computations(hlo: str) -> dict[str, str]:
-    comps, name, lines = {}, None, []
-    for line in hlo.splitlines():
-        match = _COMPUTATION.match(line)
-        if match and name is None:
-            name, lines = match.group(1), []
-        elif name is not None and line.strip() == "}":
-            comps[name] = "\n".join(lines)
-            name = None
-        elif name is not None:
-            lines.append(line)
-    return comps
-
-
-def _while_bodies(hlo: str) -> dict[str, str]:
-    """Each while loop's body with every computation it calls (fusions, nested loops)."""
-    comps = _computations(hlo)
-    bodies = {}
-    for body in re.findall(r"while\(.*?body=%?([\w.\-]+)", hlo):
-        seen, todo = set(), [body]
-        while todo:
-            c = todo.pop()
-            if c in seen or c not in comps:
-                continue
-            seen.add(c)
-            todo += [n for n in re.findall(r"%([\w.\-]+)", comps[c]) if n in comps]
-        bodies[body] = "\n".join(comps[c] for c in sorted(seen))
-    return bodies
-
-
-def _stacked_weight_slices(text: str, stacked_shapes: set[tuple[int, ...]]) -> list[tuple[str, tuple[int, ...]]]:
-    # Compiled HLO names operands without their types: resolve each name's shape.
-    dims = {m.group(1): tuple(int(d) for d in m.group(2).split(",") if d) for m in _DEFINITION.finditer(text)}
-    return [(m.group(1), dims[m.group(2)]) for m in _SLICE.finditer(text) if dims.get(m.group(2)) in stacked_shapes]
+from sharpjax.rollout.hlo import stacked_weight_slices, while_bodies
 
 
 def _config(**kw):
@@ -82,11 +43,11 @@ def test_decode_loop_body_slices_no_stacked_weight(share_prompt_kv):
         for body in re.findall(r"body=%?([\w.\-]+)", line)
     }
     assert decode_bodies  # found, so the check below is not vacuous
-    bodies = {name: text for name, text in _while_bodies(hlo).items() if name in decode_bodies}
-    found = {b: _stacked_weight_slices(text, stacked) for b, text in bodies.items()}
+    bodies = {name: text for name, text in while_bodies(hlo).items() if name in decode_bodies}
+    found = {b: stacked_weight_slices(text, stacked) for b, text in bodies.items()}
     assert not any(found.values()), found
     # The same scan finds the weight slices where they are meant to be: before the loop.
-    assert _stacked_weight_slices(hlo, stacked)
+    assert stacked_weight_slices(hlo, stacked)
 
 
 def test_decode_step_matches_forward_with_cache():
