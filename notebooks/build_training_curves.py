@@ -233,14 +233,7 @@ answer of k samples. Sharpening raises pass@1 at small k by concentrating mass o
 model already prefers; if it only sharpens, pass@k at large k does not rise above the base model's."""
     ),
     new_code_cell(
-        """def metric_curve(evals, prefix):
-    \"\"\"(ks, mean over the evaluations) of `prefix`@k; the ks that all evaluations have.\"\"\"
-    ks = None
-    for e in evals:
-        found = {int(k.split("@")[1]) for k in e if k.startswith(prefix + "@") and k.split("@")[1].isdigit()}
-        ks = found if ks is None else ks & found
-    ks = sorted(ks or [])
-    return np.array(ks), np.array([np.mean([e[f"{prefix}@{k}"] for e in evals]) for k in ks])
+        """from sharpjax.figures import metric_curve  # (ks, mean over the evaluations) of `prefix`@k, as the main job plots
 
 
 if RESULTS is None:

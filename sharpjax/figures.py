@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["FIGURES", "load_runs", "write_figures"]
+__all__ = ["FIGURES", "load_runs", "metric_curve", "write_figures"]
 
 FIGURES = ("accuracy", "length", "pass_at_k", "fixed_length")
 _RUN_NAME = re.compile(r"^(?P<mode>.+)_seed(?P<seed>\d+)$")
@@ -115,8 +115,8 @@ def _plot_modes(ax, runs, modes, colors, key, kind, *, ls="-", suffix="") -> boo
     return has
 
 
-def _metric_curve(evals: Sequence[dict], prefix: str):
-    """(ks, mean over `evals`) of `prefix`@k for the ks every evaluation has."""
+def metric_curve(evals: Sequence[dict], prefix: str):
+    """(ks, mean over `evals`) of `prefix`@k for the ks every evaluation has (the notebook uses it too)."""
     ks = None
     for e in evals:
         found = {int(k.split("@")[1]) for k in e if k.startswith(prefix + "@") and k.split("@")[1].isdigit()}
@@ -170,7 +170,7 @@ def write_figures(workdir: str, results: dict | None = None) -> list[str]:
     if results and results.get("base"):
         fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
         for ax, prefix in zip(axes, ("pass", "maj")):
-            ks, vals = _metric_curve([results["base"]], prefix)
+            ks, vals = metric_curve([results["base"]], prefix)
             has = bool(len(ks))
             if has:
                 ax.plot(ks, vals, "k-o", lw=2.2, ms=4, label="base")
@@ -179,7 +179,7 @@ def write_figures(workdir: str, results: dict | None = None) -> list[str]:
                         if _RUN_NAME.match(name) and _RUN_NAME.match(name)["mode"] == mode]
                 for which, ls in (("last", "-"), ("best", "--")):
                     evals = [row[which] for row in rows if isinstance(row.get(which), dict)]
-                    ks, vals = _metric_curve(evals, prefix) if evals else ((), ())
+                    ks, vals = metric_curve(evals, prefix) if evals else ((), ())
                     if len(ks):
                         ax.plot(ks, vals, ls, marker="o", ms=3, color=colors.get(mode, "gray"),
                                 label=f"{mode} ({which})")
