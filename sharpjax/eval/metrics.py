@@ -4,24 +4,9 @@ They live below `tasks` and `sft` (which both use them) so that no layer imports
 (ARCHITECTURE.md, "Layers"); this module keeps `sharpjax.eval.metrics` working for its users.
 """
 
-from sharpjax.sample_metrics import (  # noqa: F401 - re-exports, private ones included (diagnose uses them)
+from sharpjax.sample_metrics import *  # noqa: F403
+from sharpjax.sample_metrics import (  # noqa: F401 - diagnose.metrics imports them from here
     _CORRECT,
-    DEFAULT_KS,
-    ProblemRecord,
+    __all__,  # noqa: F401
     _vote_keys,
-    maj_at_k,
-    pass_at_k,
-    results_to_json,
-    results_to_markdown,
-    summarize,
 )
-
-__all__ = [
-    "DEFAULT_KS",
-    "ProblemRecord",
-    "maj_at_k",
-    "pass_at_k",
-    "results_to_json",
-    "results_to_markdown",
-    "summarize",
-]
