@@ -268,12 +268,13 @@ class Trainer:
     def _build_step(self, params: Params) -> None:
         """The train state (fp32 master weights + AdamW), the jitted step and reward functions, the PRNG key."""
         config = self.config
-        if config.train.remat == "auto":  # not resolved by the launcher (a direct `train` call)
+        if config.train.remat == "auto" or config.rollout.chunk_prompts == "auto":  # a direct `train` call
             from sharpjax.plan import preflight_run
 
             config, summary = preflight_run(config, model=self.model)
             self.config = config
-            log.info("%s", summary.splitlines()[0])
+            for line in summary.splitlines()[:-1] or summary.splitlines():  # the resolutions, not the fit line
+                log.info("%s", line)
         self.needs_ref = config.reward.needs_ref_logprobs or config.loss.kl_coef > 0
         self.score_ref = self.needs_ref or config.train.score_reference_always
         self.step_config = StepConfig(
