@@ -412,6 +412,13 @@ class Trainer:
                 for i in range(0, len(tokens), chunk)
             ]
         del policy  # the bf16 copy would otherwise stay alive through the scoring and the update
+        k = self.config.rollout.samples_per_prompt
+        answers = [p.answer for p in problems for _ in range(k)]
+        # The calls above are only dispatched: each chunk but the last is verified on the host while
+        # the device decodes the next; the last one's after the reference scoring is dispatched.
+        t_early = time.perf_counter()
+        early = [self._verify(parts[j], answers[j * chunk * k:(j + 1) * chunk * k]) for j in range(len(parts) - 1)]
+        t_early = time.perf_counter() - t_early
         if len(parts) > 1:
             parts = [p.replace(prompt_index=p.prompt_index + j * chunk) for j, p in enumerate(parts)]
         rollout = parts[0] if len(parts) == 1 else jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts)
@@ -430,12 +437,11 @@ class Trainer:
                     self.ref_params, rollout, model=self.model, logits_chunk=self.config.train.logits_chunk,
                     tokens_per_micro_batch=self.config.train.tokens_per_micro_batch, row_shards=self._row_shards(),
                 )
-        k = self.config.rollout.samples_per_prompt
         # Verified even when the reward does not use it (sharpening runs): host-side and cheap, it is
         # their real training accuracy (`reward/task`; the main job's figures_accuracy.png).
-        texts = decode_responses(self.tokenizer, rollout)
-        answers = [p.answer for p in problems for _ in range(k)]
-        task_reward = self._put_rows(np.asarray(self.task.score(texts, answers), np.float32))
+        last = parts[-1] if len(parts) > 1 else rollout
+        scores = early + [self._verify(last, answers[(len(parts) - 1) * chunk * k:])]
+        task_reward = self._put_rows(np.concatenate(scores).astype(np.float32))
         t_verify = time.perf_counter()
         with self.compile_log.program("rewards", rollout.tokens.shape, "compute_rewards"):
             scored = self._rewards(
@@ -459,6 +465,7 @@ class Trainer:
             "prompt_length": float(np.asarray(mask).sum(-1).mean()),
             "rollout_s": t_rollout - t0,
             "verify_s": t_verify - t_rollout,
+            **({"verify_overlapped_s": t_early} if len(parts) > 1 else {}),  # inside rollout_s, beside the decode
             "update_s": t_end - t_verify,
             "step_s": t_end - t0,
             "tokens_per_s": num_response_tokens / (t_end - t0),
@@ -474,6 +481,10 @@ class Trainer:
         if metrics.get("update_skipped", 0.0) > 0:
             log.warning("step %d: non-finite loss, gradient or update; update skipped (params unchanged)", step)
         return {"scalars": metrics, "histograms": {"rewards": rewards, "response_lengths": lengths}}
+
+    def _verify(self, rollout, answers: list[str]) -> np.ndarray:
+        """The task reward of a sampler call's rows (host; waits for that call only)."""
+        return np.asarray(self.task.score(decode_responses(self.tokenizer, rollout), answers), np.float32)
 
     # ---- validation ---------------------------------------------------------------
     def validate(self, step: int) -> dict[str, float]:
