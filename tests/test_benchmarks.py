@@ -62,6 +62,8 @@ def test_rl_step_benchmark_quick(tmp_path):
     assert trimmed["grad_norm"] == pytest.approx(padded["grad_norm"], rel=1e-4, abs=1e-6)
 
 
+@pytest.mark.slow  # every stage of the GPU check at toy sizes (~1 min idle, 3 on a shared CPU)
+@pytest.mark.guard  # CI's second stage (issue 28)
 def test_gpu_check_tiny(tmp_path):
     """benchmarks/gpu_check.py --tiny: every stage of the GPU check at toy sizes on the CPU, one
     JSON with the issue's table (measured and planned) and BENCHMARKS.md's summary line."""

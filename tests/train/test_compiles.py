@@ -39,6 +39,8 @@ def test_trimmed_widths_share_one_grid_across_prompt_buckets():
     assert trim_padding(_batch(8 + 64), 8, 17).tokens.shape[1] == 8 + 32
 
 
+@pytest.mark.slow  # 20 training steps (~1 min)
+@pytest.mark.guard  # CI's second stage (issue 28)
 def test_twenty_steps_compile_a_bounded_number_of_programs(tiny_model_dir, tmp_path, caplog):
     """Per-prompt budgets (max_new_tokens=None) and three prompt buckets: the sampler's shape and
     the trimmed width both vary from step to step; each loop program compiles each shape once,

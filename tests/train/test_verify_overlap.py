@@ -19,6 +19,8 @@ def tiny_model_dir(tmp_path_factory):
     return make_tiny_model(str(tmp_path_factory.mktemp("tiny_base")))
 
 
+@pytest.mark.slow  # one training step (~1 min)
+@pytest.mark.guard  # CI's second stage (issue 28)
 def test_each_chunk_is_verified_while_the_next_decodes(tiny_model_dir, tmp_path, monkeypatch):
     config = RunConfig.from_config_dict(tiny_config(
         tiny_model_dir, train__steps=1, data__validation=(), eval__at_start=False, rollout__prompts_per_step=4,
