@@ -60,3 +60,29 @@ def test_rl_step_benchmark_quick(tmp_path):
     assert trimmed["kl_to_base"] == pytest.approx(padded["kl_to_base"], rel=1e-4, abs=1e-4)
     assert trimmed["loss"] == pytest.approx(padded["loss"], rel=1e-4, abs=1e-6)
     assert trimmed["grad_norm"] == pytest.approx(padded["grad_norm"], rel=1e-4, abs=1e-6)
+
+
+@pytest.mark.slow  # every stage of the GPU check at toy sizes (~1 min idle, 3 on a shared CPU)
+@pytest.mark.guard  # CI's second stage (issue 28)
+def test_gpu_check_tiny(tmp_path):
+    """benchmarks/gpu_check.py --tiny: every stage of the GPU check at toy sizes on the CPU, one
+    JSON with the issue's table (measured and planned) and BENCHMARKS.md's summary line."""
+    out = tmp_path / "check.json"
+    stdout = _run(["benchmarks/gpu_check.py", "--tiny", "--out", str(out)], timeout=900,
+                  env=dict(os.environ, SHARPJAX_DATA_DIR=os.environ.get("SHARPJAX_DATA_DIR", "")))
+    res = json.loads(out.read_text())
+    assert all(": exit 0 " in s for s in res["stages"]) and len(res["stages"]) == 4, res["stages"]
+    table = res["table"]
+    assert table["rollout_tok_s"] > 0 and table["rollout_xla_tok_s"] > 0
+    assert table["step_s"] > 0 and table["rollout_s"] > 0 and table["update_s"] > 0
+    # The paper config's "auto" knobs resolved by the launcher's plan: one sampler call of every row.
+    paper = res["paper_step"]
+    assert paper["sampler_calls"] == 1 and paper["rows_per_call"] == paper["rows"] == 16
+    assert paper["remat"] in ("none", "dots", "full") and len(paper["steps"]) == 2
+    assert table["plan"]["method"] == "analytic" and table["plan"]["peak_gib"] > 0
+    assert set(paper["plan"]["programs"]) == {"rollout", "scoring", "train_step"}
+    assert table["compiles"] >= 4 and {c["program"] for c in paper["compiled"]} >= {"sampler", "train_step"}
+    line = stdout.strip().splitlines()[-1]
+    assert re.fullmatch(r"gpu_check \d{4}-\d\d-\d\d cpu: rollout n/a HF \(n/a roofline\), train MFU n/a, "
+                        r"llama3b h200x1 step [0-9.]+ s, peak [0-9.]+ GiB \(plan [0-9.]+ GiB\)", line), line
+    assert line == res["summary"]

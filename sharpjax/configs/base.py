@@ -44,8 +44,10 @@ def _as_config_dict(obj: Any) -> ml_collections.ConfigDict:
 def _optional_type(hint: Any) -> type:
     """`int | None` -> int (the type a None default may later hold)."""
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        (inner,) = [a for a in typing.get_args(hint) if a is not type(None)]
-        return typing.get_origin(inner) or inner
+        inner = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(inner) > 1:  # e.g. `int | Literal["auto"] | None`: RunConfig's check takes either
+            return object
+        return typing.get_origin(inner[0]) or inner[0]
     return hint
 
 

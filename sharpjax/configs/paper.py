@@ -33,15 +33,15 @@ MODELS = {
 # for Qwen3-4B; per update micro-batch: that / micro_batches. The first target is the default.
 HARDWARE = {
     "llama3b": {
-        "h100x4": dict(mesh=dict(data=-1, fsdp=4, tensor=1), micro_batches=8, chunk_prompts=None,
+        "h100x4": dict(mesh=dict(data=-1, fsdp=4, tensor=1), micro_batches=8, chunk_prompts="auto",
                        tokens_per_micro_batch=32768),
-        "h200x1": dict(mesh=dict(data=-1, fsdp=1, tensor=1), micro_batches=16, chunk_prompts=16,
+        "h200x1": dict(mesh=dict(data=-1, fsdp=1, tensor=1), micro_batches=16, chunk_prompts="auto",
                        tokens_per_micro_batch=32768),
     },
     "qwen3_4b": {
-        "h100x8": dict(mesh=dict(data=-1, fsdp=8, tensor=1), micro_batches=16, chunk_prompts=None,
+        "h100x8": dict(mesh=dict(data=-1, fsdp=8, tensor=1), micro_batches=16, chunk_prompts="auto",
                        tokens_per_micro_batch=32768),
-        "h200x2": dict(mesh=dict(data=-1, fsdp=2, tensor=1), micro_batches=32, chunk_prompts=32,
+        "h200x2": dict(mesh=dict(data=-1, fsdp=2, tensor=1), micro_batches=32, chunk_prompts="auto",
                        tokens_per_micro_batch=32768),
     },
 }
@@ -77,6 +77,8 @@ def paper_config(
     # (every target fits with full; BENCHMARKS.md, "Train step", has what each resolves to).
     c.train.remat = "auto"
     c.train.tokens_per_micro_batch = hw["tokens_per_micro_batch"]
+    # "auto": the launcher's plan picks the largest sampler call that fits (sharpjax/plan/chunks.py):
+    # one call reads the weights once per decoded token for every row.
     c.rollout.chunk_prompts = hw["chunk_prompts"]
     c.mesh.update(hw["mesh"])
     c.plan.target = target

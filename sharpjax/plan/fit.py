@@ -10,6 +10,7 @@ import logging
 
 from sharpjax.errors import ConfigError
 from sharpjax.models.config import ModelConfig
+from sharpjax.plan import chunks
 from sharpjax.plan.analytic import _analytic_parts, _analytic_programs, _phases
 from sharpjax.plan.aot import _AOT_MISSING, _aot_programs, _jax_version, aot_available
 from sharpjax.plan.shapes import GiB, Plan, ProgramPlan, model_config_for, plan_shapes
@@ -27,6 +28,8 @@ def plan_run(
     With `run.train.remat="auto"`: the plan of the policy `choose_remat` picks at
     `config.plan.max_memory_fraction` ("full"'s when none fits); `Plan.remat` says which.
     """
+    if chunks.is_auto(run):  # rollout.chunk_prompts="auto": the largest sampler call that fits (plan/chunks.py)
+        run = chunks.resolve_for_plan(run, target, method=method, model=model, memory_bytes=memory_bytes)
     if run.train.remat == "auto":
         return choose_remat(run, target, method=method, model=model, memory_bytes=memory_bytes,
                             prompt_len=prompt_len, max_fraction=run.plan.max_memory_fraction).plan
@@ -295,6 +298,13 @@ def preflight_run(run: RunConfig, *, model: ModelConfig | None = None) -> tuple[
         else:
             target, local_memory = local
             memory = memory or local_memory
+    chunk_line = []
+    if chunks.is_auto(run):  # resolved first: only the rollout depends on it, only the update on remat
+        run, line = (chunks.resolve_without_plan(run, "no plan") if target is None else
+                     chunks.resolve_chunk(run, target, method=p.method, model=model, memory_bytes=memory,
+                                          max_fraction=p.max_memory_fraction))
+        chunk_line = [line]
+        skipped = "\n".join(chunk_line + [skipped]) if target is None else None
     if target is None:
         if not auto:
             return run, skipped
@@ -302,7 +312,7 @@ def preflight_run(run: RunConfig, *, model: ModelConfig | None = None) -> tuple[
         line = (f"remat: auto -> {REMAT_DEFAULT} ({why} to choose by: the policy that holds the least "
                 "activation memory)")
         return _with_remat(run, REMAT_DEFAULT), f"{line}\n{skipped}"
-    lines = []
+    lines = chunk_line
     if auto:
         choice = choose_remat(run, target, method=p.method, model=model, memory_bytes=memory,
                               max_fraction=p.max_memory_fraction)

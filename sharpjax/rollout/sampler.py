@@ -164,7 +164,8 @@ class RolloutBatch:
     prompt_index: Int[Array, " B"]
 
 
-def trim_padding(rollout: RolloutBatch, prompt_len: int, max_response_len: int) -> RolloutBatch:
+def trim_padding(rollout: RolloutBatch, prompt_len: int, max_response_len: int, *,
+                 width_step: int | None = None) -> RolloutBatch:
     """Drops the trailing all-padding columns, keeping a few compiled shapes.
 
     The sampler allocates the whole budget M, but the scoring and the update only need the
@@ -173,10 +174,15 @@ def trim_padding(rollout: RolloutBatch, prompt_len: int, max_response_len: int) 
     aggregation divides by a fixed constant, not by S). The response part is rounded up to a
     multiple of max(16, M // 8), so a run compiles at most 8 shapes per prompt length.
 
+    With `width_step`, the whole width P + M' is rounded up to a multiple of it instead, so
+    that batches of different prompt buckets share their trimmed shapes: a run compiles at
+    most ceil(max width / width_step) widths in all (`sharpjax.train.compiles.compile_budget`).
+
     Args:
       rollout: the sampler's batch, [B, P + M] arrays.
       prompt_len: P.
       max_response_len: the longest response in the batch (over all hosts), in tokens.
+      width_step: None, or the grid of the trimmed widths (tokens).
 
     Returns:
       The same batch with [B, P + M'] arrays, M' <= M.
@@ -184,6 +190,9 @@ def trim_padding(rollout: RolloutBatch, prompt_len: int, max_response_len: int) 
     budget = rollout.tokens.shape[1] - prompt_len
     step = max(16, -(-budget // 8))
     keep = min(budget, max(step, -(-max_response_len // step) * step))
+    if width_step is not None:
+        width = -(-(prompt_len + max(max_response_len, 1)) // width_step) * width_step
+        keep = min(budget, width - prompt_len)
     if keep == budget:
         return rollout
     cut = lambda x: x[:, : prompt_len + keep]  # noqa: E731

@@ -102,6 +102,8 @@ class RolloutConfig:
       prompt_buckets: prompt lengths are padded up to one of these (one compile per bucket).
       chunk_prompts: prompts per sampler call (None: all of the step's prompts in one call);
         the KV cache scales with it, so a smaller chunk fits a long budget on fewer devices.
+        "auto": the largest that fits the plan's target (`sharpjax.plan.chunks.choose_chunk`,
+        resolved by `sharpjax.plan.preflight_run`; without a plan, all prompts in one call).
     """
 
     prompts_per_step: int = 32
@@ -113,7 +115,7 @@ class RolloutConfig:
     top_k: int = 0
     ignore_eos: bool = False
     prompt_buckets: tuple[int, ...] = (64, 128, 256, 512, 1024)
-    chunk_prompts: int | None = None
+    chunk_prompts: int | typing.Literal["auto"] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -366,7 +368,7 @@ class RunConfig:
         self._check_validation_sets()
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ConfigError(f"config.dtype={self.dtype!r} must be 'float32', 'bfloat16' or 'float16'.")
-        if r.chunk_prompts is not None:
+        if r.chunk_prompts not in (None, "auto"):
             _positive(r.chunk_prompts, "config.rollout.chunk_prompts")
             if r.prompts_per_step % r.chunk_prompts:
                 raise ConfigError(
@@ -460,7 +462,7 @@ class RunConfig:
                 f"config.rollout.prompts_per_step={r.prompts_per_step} is not divisible by the mesh's "
                 f"data x fsdp = {data * fsdp} (the sampler shards prompts over them)."
             )
-        if r.chunk_prompts is not None and r.chunk_prompts % (data * fsdp):
+        if r.chunk_prompts not in (None, "auto") and r.chunk_prompts % (data * fsdp):
             raise ConfigError(
                 f"config.rollout.chunk_prompts={r.chunk_prompts} is not divisible by the mesh's "
                 f"data x fsdp = {data * fsdp} (the sampler shards prompts over them)."
@@ -516,13 +518,29 @@ def build_config(cls, values: Any, where: str = "config"):
         raise ConfigError(f"{where}: {e}") from e
 
 
+def _hint_name(hint: Any) -> str:
+    if typing.get_origin(hint) is typing.Literal:
+        return ", ".join(map(repr, typing.get_args(hint)))
+    return getattr(hint, "__name__", str(hint))
+
+
 def _coerce(value: Any, hint: Any, where: str) -> Any:
     """Checks a value against its annotation; lists -> tuples, "a,b" -> ("a", "b") for tuple fields."""
     args = typing.get_args(hint)
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        hint = next(a for a in args if a is not type(None))
+        others = [a for a in args if a is not type(None)]
+        if len(others) > 1:  # e.g. int | Literal["auto"]: the first that takes the value
+            if int in others and isinstance(value, str) and value.isdigit():  # "--config.rollout.chunk_prompts=16"
+                value = int(value)
+            for a in others:
+                try:
+                    return _coerce(value, a, where)
+                except ConfigError:
+                    pass
+            raise ConfigError(f"{where}={value!r} must be one of: {' or '.join(map(_hint_name, others))}.")
+        hint = others[0]
         args = typing.get_args(hint)
     if typing.get_origin(hint) is tuple:
         if isinstance(value, str):  # "--config.data.validation=math500,aime24"

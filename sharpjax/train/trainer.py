@@ -56,6 +56,7 @@ from sharpjax.rollout.sampler import SamplingConfig, sample, sampling_config_for
 from sharpjax.rollout.text import decode_responses, encode_prompts, fit_sampling, prompt_lengths
 from sharpjax.tasks import Task, build_task
 from sharpjax.train.checkpoint import Checkpointer, abstract_like
+from sharpjax.train.compiles import CompileLog, compile_budget, width_step
 from sharpjax.train.config import ConfigError, RunConfig
 from sharpjax.train.lock import WorkdirLock
 from sharpjax.train.metrics import MetricsLogger, format_metrics
@@ -236,6 +237,8 @@ class Trainer:
         if self._lock is not None:
             self._lock.release()
             self._lock = None
+        if getattr(self, "compile_log", None) is not None:
+            self.compile_log.close()
 
     # ---- construction -------------------------------------------------------------
     def _load_models(self) -> Params:
@@ -268,12 +271,13 @@ class Trainer:
     def _build_step(self, params: Params) -> None:
         """The train state (fp32 master weights + AdamW), the jitted step and reward functions, the PRNG key."""
         config = self.config
-        if config.train.remat == "auto":  # not resolved by the launcher (a direct `train` call)
+        if config.train.remat == "auto" or config.rollout.chunk_prompts == "auto":  # a direct `train` call
             from sharpjax.plan import preflight_run
 
             config, summary = preflight_run(config, model=self.model)
             self.config = config
-            log.info("%s", summary.splitlines()[0])
+            for line in summary.splitlines()[:-1] or summary.splitlines():  # the resolutions, not the fit line
+                log.info("%s", line)
         self.needs_ref = config.reward.needs_ref_logprobs or config.loss.kl_coef > 0
         self.score_ref = self.needs_ref or config.train.score_reference_always
         self.step_config = StepConfig(
@@ -296,6 +300,9 @@ class Trainer:
             reference_logprobs, static_argnames=("model", "logits_chunk", "tokens_per_micro_batch", "row_shards")
         )
         self.base_key = jax.random.key(config.train.seed)
+        # Every compile counted, the loop programs' logged with shape and time (train/compiles.py).
+        self.compile_log = CompileLog()
+        log.info("compiles: %s", compile_budget(config))
         if self.mesh is not None:  # a global array, so every process checkpoints the same key
             data = put_global(np.asarray(jax.random.key_data(self.base_key)), replicated(self.mesh))
             self.base_key = jax.random.wrap_key_data(data)
@@ -394,46 +401,57 @@ class Trainer:
         policy = cast_params(self.state.params, self.model.jnp_dtype)
         chunk = self.config.rollout.chunk_prompts or len(tokens)
         # One sampler call per chunk of prompts: the KV cache is per call (config.rollout.chunk_prompts).
-        parts = [
-            sample(
-                policy, self._put_rows(tokens[i : i + chunk]), self._put_rows(mask[i : i + chunk]),
-                _step_key(self.base_key, step, 0) if i == 0 else _step_key(self.base_key, step, 1000 + i // chunk),
-                config=self.model, sampling=sampling,
-            )
-            for i in range(0, len(tokens), chunk)
-        ]
+        shape = (min(chunk, len(tokens)), tokens.shape[1], sampling.max_new_tokens)  # prompts, bucket, allocation
+        with self.compile_log.program("sampler", shape, "sample"):
+            parts = [
+                sample(
+                    policy, self._put_rows(tokens[i : i + chunk]), self._put_rows(mask[i : i + chunk]),
+                    _step_key(self.base_key, step, 0) if i == 0 else _step_key(self.base_key, step, 1000 + i // chunk),
+                    config=self.model, sampling=sampling,
+                )
+                for i in range(0, len(tokens), chunk)
+            ]
         del policy  # the bf16 copy would otherwise stay alive through the scoring and the update
+        k = self.config.rollout.samples_per_prompt
+        answers = [p.answer for p in problems for _ in range(k)]
+        # The calls above are only dispatched: each chunk but the last is verified on the host while
+        # the device decodes the next; the last one's after the reference scoring is dispatched.
+        t_early = time.perf_counter()
+        early = [self._verify(parts[j], answers[j * chunk * k:(j + 1) * chunk * k]) for j in range(len(parts) - 1)]
+        t_early = time.perf_counter() - t_early
         if len(parts) > 1:
             parts = [p.replace(prompt_index=p.prompt_index + j * chunk) for j, p in enumerate(parts)]
         rollout = parts[0] if len(parts) == 1 else jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts)
         jax.block_until_ready(rollout.tokens)
         lengths = to_host(rollout.lengths)
         if self.config.train.trim_padding:
-            rollout = trim_padding(rollout, tokens.shape[1], int(lengths.max()))
+            rollout = trim_padding(rollout, tokens.shape[1], int(lengths.max()), width_step=width_step(self.config))
         t_rollout = time.perf_counter()
 
         # Only logged (the reward and loss do not need it): every config.train.kl_every steps.
         score_ref = self.score_ref and (self.needs_ref or step % self.config.train.kl_every == 0)
         ref_logp = None
         if score_ref:  # dispatched, not awaited: the device scores while the host verifies below
-            ref_logp = self._ref_logprobs(
-                self.ref_params, rollout, model=self.model, logits_chunk=self.config.train.logits_chunk,
-                tokens_per_micro_batch=self.config.train.tokens_per_micro_batch, row_shards=self._row_shards(),
-            )
-        k = self.config.rollout.samples_per_prompt
+            with self.compile_log.program("reference", rollout.tokens.shape, "reference_logprobs"):
+                ref_logp = self._ref_logprobs(
+                    self.ref_params, rollout, model=self.model, logits_chunk=self.config.train.logits_chunk,
+                    tokens_per_micro_batch=self.config.train.tokens_per_micro_batch, row_shards=self._row_shards(),
+                )
         # Verified even when the reward does not use it (sharpening runs): host-side and cheap, it is
         # their real training accuracy (`reward/task`; the main job's figures_accuracy.png).
-        texts = decode_responses(self.tokenizer, rollout)
-        answers = [p.answer for p in problems for _ in range(k)]
-        task_reward = self._put_rows(np.asarray(self.task.score(texts, answers), np.float32))
+        last = parts[-1] if len(parts) > 1 else rollout
+        scores = early + [self._verify(last, answers[(len(parts) - 1) * chunk * k:])]
+        task_reward = self._put_rows(np.concatenate(scores).astype(np.float32))
         t_verify = time.perf_counter()
-        scored = self._rewards(
-            None, rollout, task_reward, model=self.model, reward=self.config.reward, loss=self.config.loss,
-            group_size=k, logits_chunk=self.config.train.logits_chunk, score_reference=score_ref,
-            tokens_per_micro_batch=self.config.train.tokens_per_micro_batch, row_shards=self._row_shards(),
-            ref_logp_BT=ref_logp,
-        )
-        self.state, step_metrics = self._train_step(self.state, scored.batch)
+        with self.compile_log.program("rewards", rollout.tokens.shape, "compute_rewards"):
+            scored = self._rewards(
+                None, rollout, task_reward, model=self.model, reward=self.config.reward, loss=self.config.loss,
+                group_size=k, logits_chunk=self.config.train.logits_chunk, score_reference=score_ref,
+                tokens_per_micro_batch=self.config.train.tokens_per_micro_batch, row_shards=self._row_shards(),
+                ref_logp_BT=ref_logp,
+            )
+        with self.compile_log.program("train_step", scored.batch.tokens.shape, "train_step"):
+            self.state, step_metrics = self._train_step(self.state, scored.batch)
         jax.block_until_ready(self.state.params)
         t_end = time.perf_counter()
 
@@ -447,6 +465,7 @@ class Trainer:
             "prompt_length": float(np.asarray(mask).sum(-1).mean()),
             "rollout_s": t_rollout - t0,
             "verify_s": t_verify - t_rollout,
+            **({"verify_overlapped_s": t_early} if len(parts) > 1 else {}),  # inside rollout_s, beside the decode
             "update_s": t_end - t_verify,
             "step_s": t_end - t0,
             "tokens_per_s": num_response_tokens / (t_end - t0),
@@ -462,6 +481,10 @@ class Trainer:
         if metrics.get("update_skipped", 0.0) > 0:
             log.warning("step %d: non-finite loss, gradient or update; update skipped (params unchanged)", step)
         return {"scalars": metrics, "histograms": {"rewards": rewards, "response_lengths": lengths}}
+
+    def _verify(self, rollout, answers: list[str]) -> np.ndarray:
+        """The task reward of a sampler call's rows (host; waits for that call only)."""
+        return np.asarray(self.task.score(decode_responses(self.tokenizer, rollout), answers), np.float32)
 
     # ---- validation ---------------------------------------------------------------
     def validate(self, step: int) -> dict[str, float]:
