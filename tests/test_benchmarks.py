@@ -25,6 +25,8 @@ def _run(args, timeout=300, env=None):
     return proc.stdout
 
 
+@pytest.mark.slow  # compiles the step for sharpjax and runs torch's (~45 s idle)
+@pytest.mark.guard  # CI's second stage, once (Python 3.11): the fast suite stays near 20 minutes
 def test_train_step_benchmark_tiny(tmp_path):
     require_torch()  # the benchmark's other side is a PyTorch HF step
     out = _run(["benchmarks/train_step.py", "--size", "tiny", "--iters", "1", "--json", str(tmp_path / "r.json")])
@@ -42,6 +44,8 @@ def test_train_step_benchmark_tiny(tmp_path):
         assert results[side]["tok_s"] == pytest.approx(8 * 128 / statistics.median(times))
 
 
+@pytest.mark.slow  # the quick RL-step benchmark end to end (~55 s idle)
+@pytest.mark.guard  # CI's second stage, once (Python 3.11): the fast suite stays near 20 minutes
 def test_rl_step_benchmark_quick(tmp_path):
     cache = os.environ.get("SHARPJAX_TEST_CACHE") or str(tmp_path / "cache")  # the quick SFT base model
     env = dict(os.environ, SHARPJAX_CACHE_DIR=cache)

@@ -25,7 +25,7 @@ def test_ci_runs_the_readme_test_command_then_the_guard_stage():
     run = _read(".ci/run").splitlines()
     assert test_command in run  # the very line, not a paraphrase
     assert "ruff check" in test_command and test_command.endswith("python -m pytest -q -rs")
-    assert "python -m pytest -q -rs -m guard" in run
+    assert "python -m pytest -q -rs -n 2 -m guard" in run
     # Both ends of the supported range: the same command again under Python 3.12, and the
     # compile-only GPU tests on each stack.
     assert run.count(test_command) == 2 and any("python3.12" in line for line in run)

@@ -56,6 +56,8 @@ def _sft_cache_dir(request, tmp_path):
     return str(cache.mkdir("sharpjax_sft")) if cache is not None else str(tmp_path / "sft_cache")
 
 
+@pytest.mark.slow  # three training runs executed in the notebook (~80 s idle)
+@pytest.mark.guard  # CI's second stage, once (Python 3.11): the fast suite stays near 20 minutes
 def test_training_curves_notebook(tmp_path, monkeypatch, request):
     pytest.importorskip("nbclient")
     import json

@@ -126,6 +126,8 @@ def test_default_pipeline_effect_directions(tmp_path):
     assert runs["likelihood_seed0"]["base_loglik_last"] > runs["task_seed0"]["base_loglik_last"]
 
 
+@pytest.mark.slow  # a fixed-length main job and its rerun (~45 s idle)
+@pytest.mark.guard  # CI's second stage, once (Python 3.11): the fast suite stays near 20 minutes
 def test_fixed_length_run_and_rerun_reuses_finished_runs(tmp_path, monkeypatch):
     settings = ReproduceConfig(size="quick", modes=("likelihood:fixed",), seeds=(0,), test_problems=4,
                                  eval_samples=2, inference_modes=("temp-a4",))
