@@ -160,3 +160,4 @@ def test_the_main_job_prints_a_diagnose_command_that_parses(tmp_path):
     assert args.policies == {name: str(tmp_path / "runs" / name / "export" / "last") for name in runs}
     assert args.base == base and len(args.benchmarks["arithmetic"]) == 7
     assert args.ns.max_new_tokens == settings.max_new_tokens and args.ns.out == str(tmp_path / "diagnosis")
+    assert args.ns.n == args.ns.baseline_n == settings.eval_samples  # the job's own samples per problem
