@@ -337,10 +337,14 @@ def _run(workdir: str, settings: ReproduceConfig, progress: bool) -> dict:
 
 
 def diagnose_command(workdir: str, results: dict, settings: ReproduceConfig) -> str:
-    """The `python -m sharpjax.diagnose` command for every run's last policy against the base, on the job's problems."""
+    """The `python -m sharpjax.diagnose` command for every run's last policy against the base, on the job's problems
+    and at its evaluation's samples per problem (diagnose's own default, n = 64 for a benchmark's pass@64, would
+    make it 4x the job's evaluation on a CPU); 512 rows per sampler call, as diagnose's default."""
     policies = " ".join(f"--policy {name}={os.path.join(row['workdir'], 'export', 'last')}"
                         for name, row in results["runs"].items())
+    n = settings.eval_samples
     return (f"python -m sharpjax.diagnose --task arithmetic --benchmarks arithmetic --limit {settings.test_problems} "
+            f"--n {n} --baseline_n {n} --batch_size {max(1, 512 // n)} "
             f"--max_new_tokens {settings.max_new_tokens} --block-size {INFERENCE_POWER['block_size']} --mh-steps "
             f"{INFERENCE_POWER['mh_steps']} --particles {INFERENCE_POWER['num_particles']} "
             f"--base {results['base_model']} {policies} --out {os.path.join(workdir, 'diagnosis')}")

@@ -212,20 +212,31 @@ class _Eta:
         self.done_seconds += time.perf_counter() - start
 
 
-def _scoring_generate(base_params, base_config, tokens_per_micro_batch: int, sink: list):
-    """A `generate_fn` for the harness: plain sampling, and the base's log-likelihood of each response
-    ([rows], summed over the response's tokens, the stop token included) appended to `sink`."""
+@functools.cache
+def _score_fn(base_config):
+    """The base's jitted response scorer, one per model config: every stage (the base, each policy) reuses one
+    compilation per shape instead of tracing a fresh closure each time."""
     import jax
     import jax.numpy as jnp
 
-    from sharpjax.parallel import to_host
-    from sharpjax.rollout.scoring import rows_per_micro_batch, score_tokens
-    from sharpjax.rollout.text import generate_text
+    from sharpjax.rollout.scoring import score_tokens
 
     @functools.partial(jax.jit, static_argnames=("micro",))
     def score(params, tokens_BT, mask_BT, response_BT, micro):
         logp_BT = score_tokens(params, tokens_BT, mask_BT, config=base_config, micro_batch_rows=micro)
         return jnp.sum(jnp.where(response_BT > 0, logp_BT, 0.0), axis=-1)
+
+    return score
+
+
+def _scoring_generate(base_params, base_config, tokens_per_micro_batch: int, sink: list):
+    """A `generate_fn` for the harness: plain sampling, and the base's log-likelihood of each response
+    ([rows], summed over the response's tokens, the stop token included) appended to `sink`."""
+    from sharpjax.parallel import to_host
+    from sharpjax.rollout.scoring import rows_per_micro_batch
+    from sharpjax.rollout.text import generate_text
+
+    score = _score_fn(base_config)
 
     def generate(params, config, tokenizer, prompts, key, sampling, *, buckets):
         texts, rollout = generate_text(params, config, tokenizer, prompts, key, sampling, buckets=buckets)

@@ -60,13 +60,20 @@ def test_base_scores_policy_responses_like_a_plain_forward(models):
     assert np.abs(policy_own - sink[0]).max() > 0.1
 
 
-def test_end_to_end(models, tmp_path):
+def _diagnose(models, out, baselines: str) -> dict:
+    """The command on the tiny pair: 3 problems x 4 samples of 12 tokens, one process (the arithmetic verifier)."""
     base, policy = models
+    return cli.main(["--base", base, "--policy", f"same={base}", "--policy", f"other={policy}", "--task",
+                     "arithmetic", "--benchmarks", "arithmetic", "--limit", "3", "--n", "4", "--max_new_tokens", "12",
+                     "--baselines", baselines, "--baseline_n", "2", "--particles", "2", "--block-size", "6",
+                     "--batch_size", "3", "--bootstrap", "50", "--out", str(out), "--no_progress"])
+
+
+def test_end_to_end(models, tmp_path):
+    """Seconds: three sampler compilations (T = 1 for the base and both policies, which share it and the
+    scorer's; T = 1/4 for the baseline). The power baselines' own compilations are in the slow test below."""
     out = tmp_path / "report"
-    report = cli.main(["--base", base, "--policy", f"same={base}", "--policy", f"other={policy}", "--task",
-                       "arithmetic", "--benchmarks", "arithmetic", "--limit", "3", "--n", "4", "--max_new_tokens", "12",
-                       "--baselines", "temp,power-smc", "--baseline_n", "2", "--particles", "2", "--block-size", "6",
-                       "--batch_size", "3", "--bootstrap", "50", "--out", str(out), "--no_progress"])
+    report = _diagnose(models, out, "temp")
     assert json.loads((out / "report.json").read_text())["benchmarks"].keys() == {"arithmetic"}
     bench = report["benchmarks"]["arithmetic"]
     assert bench["num_problems"] == 3 and bench["ks"] == [1, 2, 3, 4]
@@ -82,8 +89,7 @@ def test_end_to_end(models, tmp_path):
     other = bench["policies"]["other"]["likelihood"]
     assert other["per_token"]["policy"] != other["per_token"]["base"]
     assert other["per_token"]["base"] == same["likelihood"]["per_token"]["base"]
-    assert set(bench["baselines"]) == {"temp-a4", "power-smc-a4"}
-    assert bench["baselines"]["power-smc-a4"]["cost_ratio"] > 1.2  # two particles per sample
+    assert set(bench["baselines"]) == {"temp-a4"}
     assert len(bench["baselines"]["temp-a4"]["pass"]) == 2
     text = (out / "report.md").read_text()
     assert "### other vs base" in text and "Pointing to sharpening:" in text
@@ -91,6 +97,16 @@ def test_end_to_end(models, tmp_path):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
     assert [s["component"] for s in bench["policies"]["other"]["summary"]] == [
         "pass@k", "coverage", "majority", "likelihood", "baselines"]
+
+
+@pytest.mark.slow  # the power samplers' compilations: ~15 s more CPU than test_end_to_end
+def test_end_to_end_with_power_baselines(models, tmp_path):
+    report = _diagnose(models, tmp_path / "report", "temp,power-smc")
+    bench = report["benchmarks"]["arithmetic"]
+    assert set(bench["baselines"]) == {"temp-a4", "power-smc-a4"}
+    assert bench["baselines"]["power-smc-a4"]["cost_ratio"] > 1.2  # two particles per sample
+    assert len(bench["baselines"]["power-smc-a4"]["pass"]) == 2
+    assert "power-smc-a4" in (tmp_path / "report" / "report.md").read_text()
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -144,3 +160,4 @@ def test_the_main_job_prints_a_diagnose_command_that_parses(tmp_path):
     assert args.policies == {name: str(tmp_path / "runs" / name / "export" / "last") for name in runs}
     assert args.base == base and len(args.benchmarks["arithmetic"]) == 7
     assert args.ns.max_new_tokens == settings.max_new_tokens and args.ns.out == str(tmp_path / "diagnosis")
+    assert args.ns.n == args.ns.baseline_n == settings.eval_samples  # the job's own samples per problem
