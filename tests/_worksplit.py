@@ -18,17 +18,21 @@ TINY_HF = dict(model_type="llama", vocab_size=512, hidden_size=64, intermediate_
                tie_word_embeddings=True, eos_token_id=2, torch_dtype="float32")
 
 
+def tiny(d: str, remat: str, dtype: str = "float32") -> RunConfig:
+    with open(os.path.join(d, "config.json"), "w") as f:
+        json.dump(TINY_HF, f)
+    return RunConfig.from_config_dict(dict(
+        model_dir=d, dtype=dtype,
+        rollout=dict(prompts_per_step=8, samples_per_prompt=4, max_total_length=160, max_new_tokens=32,
+                     prompt_buckets=(128,)),
+        train=dict(micro_batches=2, remat=remat, logits_chunk=64)))
+
+
 def main():
     assert jax.device_count() == 8
     remat = sys.argv[1]
     with tempfile.TemporaryDirectory() as d:
-        with open(os.path.join(d, "config.json"), "w") as f:
-            json.dump(TINY_HF, f)
-        run = RunConfig.from_config_dict(dict(
-            model_dir=d, dtype="float32",
-            rollout=dict(prompts_per_step=8, samples_per_prompt=4, max_total_length=160, max_new_tokens=32,
-                         prompt_buckets=(128,)),
-            train=dict(micro_batches=2, remat=remat, logits_chunk=64)))
+        run = tiny(d, remat)
         model = model_config_for(run).replace(attention="xla")
         target = parse_target("h100x1")  # only its sampling settings matter here (decode_attention="xla")
         splits = worksplit(run, model, target, (1, 4), devices=jax.devices())
