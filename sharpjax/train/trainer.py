@@ -598,8 +598,11 @@ class Trainer:
         return exports
 
     def _export_params(self, params, path: str) -> None:
+        # Every process gathers: with the weights sharded over processes (FSDP across hosts)
+        # `to_host` is a collective, and process 0 alone would wait for the others forever.
+        host = jax.tree.map(to_host, cast_params(params, self.model.jnp_dtype))
         if jax.process_index() == 0:
-            save_model(path, jax.tree.map(to_host, cast_params(params, self.model.jnp_dtype)), self.model)
+            save_model(path, host, self.model)
             self.tokenizer.save_pretrained(path)
 
     def _print(self, step: int, metrics: dict, keys: Sequence[str] = PROGRESS_KEYS) -> None:

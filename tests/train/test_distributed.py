@@ -69,3 +69,37 @@ def test_two_processes_match_one(tmp_path):
     pb, _ = load_model(str(tmp_path / "multi" / "export" / "last"))
     for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb)):
         np.testing.assert_allclose(np.asarray(y), np.asarray(x), atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.guard  # CI's second stage: the real launcher under jax.distributed, FSDP over processes
+def test_launcher_two_processes_fsdp(tmp_path):
+    """`python -m sharpjax.train` in two processes (one device each, the mesh's fsdp axis across
+    them): the README's multi-host command, on CPU; the same results as one process with two
+    devices (`_tiny_run.py`, rows over the data axis) up to reduction order."""
+    model_dir = make_tiny_model(str(tmp_path / "model"))
+    single = subprocess.run([sys.executable, SCRIPT, model_dir, str(tmp_path / "single")], cwd=ROOT, timeout=600,
+                            env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=2"), capture_output=True,
+                            text=True)
+    assert single.returncode == 0, single.stdout + single.stderr[-3000:]
+    port = _free_port()
+    config = os.path.join(ROOT, "tests", "train", "_tiny_config.py") + ":" + model_dir
+    launch = [sys.executable, "-m", "sharpjax.train", "--config", config, "--workdir", str(tmp_path / "fsdp")]
+    procs = [
+        subprocess.Popen(launch, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=_env(JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
+                                  JAX_PROCESS_ID=str(i), XLA_FLAGS="--xla_force_host_platform_device_count=1"))
+        for i in range(2)
+    ]
+    try:
+        outs = [p.communicate(timeout=600) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, out + err[-3000:]
+    a, b = read_metrics(str(tmp_path / "single")), read_metrics(str(tmp_path / "fsdp"))
+    assert [r["step"] for r in a] == [r["step"] for r in b] == [0, 1, 2]
+    for ra, rb in zip(a[1:], b[1:]):
+        for key in ("reward/reward", "response_length", "loss", "grad_norm"):
+            np.testing.assert_allclose(rb[key], ra[key], rtol=1e-5, atol=1e-5, err_msg=key)
