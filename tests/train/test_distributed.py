@@ -31,21 +31,22 @@ def _env(**extra):
     return env
 
 
-@pytest.mark.slow
-@pytest.mark.guard  # CI's second stage: multi-process training must keep matching one process
-def test_two_processes_match_one(tmp_path):
-    model_dir = make_tiny_model(str(tmp_path / "model"))
-    single = subprocess.run([sys.executable, SCRIPT, model_dir, str(tmp_path / "single")], cwd=ROOT, timeout=600,
+def _single_process_run(model_dir: str, workdir: str) -> None:
+    """The reference: `_tiny_run.py` in one process with two devices (rows over the data axis)."""
+    single = subprocess.run([sys.executable, SCRIPT, model_dir, workdir], cwd=ROOT, timeout=600,
                             env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=2"), capture_output=True,
                             text=True)
     assert single.returncode == 0, single.stdout + single.stderr[-3000:]
 
+
+def _two_processes(command: list[str]) -> list[tuple[str, str]]:
+    """`command` as processes 0 and 1 of a localhost `jax.distributed` job, one device each; both
+    must exit 0. Returns each process's (stdout, stderr)."""
     port = _free_port()
     procs = [
-        subprocess.Popen([sys.executable, SCRIPT, model_dir, str(tmp_path / "multi")], cwd=ROOT,
+        subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          env=_env(JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
-                                  JAX_PROCESS_ID=str(i), XLA_FLAGS="--xla_force_host_platform_device_count=1"),
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                  JAX_PROCESS_ID=str(i), XLA_FLAGS="--xla_force_host_platform_device_count=1"))
         for i in range(2)
     ]
     try:
@@ -55,6 +56,15 @@ def test_two_processes_match_one(tmp_path):
             p.kill()
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, out + err[-3000:]
+    return outs
+
+
+@pytest.mark.slow
+@pytest.mark.guard  # CI's second stage: multi-process training must keep matching one process
+def test_two_processes_match_one(tmp_path):
+    model_dir = make_tiny_model(str(tmp_path / "model"))
+    _single_process_run(model_dir, str(tmp_path / "single"))
+    outs = _two_processes([sys.executable, SCRIPT, model_dir, str(tmp_path / "multi")])
     assert "process 0/2 devices 2 done step 2" in outs[0][0] and "process 1/2 devices 2 done step 2" in outs[1][0]
 
     a, b = read_metrics(str(tmp_path / "single")), read_metrics(str(tmp_path / "multi"))
@@ -78,26 +88,9 @@ def test_launcher_two_processes_fsdp(tmp_path):
     them): the README's multi-host command, on CPU; the same results as one process with two
     devices (`_tiny_run.py`, rows over the data axis) up to reduction order."""
     model_dir = make_tiny_model(str(tmp_path / "model"))
-    single = subprocess.run([sys.executable, SCRIPT, model_dir, str(tmp_path / "single")], cwd=ROOT, timeout=600,
-                            env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=2"), capture_output=True,
-                            text=True)
-    assert single.returncode == 0, single.stdout + single.stderr[-3000:]
-    port = _free_port()
+    _single_process_run(model_dir, str(tmp_path / "single"))
     config = os.path.join(ROOT, "tests", "train", "_tiny_config.py") + ":" + model_dir
-    launch = [sys.executable, "-m", "sharpjax.train", "--config", config, "--workdir", str(tmp_path / "fsdp")]
-    procs = [
-        subprocess.Popen(launch, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env=_env(JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
-                                  JAX_PROCESS_ID=str(i), XLA_FLAGS="--xla_force_host_platform_device_count=1"))
-        for i in range(2)
-    ]
-    try:
-        outs = [p.communicate(timeout=600) for p in procs]
-    finally:
-        for p in procs:
-            p.kill()
-    for p, (out, err) in zip(procs, outs):
-        assert p.returncode == 0, out + err[-3000:]
+    _two_processes([sys.executable, "-m", "sharpjax.train", "--config", config, "--workdir", str(tmp_path / "fsdp")])
     a, b = read_metrics(str(tmp_path / "single")), read_metrics(str(tmp_path / "fsdp"))
     assert [r["step"] for r in a] == [r["step"] for r in b] == [0, 1, 2]
     for ra, rb in zip(a[1:], b[1:]):
