@@ -80,12 +80,17 @@ def test_a_workdir_that_is_a_file_is_one_line(tmp_path, monkeypatch, capsys):
 
 # A launcher run in a child process whose work (named by `stage`) is replaced by a wait: the test
 # sends SIGTERM once the child says it is there.
+# The stage sleeps in short calls: once JAX has started its threads (the launcher's preflight
+# does), the kernel may deliver SIGTERM to any of them, and then one long `time.sleep` in the main
+# thread is not interrupted; Python runs the handler at the main thread's next bytecode, which
+# real loading and compiling reach within a call. (A single sleep(120) made this test flaky: 1 in 4.)
 _CHILD = """
 import runpy, sys, time
 import sharpjax.{module} as target
 def stage(*args, **kwargs):
     print("STAGE", flush=True)
-    time.sleep(120)
+    for _ in range(1200):  # work between calls, as loading and compiling are: see the note below
+        time.sleep(0.1)
 target.{name} = stage
 sys.argv[0] = "{launcher}"
 runpy.run_module("{launcher}", run_name="__main__", alter_sys=True)
