@@ -196,10 +196,22 @@ def _random_init_tokenizer(config: RunConfig, model_vocab: int):
     return tokenizer
 
 
+def _check_resolved(config: RunConfig) -> None:
+    """The plan's choices ("auto") are made above the trainer (the launcher's `preflight_run`): here, only their result."""
+    auto = [f"config.{k}='auto'" for k, v in (("train.remat", config.train.remat),
+                                             ("rollout.chunk_prompts", config.rollout.chunk_prompts)) if v == "auto"]
+    if auto:
+        raise ConfigError(
+            f"{' and '.join(auto)} is not resolved: call `config, _ = sharpjax.plan.preflight_run(config)` before "
+            "train()/Trainer (the launcher, python -m sharpjax.train, does), or set a value."
+        )
+
+
 class Trainer:
     """Holds the models, mesh, jitted functions and logs of one run; `run()` trains."""
 
     def __init__(self, config: RunConfig, workdir: str, *, config_dict: dict | None = None, progress: bool = True):
+        _check_resolved(config)
         self.config = config
         self.workdir = workdir
         self.progress = progress
@@ -271,13 +283,6 @@ class Trainer:
     def _build_step(self, params: Params) -> None:
         """The train state (fp32 master weights + AdamW), the jitted step and reward functions, the PRNG key."""
         config = self.config
-        if config.train.remat == "auto" or config.rollout.chunk_prompts == "auto":  # a direct `train` call
-            from sharpjax.plan import preflight_run
-
-            config, summary = preflight_run(config, model=self.model)
-            self.config = config
-            for line in summary.splitlines()[:-1] or summary.splitlines():  # the resolutions, not the fit line
-                log.info("%s", line)
         self.needs_ref = config.reward.needs_ref_logprobs or config.loss.kl_coef > 0
         self.score_ref = self.needs_ref or config.train.score_reference_always
         self.step_config = StepConfig(
