@@ -31,9 +31,8 @@ LAYERS = (
     ("sharpjax.tasks", "the Task seam and its registry"),
     ("sharpjax.eval", "the evaluation harness (the task's render and verify)"),
     ("sharpjax.sft", "the arithmetic base model (evaluated with the harness)"),
-    ("sharpjax.train", "the RL pieces: RunConfig, optim, step, checkpoint, metrics, lock"),
-    ("sharpjax.plan", "memory and time of a run (compiles train.step's programs)"),
-    ("sharpjax.train.trainer", "the RL loop (sizes its run with the plan)"),
+    ("sharpjax.train", "the RL pieces: RunConfig, optim, step, checkpoint, metrics, lock, the loop"),
+    ("sharpjax.plan", "memory and time of a run (compiles train.step's programs; resolves 'auto' before train())"),
     ("sharpjax.configs", "base_config and the runs (RunConfig's and SFTConfig's defaults)"),
     ("sharpjax.figures", "the main job's PNGs (reads train.metrics' records)"),
     ("sharpjax.reproduce", "the main job"),
@@ -120,7 +119,10 @@ def test_scan_sees_every_import_form(tmp_path, source, expected):
 
 
 def test_an_upward_import_is_found():
-    """The ranks say what ARCHITECTURE.md says: tasks sit below eval, the trainer above the plan."""
+    """The ranks say what ARCHITECTURE.md says: tasks sit below eval, all of train (the loop
+    included) below the plan, with no module split off its package."""
     assert RANK[layer("sharpjax.tasks.arithmetic")] < RANK[layer("sharpjax.eval.harness")]
-    assert RANK[layer("sharpjax.train.step")] < RANK[layer("sharpjax.plan")] < RANK[layer("sharpjax.train.trainer")]
+    assert layer("sharpjax.train.trainer") == layer("sharpjax.train.step") == "sharpjax.train"
+    assert RANK[layer("sharpjax.train.trainer")] < RANK[layer("sharpjax.plan")]
+    assert all(name.count(".") <= 1 for name in RANK), "every layer is a whole package or module"
     assert layer("sharpjax.plan.__main__") == "__main__"

@@ -185,7 +185,8 @@ class TrainConfig:
         none, dots, full that fits the plan's target (`sharpjax.plan.preflight_run`; an
         analytic plan of an fsdp/tensor-sharded mesh picks only full); with no plan (no
         config.plan.target, no GPU, or plan.method="off") "full", which holds the least. The
-        train step only ever sees the resolved policy.
+        trainer only ever sees the resolved policy: a direct `train()` call resolves "auto"
+        (here and in chunk_prompts) with `preflight_run` first, as the launcher does.
       logits_chunk: positions per chunk of the vocabulary projection.
       tokens_per_micro_batch: tokens per device in one pass of the reference model's scoring
         of a step (rows per pass = this // sequence length, at least 1): bounds its memory

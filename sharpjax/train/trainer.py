@@ -30,8 +30,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
 from sharpjax.errors import TrainingDiverged
+from sharpjax.models.config import ModelConfig
 from sharpjax.models.hf import load_config, load_model, save_model
 from sharpjax.models.tokenizer import (
     BPE_MIN_VOCAB,
@@ -57,7 +59,7 @@ from sharpjax.rollout.text import decode_responses, encode_prompts, fit_sampling
 from sharpjax.tasks import Task, build_task
 from sharpjax.train.checkpoint import Checkpointer, abstract_like
 from sharpjax.train.compiles import CompileLog, compile_budget, width_step
-from sharpjax.train.config import ConfigError, RunConfig
+from sharpjax.train.config import ConfigError, DataConfig, RolloutConfig, RunConfig
 from sharpjax.train.lock import WorkdirLock
 from sharpjax.train.metrics import MetricsLogger, format_metrics
 from sharpjax.train.optim import make_optimizer
@@ -196,10 +198,77 @@ def _random_init_tokenizer(config: RunConfig, model_vocab: int):
     return tokenizer
 
 
+def _check_resolved(config: RunConfig) -> None:
+    """The plan's choices ("auto") are made above the trainer (the launcher's `preflight_run`): here, only their result."""
+    auto = [f"config.{k}='auto'" for k, v in (("train.remat", config.train.remat),
+                                             ("rollout.chunk_prompts", config.rollout.chunk_prompts)) if v == "auto"]
+    if auto:
+        raise ConfigError(
+            f"{' and '.join(auto)} is not resolved: call `config, _ = sharpjax.plan.preflight_run(config)` before "
+            "train()/Trainer (the launcher, python -m sharpjax.train, does), or set a value."
+        )
+
+
+def _load_models(config: RunConfig) -> tuple[ModelConfig, Mesh | None, Params, Params]:
+    """The model, checked against the run and the devices; the mesh; the policy's params and the
+    frozen reference's (cast to the compute dtype) on it."""
+    random_init = config.model_init == "random"
+    if random_init:  # config.json only: no weight file is opened
+        model = load_config(config.model_dir, dtype=config.dtype)
+    else:
+        params, model = load_model(config.model_dir, dtype=config.dtype)
+    config.check_against(context_length=model.max_position_embeddings, num_devices=jax.device_count())
+    data, fsdp, tensor = config.mesh_shape(jax.device_count())
+    mesh = make_mesh(data, fsdp, tensor) if jax.device_count() > 1 else None
+    if model.num_kv_heads % tensor and model.attention == "auto":
+        # cuDNN flash attention needs q, k and v sharded alike, and a tensor axis that does
+        # not divide the kv heads leaves k and v replicated while q is split: use XLA's.
+        model = model.replace(attention="xla")
+    shardings = param_shardings(model, mesh) if mesh is not None else None
+    if random_init:  # created in their shards (no full copy on one device); the reference is the same params
+        key = jax.random.key(config.train.seed)
+        params = init_params(model, key) if mesh is None else init_params_sharded(model, key, mesh)
+    elif shardings is not None:
+        params = shard_params(params, shardings)
+    ref_dir = config.ref_model_dir or config.model_dir
+    ref = params if ref_dir == config.model_dir else load_model(ref_dir, dtype=config.dtype, shardings=shardings)[0]
+    # The reference is frozen in the compute dtype; the policy gets its own fp32 copy.
+    return model, mesh, params, cast_params(ref, model.jnp_dtype)
+
+
+def _overlong_train_prompts(tokenizer, task: Task, rollout: RolloutConfig, data: DataConfig) -> list[int]:
+    """Indices of the training problems whose prompt no usable bucket holds (never drawn).
+
+    NeMo RL, the paper's trainer, masks such prompts out of the loss (its math data
+    processor sets loss_multiplier 0 on any prompt over max_total_sequence_length): they
+    never train. Dropping them before step 1 trains on the same prompts without the
+    crash. Logged here and in metrics.jsonl (step 0, data/dropped_long_prompts).
+    """
+    limit = max_prompt_tokens(rollout)
+    problems = task.train
+    lengths = prompt_lengths(tokenizer, [task.render(p.problem) for p in problems])
+    over = [i for i, n in enumerate(lengths) if n > limit]
+    where = (data.train_path or f"config.data.train={data.train!r}") if data.task == "math" else f"the {data.task} task"
+    if len(over) == len(problems):
+        raise ConfigError(
+            f"{where}: every one of its {len(problems)} prompts is longer than {limit} tokens, the largest usable "
+            "bucket of config.rollout.prompt_buckets (below config.rollout.max_total_length); raise them."
+        )
+    if over:
+        longest = max(over, key=lambda i: lengths[i])
+        log.warning(
+            "%s: dropped %d of %d training prompts longer than %d tokens (the largest usable bucket of "
+            "config.rollout.prompt_buckets); the longest, %s, has %d tokens", where, len(over), len(problems),
+            limit, getattr(problems[longest], "id", longest), lengths[longest],
+        )
+    return over
+
+
 class Trainer:
     """Holds the models, mesh, jitted functions and logs of one run; `run()` trains."""
 
     def __init__(self, config: RunConfig, workdir: str, *, config_dict: dict | None = None, progress: bool = True):
+        _check_resolved(config)
         self.config = config
         self.workdir = workdir
         self.progress = progress
@@ -208,16 +277,18 @@ class Trainer:
         # Before anything slow: a second process on this workdir stops here, in one line.
         self._lock = WorkdirLock(workdir) if jax.process_index() == 0 else None
         try:
+            # The data flow: tokenizer -> task -> models -> step -> checkpoints (the plan's choices came
+            # resolved: `_check_resolved`). The data before the weights: a bad training file fails in
+            # seconds, and prompts no bucket holds are dropped now, never met mid-run (where every
+            # resume would meet them again).
             if config.model_init == "random":  # model_dir's tokenizer, else one learned from the data
                 vocab_size = load_config(config.model_dir, dtype=config.dtype).vocab_size
                 self.tokenizer = _random_init_tokenizer(config, vocab_size)
             else:
                 self.tokenizer = load_tokenizer(config.model_dir)
-            # The data before the weights: a bad training file fails in seconds, and prompts no
-            # bucket holds are dropped now, never met mid-run (where every resume would meet them again).
             self.task: Task = build_task(config, self.tokenizer)
-            skip = self._overlong_train_prompts()
-            params = self._load_models()
+            skip = _overlong_train_prompts(self.tokenizer, self.task, config.rollout, config.data)
+            self.model, self.mesh, params, self.ref_params = _load_models(config)
             self._build_step(params)
             del params
             self.iterator = self.task.train_iterator(config.rollout.prompts_per_step, config.train.seed, skip=skip)
@@ -241,43 +312,9 @@ class Trainer:
             self.compile_log.close()
 
     # ---- construction -------------------------------------------------------------
-    def _load_models(self) -> Params:
-        """Policy and frozen reference on the mesh; returns the policy's params."""
-        config = self.config
-        random_init = config.model_init == "random"
-        if random_init:  # config.json only: no weight file is opened
-            self.model = load_config(config.model_dir, dtype=config.dtype)
-        else:
-            params, self.model = load_model(config.model_dir, dtype=config.dtype)
-        config.check_against(context_length=self.model.max_position_embeddings, num_devices=jax.device_count())
-        data, fsdp, tensor = config.mesh_shape(jax.device_count())
-        self.mesh = make_mesh(data, fsdp, tensor) if jax.device_count() > 1 else None
-        if self.model.num_kv_heads % tensor and self.model.attention == "auto":
-            # cuDNN flash attention needs q, k and v sharded alike, and a tensor axis that does
-            # not divide the kv heads leaves k and v replicated while q is split: use XLA's.
-            self.model = self.model.replace(attention="xla")
-        shardings = param_shardings(self.model, self.mesh) if self.mesh is not None else None
-        if random_init:  # created in their shards (no full copy on one device); the reference is the same params
-            key = jax.random.key(config.train.seed)
-            params = init_params(self.model, key) if self.mesh is None else init_params_sharded(self.model, key, self.mesh)
-        elif shardings is not None:
-            params = shard_params(params, shardings)
-        ref_dir = config.ref_model_dir or config.model_dir
-        ref = params if ref_dir == config.model_dir else load_model(ref_dir, dtype=config.dtype, shardings=shardings)[0]
-        # The reference is frozen in the compute dtype; the policy gets its own fp32 copy.
-        self.ref_params = cast_params(ref, self.model.jnp_dtype)
-        return params
-
     def _build_step(self, params: Params) -> None:
         """The train state (fp32 master weights + AdamW), the jitted step and reward functions, the PRNG key."""
         config = self.config
-        if config.train.remat == "auto" or config.rollout.chunk_prompts == "auto":  # a direct `train` call
-            from sharpjax.plan import preflight_run
-
-            config, summary = preflight_run(config, model=self.model)
-            self.config = config
-            for line in summary.splitlines()[:-1] or summary.splitlines():  # the resolutions, not the fit line
-                log.info("%s", line)
         self.needs_ref = config.reward.needs_ref_logprobs or config.loss.kl_coef > 0
         self.score_ref = self.needs_ref or config.train.score_reference_always
         self.step_config = StepConfig(
@@ -329,34 +366,6 @@ class Trainer:
             self.iterator.restore(meta["iterator"])
             self.start_step = int(meta["step"])
             log.info("resumed from %s at step %d", self.checkpointer.directory, self.start_step)
-
-    def _overlong_train_prompts(self) -> list[int]:
-        """Indices of the training problems whose prompt no usable bucket holds (never drawn).
-
-        NeMo RL, the paper's trainer, masks such prompts out of the loss (its math data
-        processor sets loss_multiplier 0 on any prompt over max_total_sequence_length): they
-        never train. Dropping them before step 1 trains on the same prompts without the
-        crash. Logged here and in metrics.jsonl (step 0, data/dropped_long_prompts).
-        """
-        limit = max_prompt_tokens(self.config.rollout)
-        problems = self.task.train
-        lengths = prompt_lengths(self.tokenizer, [self.task.render(p.problem) for p in problems])
-        over = [i for i, n in enumerate(lengths) if n > limit]
-        d = self.config.data
-        where = (d.train_path or f"config.data.train={d.train!r}") if d.task == "math" else f"the {d.task} task"
-        if len(over) == len(problems):
-            raise ConfigError(
-                f"{where}: every one of its {len(problems)} prompts is longer than {limit} tokens, the largest usable "
-                "bucket of config.rollout.prompt_buckets (below config.rollout.max_total_length); raise them."
-            )
-        if over:
-            longest = max(over, key=lambda i: lengths[i])
-            log.warning(
-                "%s: dropped %d of %d training prompts longer than %d tokens (the largest usable bucket of "
-                "config.rollout.prompt_buckets); the longest, %s, has %d tokens", where, len(over), len(problems),
-                limit, getattr(problems[longest], "id", longest), lengths[longest],
-            )
-        return over
 
     # ---- checkpoints --------------------------------------------------------------
     def _checkpoint_tree(self) -> dict:

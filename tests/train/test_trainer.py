@@ -134,19 +134,53 @@ def test_configs_built_in_python_are_refused_alike(tiny_model_dir, overrides, me
 
 
 def test_remat_auto_is_resolved_before_the_step_is_built(tiny_model_dir, tmp_path):
-    """train.remat="auto" is a valid setting; a Trainer built without the launcher resolves it
-    itself (here: no target, no GPU -> "full"; on a fake target the tiny model fits -> "none")
-    and the step gets the resolved policy."""
+    """train.remat="auto" is a valid setting; a Trainer built without the launcher gets it resolved
+    by the plan first, as the launcher does (here: no target, no GPU -> "full"; on a fake target
+    the tiny model fits -> "none"), and the step gets the resolved policy."""
+    from sharpjax.plan import preflight_run
+
     config = RunConfig.from_config_dict(tiny_config(tiny_model_dir, train__remat="auto"))
     assert config.train.remat == "auto"
     for plan, expected in ((dict(), "full"), (dict(target="h100x1", method="analytic"), "none")):
         c = tiny_config(tiny_model_dir, train__remat="auto")
         c.plan.update(plan)
-        trainer = Trainer(RunConfig.from_config_dict(c), str(tmp_path / expected), progress=False)
+        resolved, _ = preflight_run(RunConfig.from_config_dict(c))
+        trainer = Trainer(resolved, str(tmp_path / expected), progress=False)
         try:
             assert trainer.step_config.remat == trainer.config.train.remat == expected
         finally:
             trainer.close()
+
+
+@pytest.mark.parametrize("overrides, named", [
+    (dict(train__remat="auto"), "config.train.remat='auto'"),
+    (dict(rollout__chunk_prompts="auto"), "config.rollout.chunk_prompts='auto'"),
+])
+def test_an_unresolved_auto_stops_a_direct_train_call(tiny_model_dir, tmp_path, overrides, named):
+    """The trainer does not plan (the plan sits above it): an "auto" not resolved by
+    `preflight_run` stops train()/Trainer in one line naming the setting and the call to make,
+    before the workdir is made."""
+    config = RunConfig.from_config_dict(tiny_config(tiny_model_dir, **overrides))
+    for build in (Trainer, train):
+        with pytest.raises(ConfigError) as e:
+            build(config, str(tmp_path / "w"), progress=False)
+        message = str(e.value)
+        assert named in message and "sharpjax.plan.preflight_run(config)" in message and "\n" not in message
+    assert not (tmp_path / "w").exists()
+
+
+def test_default_and_small_scale_settings_need_no_plan():
+    """RunConfig's defaults (remat "full", chunk_prompts None: one sampler call) and every
+    small-scale run (the main job's, reproduce.py, which calls train() with no plan) are resolved."""
+    from sharpjax.configs.small_scale import SIZES, arithmetic_rl_config
+    from sharpjax.reproduce import DEFAULT_MODES, parse_mode
+    from sharpjax.train.config import RolloutConfig, TrainConfig
+
+    assert TrainConfig().remat == "full" and RolloutConfig().chunk_prompts is None
+    for size in SIZES:
+        for mode in DEFAULT_MODES:
+            c = arithmetic_rl_config(size, parse_mode(mode)[0])
+            assert "auto" not in (c.train.get("remat"), c.rollout.get("chunk_prompts")), (size, mode)
 
 
 def test_checks_against_model_and_mesh(tiny_model_dir):
