@@ -11,6 +11,7 @@ import math
 import re
 from typing import TYPE_CHECKING
 
+from sharpjax.errors import ConfigError
 from sharpjax.models.config import ModelConfig
 from sharpjax.plan.analytic import gpu_attention
 from sharpjax.plan.shapes import PlanShapes, ProgramPlan
@@ -43,6 +44,18 @@ def _jax_version() -> str:
     import jax
 
     return jax.__version__
+
+
+def resolve_method(method: str) -> str:
+    """The plan's method: "aot" | "analytic", or "auto" (aot when the plugin imports). Raises
+    ConfigError for "aot" without the plugin (else a NotImplementedError from deep inside jax)."""
+    if method == "auto":
+        return "aot" if aot_available() else "analytic"
+    if method not in ("aot", "analytic"):
+        raise ValueError(f"method={method!r}; expected 'aot', 'analytic' or 'auto'.")
+    if method == "aot" and not aot_available():
+        raise ConfigError(_AOT_MISSING.format(v=_jax_version()))
+    return method
 
 
 # ---- AOT compile ------------------------------------------------------------------------

@@ -95,18 +95,13 @@ def choose_chunk(run, target, *, method: str = "auto", model=None, memory_bytes:
     first whose peak is at most `max_fraction` of the device (`memory_bytes`, else the target's).
     Monotone: more device memory never picks a smaller chunk (the rollout peak grows with the
     chunk). The candidates after the one chosen are not planned."""
-    from sharpjax.plan.aot import aot_available
+    from sharpjax.plan.aot import resolve_method
     from sharpjax.plan.shapes import model_config_for
     from sharpjax.plan.targets import parse_target
 
     target = parse_target(target) if isinstance(target, str) else target
     model = model or model_config_for(run)
-    if method == "auto":
-        method = "aot" if aot_available() else "analytic"
-    elif method == "aot" and not aot_available():  # else a NotImplementedError from deep inside jax
-        from sharpjax.plan.aot import _AOT_MISSING, _jax_version
-
-        raise ConfigError(_AOT_MISSING.format(v=_jax_version()))
+    method = resolve_method(method)
     memory = memory_bytes or target.gpu.memory_bytes
     peaks, chosen = [], None
     for chunk in chunk_candidates(run, target.count):

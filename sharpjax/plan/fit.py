@@ -12,7 +12,7 @@ from sharpjax.errors import ConfigError
 from sharpjax.models.config import ModelConfig
 from sharpjax.plan import chunks
 from sharpjax.plan.analytic import _analytic_parts, _analytic_programs, _phases
-from sharpjax.plan.aot import _AOT_MISSING, _aot_programs, _jax_version, aot_available
+from sharpjax.plan.aot import _aot_programs, resolve_method
 from sharpjax.plan.shapes import GiB, Plan, ProgramPlan, model_config_for, plan_shapes
 from sharpjax.plan.targets import GPUS, Target, parse_target
 from sharpjax.train.config import RunConfig
@@ -36,17 +36,12 @@ def plan_run(
     target = parse_target(target) if isinstance(target, str) else target
     model = model or model_config_for(run)
     shapes = plan_shapes(run, model, target.count, prompt_len=prompt_len)
-    if method == "auto":
-        method = "aot" if aot_available() else "analytic"
+    method = resolve_method(method)
     notes = ()
     if method == "aot":
-        if not aot_available():  # else a NotImplementedError traceback from deep inside jax
-            raise ConfigError(_AOT_MISSING.format(v=_jax_version()))
         programs, notes = _aot_programs(run, model, target, shapes)
-    elif method == "analytic":
-        programs = _analytic_programs(run, model, shapes)
     else:
-        raise ValueError(f"method={method!r}; expected 'aot', 'analytic' or 'auto'.")
+        programs = _analytic_programs(run, model, shapes)
     programs = tuple(dataclasses.replace(p, phases=_phases(p.name, run, model, shapes)) for p in programs)
     return Plan(target=target, method=method, shapes=shapes, model=model, programs=programs,
                 memory_bytes=memory_bytes or target.gpu.memory_bytes, notes=notes, remat=run.train.remat)
