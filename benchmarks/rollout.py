@@ -21,6 +21,7 @@ reading one shared prompt KV cache (the default) with each row reading its own c
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import time
@@ -160,12 +161,12 @@ def _body_cost(hlo: str, body: str) -> dict:
     return _jax.hlo_module_cost_analysis(jax.devices("cpu")[0].client, module)
 
 
-def aot_report(config, batch, prompt, new, sampling, target_path):
-    """Compiles `sample` for the GPU in `target_path` (compile-only) and reports one decode step."""
+def _compile_for_target(config, batch, prompt, sampling, target_path):
+    """`sample` compiled for the GPU in `target_path` on the CPU (compile-only): (compiled, seconds)."""
     from jax.experimental.topologies import get_topology_desc
     from jax.sharding import SingleDeviceSharding
 
-    from sharpjax.models.transformer import init_params, param_shapes
+    from sharpjax.models.transformer import init_params
 
     with open(target_path) as f:
         topology = get_topology_desc("aot", "cuda", target_config=f.read(), topology="1x1x1")
@@ -176,14 +177,35 @@ def aot_report(config, batch, prompt, new, sampling, target_path):
     key = abstract(jax.eval_shape(lambda: jax.random.key(0)))
     start = time.perf_counter()
     compiled = sample.lower(params, tokens, tokens, key, config=config, sampling=sampling).compile()
+    return compiled, time.perf_counter() - start
+
+
+def _target_bandwidth(target_path):
+    name = os.path.basename(target_path).split(".")[0].upper()
+    return name, next((v for k, v in HBM_BANDWIDTH.items() if k in name), HBM_BANDWIDTH["H100"])
+
+
+def _mean_slots_read(offset, total, new):
+    """Mean slots the Pallas kernel reads per row over the decode: slots [0, offset + t] filled at
+    step t, rounded up to its blocks."""
+    from sharpjax.models.transformer import _pallas_decode_blocks
+
+    block_k, _ = _pallas_decode_blocks(total)
+    return float(np.mean([-(-(offset + t + 1) // block_k) * block_k for t in range(new)]))
+
+
+def aot_report(config, batch, prompt, new, sampling, target_path):
+    """Compiles `sample` for the GPU in `target_path` (compile-only) and reports one decode step."""
+    from sharpjax.models.transformer import _pallas_decode_blocks, param_shapes
+
+    compiled, compile_s = _compile_for_target(config, batch, prompt, sampling, target_path)
     hlo = compiled.as_text()
     body, text = _decode_body(hlo)
     stacked = set(jax.tree.leaves(param_shapes(config)["layers"], is_leaf=lambda x: isinstance(x, tuple)))
     weight_slices = len(stacked_weight_slices(text, stacked))
     cost = _body_cost(hlo, body)
     memory = compiled.memory_analysis()
-    name = os.path.basename(target_path).split(".")[0].upper()
-    bandwidth = next((v for k, v in HBM_BANDWIDTH.items() if k in name), HBM_BANDWIDTH["H100"])
+    name, bandwidth = _target_bandwidth(target_path)
     itemsize = jnp.dtype(config.jnp_dtype).itemsize
     kv_slot = 2 * config.num_layers * config.num_kv_heads * config.head_dim * itemsize  # one token, all layers
     pallas_calls = text.count("__gpu$xla.gpu.triton")
@@ -194,22 +216,16 @@ def aot_report(config, batch, prompt, new, sampling, target_path):
         # XLA's cost analysis counts a Pallas (Triton) custom call as no memory traffic: add what
         # the kernel reads, the filled slots rounded up to its blocks, averaged over the decode.
         # (Prompts here are unpadded: a kernel call reads a prompt's P slots in full.)
-        from sharpjax.models.transformer import _pallas_decode_blocks
-
-        def filled(offset, total):  # mean slots read per row when slots [0, offset + t] are filled
-            block_k, _ = _pallas_decode_blocks(total)
-            return np.mean([-(-(offset + t + 1) // block_k) * block_k for t in range(new)])
-
         if not share:
-            kernel_kv_bytes = batch * filled(prompt, prompt + new) * kv_slot
+            kernel_kv_bytes = batch * _mean_slots_read(prompt, prompt + new, new) * kv_slot
         else:  # the prompt part and the response part, each on the kernel when its slots fit
             if _pallas_decode_blocks(prompt):
                 kernel_kv_bytes += prompt_rows * prompt * kv_slot
             if _pallas_decode_blocks(new):
-                kernel_kv_bytes += batch * filled(0, new) * kv_slot
+                kernel_kv_bytes += batch * _mean_slots_read(0, new, new) * kv_slot
     step_bytes = cost.get("bytes accessed", 0.0) + kernel_kv_bytes
     return {
-        "target": name, "compile_s": time.perf_counter() - start, "decode_attention": sampling.decode_attention,
+        "target": name, "compile_s": compile_s, "decode_attention": sampling.decode_attention,
         "num_samples": sampling.num_samples, "share_prompt_kv": share, "weight_slices_per_step": weight_slices,
         "pallas_calls_per_step": pallas_calls, "step_flops": cost.get("flops", 0.0),
         "step_bytes_xla": cost.get("bytes accessed", 0.0), "step_bytes_pallas_kv": kernel_kv_bytes,
@@ -220,6 +236,110 @@ def aot_report(config, batch, prompt, new, sampling, target_path):
         "temp_GB": memory.temp_size_in_bytes / 1e9, "argument_GB": memory.argument_size_in_bytes / 1e9,
         "output_GB": memory.output_size_in_bytes / 1e9,
     }
+
+
+# Kernel classes of a decode step, in the order the breakdown prints them.
+STEP_CLASSES = ("weight GEMMs", "logits GEMM", "attention (Pallas)", "attention (XLA dots)", "attention combine", "KV cache write",
+                "sampling + log-probs (B x V)", "norm / rope / residual / MLP act", "loop bookkeeping")
+
+
+def _classify(row, vocab, cache_bytes):
+    shapes = [row["shape"], *row["operand_shapes"]]
+    has_vocab = any(f",{vocab}]" in s or f"[{vocab}," in s for s in shapes)
+    if row["calls"].startswith("gemm_fusion") or "gemm" in row["kind"].lower() or "cublas" in row["kind"]:
+        einsum = row["op_name"].split("/")[-2] if "/" in row["op_name"] else ""
+        if "s" in einsum.split("->")[0]:  # a contraction over cache slots (S): the dense attention
+            return "attention (XLA dots)"
+        return "logits GEMM" if f",{vocab}]" in row["shape"] else "weight GEMMs"
+    if "triton" in row["kind"]:
+        return "attention (Pallas)"
+    if has_vocab:
+        return "sampling + log-probs (B x V)"
+    if row["out_bytes"] == cache_bytes and "dynamic_update_slice" in row["calls"]:
+        return "KV cache write"
+    if "mqa" in row["op_name"] or "attention" in row["op_name"]:
+        return "attention combine"
+    if row["out_bytes"] >= 64 * 1024:
+        return "norm / rope / residual / MLP act"
+    return "loop bookkeeping"
+
+
+def aot_breakdown(config, batch, prompt, new, sampling, target_path, *, peak_flops, kernel_floor_us):
+    """Every kernel of one decode step (the while body of the compiled `sample`), grouped by what
+    it does, with its bytes and FLOPs, against the ideal step (weights once + the filled KV once).
+
+    Bytes: XLA's cost analysis of each kernel alone (`rollout.hlo.kernel_costs`), gathers
+    counted as what they gather, and for a Pallas kernel (opaque to XLA) its q, outputs and the
+    KV slots it reads: a prompt cache in full (prompts are unpadded here), the decoded cache's
+    filled slots rounded up to the kernel's blocks, mean over the decode. Time per kernel: the
+    roofline max(bytes / HBM bandwidth, FLOPs / peak); `kernel_floor_us` is an assumed minimum
+    time per kernel launch (small kernels do not reach the bandwidth), shown as a second column.
+    """
+    from sharpjax.rollout.hlo import kernel_costs
+
+    compiled, compile_s = _compile_for_target(config, batch, prompt, sampling, target_path)
+    hlo = compiled.as_text()
+    body, _ = _decode_body(hlo)
+    rows = kernel_costs(hlo, body, jax.devices("cpu")[0].client)
+    name, bandwidth = _target_bandwidth(target_path)
+    itemsize = jnp.dtype(config.jnp_dtype).itemsize
+    share = sampling.share_prompt_kv
+    slots = new if share else prompt + new
+    cache_bytes = batch * config.num_kv_heads * slots * config.head_dim * itemsize  # one layer's K (or V)
+    for row in rows:
+        row["class"] = _classify(row, config.vocab_size, cache_bytes)
+        if row["class"] == "attention (Pallas)":
+            q, k, v = row["operand_bytes"][:3]
+            decoded = row["sources"][1] != row["sources"][0] and not row["sources"][1].startswith("arg_tuple")
+            total = k // (config.num_kv_heads * config.head_dim * itemsize * (batch if decoded else
+                                                                                batch // sampling.num_samples))
+            fraction = _mean_slots_read(0 if share else prompt, total, new) / total if decoded else 1.0
+            row["hbm_bytes"] = q + fraction * (k + v) + row["out_bytes"]
+        row["roofline_us"] = 1e6 * max(row["hbm_bytes"] / bandwidth, row["flops"] / peak_flops)
+        row["floor_us"] = max(row["roofline_us"], kernel_floor_us)
+    weights = config.num_params * itemsize
+    prompt_rows = batch // sampling.num_samples if share else batch
+    kv_slot = 2 * config.num_layers * config.num_kv_heads * config.head_dim * itemsize
+    ideal_kv = (prompt_rows * prompt + batch * (new + 1) / 2) * kv_slot
+    ideal = weights + ideal_kv
+    classes = {}
+    for c in STEP_CLASSES:
+        members = [r for r in rows if r["class"] == c]
+        classes[c] = {"kernels": len(members), "hbm_bytes": sum(r["hbm_bytes"] for r in members),
+                      "xla_bytes": sum(r["bytes"] for r in members), "flops": sum(r["flops"] for r in members),
+                      "roofline_us": sum(r["roofline_us"] for r in members),
+                      "floor_us": sum(r["floor_us"] for r in members)}
+    total = {k: sum(c[k] for c in classes.values()) for k in ("kernels", "hbm_bytes", "xla_bytes", "flops",
+                                                              "roofline_us", "floor_us")}
+    return {
+        "target": name, "compile_s": compile_s, "num_layers": config.num_layers, "batch": batch, "prompt": prompt,
+        "new_tokens": new, "decode_attention": sampling.decode_attention, "share_prompt_kv": share,
+        "num_samples": sampling.num_samples, "hbm_bandwidth": bandwidth, "kernel_floor_us": kernel_floor_us,
+        "ideal_bytes": ideal, "ideal_weight_bytes": weights, "ideal_kv_bytes": ideal_kv,
+        "ideal_us": 1e6 * ideal / bandwidth, "classes": classes, "total": total,
+        "kernels": [{k: r[k] for k in ("name", "class", "op_name", "shape", "flops", "hbm_bytes", "bytes",
+                                       "roofline_us")} for r in rows],
+    }
+
+
+def print_breakdown(report, top=12):
+    """The per-step table of `aot_breakdown`: one line per kernel class, then the largest kernels."""
+    ideal = report["ideal_bytes"]
+    print(f"decode step, {report['target']} compile-only estimate (no GPU): L={report['num_layers']}, "
+          f"B={report['batch']}, P={report['prompt']}, M={report['new_tokens']}, "
+          f"decode_attention={report['decode_attention']}, share_prompt_kv={report['share_prompt_kv']}")
+    print(f"ideal: weights {report['ideal_weight_bytes'] / 1e9:.3f} GB + filled KV {report['ideal_kv_bytes'] / 1e9:.3f}"
+          f" GB = {ideal / 1e9:.3f} GB = {report['ideal_us']:.0f} us at {report['hbm_bandwidth'] / 1e12:.2f} TB/s")
+    head = (f"{'class':34s} {'kernels':>7s} {'HBM MB':>9s} {'% ideal':>8s} {'XLA MB':>9s} {'GFLOP':>8s} "
+            f"{'roofline us':>11s} {'>=' + str(report['kernel_floor_us']) + 'us/kernel':>14s}")
+    print(head)
+    for c, v in [*report["classes"].items(), ("total", report["total"])]:
+        print(f"{c:34s} {v['kernels']:7d} {v['hbm_bytes'] / 1e6:9.1f} {100 * v['hbm_bytes'] / ideal:7.1f}% "
+              f"{v['xla_bytes'] / 1e6:9.1f} {v['flops'] / 1e9:8.1f} {v['roofline_us']:11.0f} {v['floor_us']:14.0f}")
+    print(f"largest kernels by roofline time (of {len(report['kernels'])}):")
+    for r in sorted(report["kernels"], key=lambda r: -r["roofline_us"])[:top]:
+        print(f"  {r['roofline_us']:8.1f} us {r['hbm_bytes'] / 1e6:9.2f} MB {r['flops'] / 1e9:7.2f} GF  "
+              f"{r['class']:30s} {r['name']} {r['shape'][:40]}")
 
 
 def main():
@@ -240,6 +360,12 @@ def main():
                         help="SamplingConfig.share_prompt_kv: the G samples of a prompt read one prompt KV cache")
     parser.add_argument("--aot-target", default=None,
                         help="a GPU target .pbtxt: compile for it on the CPU and print the per-step estimate")
+    parser.add_argument("--aot-breakdown", action="store_true",
+                        help="with --aot-target: every kernel of one decode step, grouped, vs the ideal bytes")
+    parser.add_argument("--layers", type=int, default=None,
+                        help="override the model's layer count (cheaper compiles; per-layer kernels scale)")
+    parser.add_argument("--kernel-floor-us", type=float, default=2.0,
+                        help="--aot-breakdown: assumed minimum time of one kernel (a second time column)")
     args = parser.parse_args()
     on_cpu = jax.default_backend() == "cpu"
     tiny = args.size == "tiny"
@@ -252,8 +378,22 @@ def main():
     if args.aot_target:
         dtype = args.dtype or "bfloat16"
     config = model_config(args.size, dtype)
+    if args.layers:
+        config = dataclasses.replace(config, num_layers=args.layers)
     sampling = SamplingConfig(max_new_tokens=new, ignore_eos=True, temperature=1.0, num_samples=args.samples,
                               decode_attention=args.decode_attention, share_prompt_kv=args.share_prompt_kv)
+    if args.aot_target and args.aot_breakdown:
+        from sharpjax.plan.targets import GPUS
+
+        name = _target_bandwidth(args.aot_target)[0].lower()
+        peak = next((g.peak_flops for k, g in GPUS.items() if k in name), 989e12)
+        report = aot_breakdown(config, batch, prompt, new, sampling, args.aot_target, peak_flops=peak,
+                               kernel_floor_us=args.kernel_floor_us)
+        print_breakdown(report)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(report, f, indent=2)
+        return
     if args.aot_target:
         report = aot_report(config, batch, prompt, new, sampling, args.aot_target)
         print(json.dumps(report, indent=2))

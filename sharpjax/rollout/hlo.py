@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["COMPUTATION", "computations", "stacked_weight_slices", "while_bodies"]
+__all__ = ["COMPUTATION", "computations", "kernel_costs", "shape_bytes", "stacked_weight_slices", "while_bodies"]
 
 COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s+\(.*\{\s*$")  # a computation's first line: its name
 _DEFINITION = re.compile(r"%([\w.\-]+)\s*=\s*\w+\[([\d,]*)\]")
@@ -52,3 +52,119 @@ def stacked_weight_slices(text: str, stacked_shapes: set[tuple[int, ...]]) -> li
     # Compiled HLO names operands without their types: resolve each name's shape.
     dims = {m.group(1): tuple(int(d) for d in m.group(2).split(",") if d) for m in _DEFINITION.finditer(text)}
     return [(m.group(1), dims[m.group(2)]) for m in _SLICE.finditer(text) if dims.get(m.group(2)) in stacked_shapes]
+
+
+# ---- per-kernel costs of one loop iteration (benchmarks/rollout.py --aot-breakdown) ----------
+
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%([\w.\-]+)\s*=\s*(.+?)\s+([\w\-]+)\((.*?)\)(.*)$")
+_ARRAY = re.compile(r"(\w+)\[([\d,]*)\]")
+_ITEMSIZE = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2, "f32": 4, "s32": 4, "u32": 4,
+             "f64": 8, "s64": 8, "u64": 8}
+# Ops that launch nothing on a GPU (views, tuple plumbing, constants).
+_NO_KERNEL = {"get-tuple-element", "bitcast", "tuple", "parameter", "constant", "after-all", "opt-barrier"}
+
+
+def shape_bytes(shape: str) -> int:
+    """Bytes of an HLO shape string, tuples summed: 'f32[64,128]{1,0}' -> 32768."""
+    total = 0
+    for dtype, dims in _ARRAY.findall(shape):
+        n = 1
+        for d in filter(None, dims.split(",")):
+            n *= int(d)
+        total += n * _ITEMSIZE.get(dtype, 4)
+    return total
+
+
+def _raw_computations(hlo: str) -> dict[str, str]:
+    """Each non-entry computation's full text (header and closing brace included)."""
+    blocks, name, lines = {}, None, []
+    for line in hlo.splitlines():
+        match = COMPUTATION.match(line)
+        if match and name is None:
+            name, lines = match.group(1), [line]
+        elif name is not None:
+            lines.append(line)
+            if line.strip() == "}":
+                if not lines[0].startswith("ENTRY"):
+                    blocks[name] = "\n".join(lines)
+                name = None
+    return blocks
+
+
+def _called(raw: dict[str, str], text: str) -> list[str]:
+    """The computations `text` calls, transitively, callees first (the order HLO text needs)."""
+    order, seen = [], set()
+
+    def visit(t):
+        for n in re.findall(r"(?:calls|to_apply|body|condition|branch_computations)=\{?%([\w.\-]+)", t):
+            if n in raw and n not in seen:
+                seen.add(n)
+                visit(raw[n])
+                order.append(n)
+
+    visit(text)
+    return order
+
+
+def kernel_costs(hlo: str, computation: str, client) -> list[dict]:
+    """One row per kernel that `computation` (e.g. a while body) launches, in program order.
+
+    Each row: name, op ("fusion", "custom-call", "copy", ...), kind (the fusion kind, or the
+    custom call's target), calls (the fused computation), out_bytes (the output's shape),
+    operand_bytes (the operands' shapes, each read in full), sources (the instruction that
+    made each operand, through bitcasts and tuple reads: a kernel of this computation, or the
+    loop's parameter for loop-carried and loop-invariant values), shape / operand_shapes and
+    op_name (the JAX source op, from the metadata), and XLA's HloCostAnalysis of the
+    instruction alone (`flops`, `bytes`: it knows in-place updates and reads of slices), run on
+    `client` (a CPU client: the compile-only GPU target has no cost analysis of its own). A
+    custom call (a Pallas/Triton kernel) is opaque to it: 0 FLOPs and 0 bytes.
+
+    `hbm_bytes` is the estimate this module reports: XLA's bytes, except that a loop fusion
+    whose output is far smaller than an operand reads only what it gathers or slices from it
+    (XLA counts an embedding row gather as a read of the whole table).
+    """
+    from jax._src.lib import _jax
+    from jaxlib import _hlo
+
+    raw = _raw_computations(hlo)
+    shapes, producer, rows = {}, {}, []
+    for line in computations(hlo)[computation].splitlines():
+        match = _INSTRUCTION.match(line)
+        if not match:
+            continue
+        name, shape, op, args, rest = match.groups()
+        shapes[name] = shape
+        operands = re.findall(r"%([\w.\-]+)", args)
+        # Through views: the kernel (or loop parameter) that made each value.
+        producer[name] = producer.get(operands[0], operands[0]) if op in ("bitcast", "get-tuple-element") else name
+        if op in _NO_KERNEL:
+            continue
+        rest = re.sub(r",\s*control-predecessors=\{[^}]*\}", "", rest)
+        called = re.search(r"calls=%([\w.\-]+)", rest)
+        target = re.search(r'custom_call_target="([^"]+)"', rest)
+        kind = re.search(r"kind=(\w+)", rest)
+        params = [f"  p{i} = {shapes[o]} parameter({i})" for i, o in enumerate(operands)]
+        body = f"  ROOT r = {shape} {op}({', '.join(f'p{i}' for i in range(len(operands)))}){rest}"
+        lib = "\n\n".join(raw[c] for c in _called(raw, rest))
+        module = f"HloModule one\n\n{lib}\n\nENTRY e {{\n" + "\n".join(params) + "\n" + body + "\n}\n"
+        cost = _jax.hlo_module_cost_analysis(client, _hlo.hlo_module_from_text(module))
+        out_bytes = shape_bytes(shape)
+        operand_bytes = [shape_bytes(shapes[o]) for o in operands]
+        hbm = cost.get("bytes accessed", 0.0)
+        fused = raw.get(called.group(1), "") if called else ""
+        if op == "fusion" and kind and kind.group(1) == "kLoop" and re.search(r"\b(gather|dynamic-slice)\(", fused):
+            update = re.search(r"dynamic-update-slice\(%[\w.\-]+, %([\w.\-]+)", fused)
+            written = out_bytes
+            if update:  # an in-place update writes only its update
+                written = shape_bytes(re.search(rf"%{re.escape(update.group(1))} = (\S+)", fused).group(1))
+            hbm = written + sum(min(b, written) for b in operand_bytes if b != out_bytes or not update)
+        op_name = re.search(r'op_name="([^"]*)"', rest)
+        rows.append({
+            "name": name, "shape": shape, "operand_shapes": [shapes[o] for o in operands],
+            "op_name": op_name.group(1) if op_name else "", "op": op,
+            "kind": kind.group(1) if kind else (target.group(1) if target else ""),
+            "calls": called.group(1) if called else "", "out_bytes": out_bytes, "operand_bytes": operand_bytes,
+            "sources": [producer.get(o, o) for o in operands],
+            "flops": cost.get("flops", 0.0), "bytes": cost.get("bytes accessed", 0.0), "hbm_bytes": hbm,
+        })
+    return rows
