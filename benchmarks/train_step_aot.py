@@ -112,6 +112,72 @@ def fp32_logits_buffers(hlo: str, batch: int, seq_len: int, vocab: int) -> list[
     return [s for _, s in sorted(out, reverse=True)]
 
 
+# Kernel classes of the compiled train step, in print order.
+STEP_CLASSES = ("GEMMs", "cuDNN attention", "memory-bound fusions in the scans", "scan weight slices (copies)",
+                "scan outputs / grads (in-place updates)", "optimizer update + norms + guard", "f32 -> bf16 param cast",
+                "zero init")
+
+
+def _step_class(row) -> str | None:
+    name, entry = row["calls"] or row["kind"], row["entry"]
+    if row["op"] in ("while", "conditional", "call"):
+        return None  # containers: their bodies are counted
+    if name.startswith("gemm_fusion") or "gemm" in row["kind"].lower() or "cublas" in row["kind"]:
+        return "GEMMs"
+    if "cudnn" in row["kind"]:
+        return "cuDNN attention"
+    if "dynamic_update_slice" in name and not entry:
+        return "scan outputs / grads (in-place updates)"
+    if "dynamic_slice" in name and not entry:
+        return "scan weight slices (copies)"
+    if entry and "convert" in name:
+        return "f32 -> bf16 param cast"
+    if entry and "broadcast" in name:
+        return "zero init"
+    return "optimizer update + norms + guard" if entry else "memory-bound fusions in the scans"
+
+
+def breakdown(hlo: str, gpu) -> dict:
+    """Every kernel of the compiled step, its XLA cost times its loops' trip counts, by class.
+
+    Roofline per class: max(FLOPs / peak, bytes / HBM bandwidth). cuDNN attention is opaque to
+    XLA's cost analysis (0 FLOPs): its FLOPs are the closed form's, added by the caller.
+    """
+    from sharpjax.rollout.hlo import computations, kernel_costs
+
+    comps = computations(hlo)
+    entry = re.search(r"^ENTRY %([\w.\-]+)", hlo, re.M).group(1)
+    loops = {}  # body -> (the computation that runs the loop, trip count)
+    for name, text in comps.items():
+        for line in text.splitlines():
+            if " while(" in line:
+                trip = re.search(r'known_trip_count":\{"n":"(\d+)"', line)
+                loops[re.search(r"body=%([\w.\-]+)", line).group(1)] = (name, int(trip.group(1)) if trip else 1)
+
+    def trips(c):  # how many times a computation runs: the product of its enclosing loops' trips
+        n = 1
+        while c in loops:
+            c, t = loops[c]
+            n *= t
+        return n
+
+    client = jax.devices("cpu")[0].client
+    classes = {c: {"kernels": 0, "bytes": 0.0, "flops": 0.0} for c in STEP_CLASSES}
+    for comp in [entry, *loops]:
+        n = trips(comp)
+        for row in kernel_costs(hlo, comp, client):
+            row["entry"] = comp == entry
+            c = _step_class(row)
+            if c is None:
+                continue
+            classes[c]["kernels"] += n
+            classes[c]["bytes"] += n * row["hbm_bytes"]
+            classes[c]["flops"] += n * row["flops"]
+    for v in classes.values():
+        v["roofline_s"] = max(v["flops"] / gpu.peak_flops, v["bytes"] / gpu.hbm_bandwidth)
+    return classes
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", default="3b", choices=sorted(SIZES))
@@ -123,13 +189,17 @@ def main():
     p.add_argument("--state-dtype", default="float32")
     p.add_argument("--json", default=None)
     p.add_argument("--hlo", default=None, help="write the optimized HLO here")
+    p.add_argument("--micro-batches", type=int, default=1, help="gradient accumulation steps (rows / micro-batch)")
+    p.add_argument("--breakdown", action="store_true",
+                   help="every kernel's XLA cost x its loop trip counts, by class, with a roofline per class")
     a = p.parse_args()
     target = parse_target(a.target)
     model = model_config(a.size, "bfloat16").replace(attention="cudnn")
     optim = OptimConfig()
     if "state_dtype" in OptimConfig.__dataclass_fields__:
         optim = OptimConfig(state_dtype=a.state_dtype)
-    cfg = StepConfig(model=model, loss=LossConfig(), optim=optim, remat=a.remat, logits_chunk=a.logits_chunk)
+    cfg = StepConfig(model=model, loss=LossConfig(), optim=optim, remat=a.remat, logits_chunk=a.logits_chunk,
+                     micro_batches=a.micro_batches)
     compiled = compile_step(cfg, target, a.batch, a.seq_len)
     mem = compiled.memory_analysis()
     try:
@@ -159,7 +229,25 @@ def main():
              peak_bytes=mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
              + mem.temp_size_in_bytes,
              f32_vocab_buffers=fp32_logits_buffers(hlo, a.batch, a.seq_len, model.vocab_size)[:6])
-    print(json.dumps(r, indent=1))
+    if a.breakdown:
+        classes = breakdown(hlo, target.gpu)
+        cf = closed_form(cfg, a.batch, a.seq_len, target.gpu)
+        m = cfg.model
+        passes = 3 if a.remat == "none" else 4  # causal flash attention: forward, (recompute), backward x2
+        attention = passes * m.num_layers * 2 * a.batch * m.num_heads * a.seq_len**2 * m.head_dim
+        classes["cuDNN attention"]["flops"] = attention
+        classes["cuDNN attention"]["roofline_s"] = attention / target.gpu.peak_flops
+        model_flops = 6 * m.num_params * a.batch * a.seq_len
+        total = sum(v["roofline_s"] for v in classes.values())
+        r |= {"classes": classes, "model_flops": model_flops, "closed_form_flops": cf["flops"],
+              "roofline_sum_s": total, "mfu_at_roofline": model_flops / target.gpu.peak_flops / total}
+        print(f"{'class':42s} {'kernels':>8s} {'GB':>8s} {'TFLOP':>8s} {'roofline ms':>11s}")
+        for c, v in classes.items():
+            print(f"{c:42s} {v['kernels']:8d} {v['bytes'] / 1e9:8.1f} {v['flops'] / 1e12:8.1f} "
+                  f"{1e3 * v['roofline_s']:11.1f}")
+        print(f"sum of class rooflines {1e3 * total:.1f} ms; 6*N*tokens = {model_flops / 1e12:.1f} TFLOP "
+              f"(closed form {cf['flops'] / 1e12:.1f}): MFU at that roofline {100 * r['mfu_at_roofline']:.1f}%")
+    print(json.dumps({k: v for k, v in r.items() if k != "classes"}, indent=1))
     if a.json:
         json.dump(r, open(a.json, "w"), indent=1)
 

@@ -119,15 +119,15 @@ def kernel_costs(hlo: str, computation: str, client) -> list[dict]:
     `client` (a CPU client: the compile-only GPU target has no cost analysis of its own). A
     custom call (a Pallas/Triton kernel) is opaque to it: 0 FLOPs and 0 bytes.
 
-    `hbm_bytes` is the estimate this module reports: XLA's bytes, except that a loop fusion
-    whose output is far smaller than an operand reads only what it gathers or slices from it
-    (XLA counts an embedding row gather as a read of the whole table).
+    `hbm_bytes` is the estimate this module reports: XLA's bytes, less the repeats of a buffer
+    passed twice (through a tuple, say), and a loop fusion that gathers or slices reads only
+    what it gathers (XLA counts an embedding row gather as a read of the whole table).
     """
     from jax._src.lib import _jax
     from jaxlib import _hlo
 
     raw = _raw_computations(hlo)
-    shapes, producer, rows = {}, {}, []
+    shapes, producer, elements, rows = {}, {}, {}, []
     for line in computations(hlo)[computation].splitlines():
         match = _INSTRUCTION.match(line)
         if not match:
@@ -135,8 +135,16 @@ def kernel_costs(hlo: str, computation: str, client) -> list[dict]:
         name, shape, op, args, rest = match.groups()
         shapes[name] = shape
         operands = re.findall(r"%([\w.\-]+)", args)
-        # Through views: the kernel (or loop parameter) that made each value.
-        producer[name] = producer.get(operands[0], operands[0]) if op in ("bitcast", "get-tuple-element") else name
+        # Through views and tuples: the kernel (or loop parameter) that made each value.
+        producer[name] = name
+        if op == "bitcast":
+            producer[name] = producer.get(operands[0], operands[0])
+        elif op == "tuple":
+            elements[name] = [producer.get(o, o) for o in operands]
+        elif op == "get-tuple-element":
+            index = int(re.search(r"index=(\d+)", rest).group(1))
+            source = elements.get(producer.get(operands[0], operands[0]))
+            producer[name] = source[index] if source else producer.get(operands[0], operands[0])
         if op in _NO_KERNEL:
             continue
         rest = re.sub(r",\s*control-predecessors=\{[^}]*\}", "", rest)
@@ -151,6 +159,9 @@ def kernel_costs(hlo: str, computation: str, client) -> list[dict]:
         out_bytes = shape_bytes(shape)
         operand_bytes = [shape_bytes(shapes[o]) for o in operands]
         hbm = cost.get("bytes accessed", 0.0)
+        sources = [producer.get(o, o) for o in operands]
+        # One buffer passed twice (e.g. through a tuple) is read once: XLA counts it per operand.
+        hbm -= sum(b for i, b in enumerate(operand_bytes) if sources[i] in sources[:i])
         fused = raw.get(called.group(1), "") if called else ""
         if op == "fusion" and kind and kind.group(1) == "kLoop" and re.search(r"\b(gather|dynamic-slice)\(", fused):
             update = re.search(r"dynamic-update-slice\(%[\w.\-]+, %([\w.\-]+)", fused)
@@ -164,7 +175,7 @@ def kernel_costs(hlo: str, computation: str, client) -> list[dict]:
             "op_name": op_name.group(1) if op_name else "", "op": op,
             "kind": kind.group(1) if kind else (target.group(1) if target else ""),
             "calls": called.group(1) if called else "", "out_bytes": out_bytes, "operand_bytes": operand_bytes,
-            "sources": [producer.get(o, o) for o in operands],
+            "sources": sources,
             "flops": cost.get("flops", 0.0), "bytes": cost.get("bytes accessed", 0.0), "hbm_bytes": hbm,
         })
     return rows
