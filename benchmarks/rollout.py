@@ -240,7 +240,7 @@ def aot_report(config, batch, prompt, new, sampling, target_path):
 
 # Kernel classes of a decode step, in the order the breakdown prints them.
 STEP_CLASSES = ("weight GEMMs", "logits GEMM", "attention (Pallas)", "attention (XLA dots)", "attention combine", "KV cache write",
-                "sampling + log-probs (B x V)", "norm / rope / residual / MLP act", "loop bookkeeping")
+                "embedding + sampling + log-probs (B x V)", "norm / rope / residual / MLP act", "loop bookkeeping")
 
 
 def _classify(row, vocab, cache_bytes):
@@ -254,9 +254,9 @@ def _classify(row, vocab, cache_bytes):
     if "triton" in row["kind"]:
         return "attention (Pallas)"
     if has_vocab:
-        return "sampling + log-probs (B x V)"
-    if row["out_bytes"] == cache_bytes and "dynamic_update_slice" in row["calls"]:
-        return "KV cache write"
+        return "embedding + sampling + log-probs (B x V)"
+    if "dynamic_update_slice" in row["calls"]:  # the cache, or the [B, M] token / log-prob records
+        return "KV cache write" if row["out_bytes"] == cache_bytes else "loop bookkeeping"
     if "mqa" in row["op_name"] or "attention" in row["op_name"]:
         return "attention combine"
     if row["out_bytes"] >= 64 * 1024:
@@ -286,11 +286,12 @@ def aot_breakdown(config, batch, prompt, new, sampling, target_path, *, peak_flo
     share = sampling.share_prompt_kv
     slots = new if share else prompt + new
     cache_bytes = batch * config.num_kv_heads * slots * config.head_dim * itemsize  # one layer's K (or V)
+    kernels = {row["name"] for row in rows}
     for row in rows:
         row["class"] = _classify(row, config.vocab_size, cache_bytes)
         if row["class"] == "attention (Pallas)":
             q, k, v = row["operand_bytes"][:3]
-            decoded = row["sources"][1] != row["sources"][0] and not row["sources"][1].startswith("arg_tuple")
+            decoded = row["sources"][1] in kernels  # written this step: the decoded cache, not the prompt's
             total = k // (config.num_kv_heads * config.head_dim * itemsize * (batch if decoded else
                                                                                 batch // sampling.num_samples))
             fraction = _mean_slots_read(0 if share else prompt, total, new) / total if decoded else 1.0
@@ -317,8 +318,9 @@ def aot_breakdown(config, batch, prompt, new, sampling, target_path, *, peak_flo
         "num_samples": sampling.num_samples, "hbm_bandwidth": bandwidth, "kernel_floor_us": kernel_floor_us,
         "ideal_bytes": ideal, "ideal_weight_bytes": weights, "ideal_kv_bytes": ideal_kv,
         "ideal_us": 1e6 * ideal / bandwidth, "classes": classes, "total": total,
-        "kernels": [{k: r[k] for k in ("name", "class", "op_name", "shape", "flops", "hbm_bytes", "bytes",
-                                       "roofline_us")} for r in rows],
+        "kernels": [{"name": r["name"], "class": r["class"], "shape": r["shape"].split("{")[0],
+                     "flops": r["flops"], "hbm_bytes": r["hbm_bytes"], "roofline_us": round(r["roofline_us"], 2)}
+                    for r in rows],
     }
 
 
@@ -392,7 +394,7 @@ def main():
         print_breakdown(report)
         if args.json:
             with open(args.json, "w") as f:
-                json.dump(report, f, indent=2)
+                json.dump(report, f, separators=(",", ":"))
         return
     if args.aot_target:
         report = aot_report(config, batch, prompt, new, sampling, args.aot_target)

@@ -112,8 +112,8 @@ def kernel_costs(hlo: str, computation: str, client) -> list[dict]:
     Each row: name, op ("fusion", "custom-call", "copy", ...), kind (the fusion kind, or the
     custom call's target), calls (the fused computation), out_bytes (the output's shape),
     operand_bytes (the operands' shapes, each read in full), sources (the instruction that
-    made each operand, through bitcasts and tuple reads: a kernel of this computation, or the
-    loop's parameter for loop-carried and loop-invariant values), shape / operand_shapes and
+    made each operand, through bitcasts and tuple reads: a kernel of this computation, or
+    "<parameter>[<index>]" for loop-carried and loop-invariant values), shape / operand_shapes and
     op_name (the JAX source op, from the metadata), and XLA's HloCostAnalysis of the
     instruction alone (`flops`, `bytes`: it knows in-place updates and reads of slices), run on
     `client` (a CPU client: the compile-only GPU target has no cost analysis of its own). A
@@ -143,8 +143,8 @@ def kernel_costs(hlo: str, computation: str, client) -> list[dict]:
             elements[name] = [producer.get(o, o) for o in operands]
         elif op == "get-tuple-element":
             index = int(re.search(r"index=(\d+)", rest).group(1))
-            source = elements.get(producer.get(operands[0], operands[0]))
-            producer[name] = source[index] if source else producer.get(operands[0], operands[0])
+            base = producer.get(operands[0], operands[0])
+            producer[name] = elements[base][index] if base in elements else f"{base}[{index}]"
         if op in _NO_KERNEL:
             continue
         rest = re.sub(r",\s*control-predecessors=\{[^}]*\}", "", rest)
