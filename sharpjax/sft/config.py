@@ -202,6 +202,8 @@ class SFTConfig:
             )
 
     def replace(self, **changes) -> SFTConfig:
+        """`dataclasses.replace` by section (`replace(optim=...)`); a flat field is a ConfigError naming its path."""
+        _check_not_flat(changes)
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -217,13 +219,7 @@ class SFTConfig:
         """
         values = to_plain(config)
         if isinstance(values, Mapping):
-            for key in values:
-                moved = [s for s, section in _SECTIONS.items() if key in {f.name for f in dataclasses.fields(section)}]
-                if key not in _SECTIONS and moved:
-                    raise ConfigError(
-                        f"SFTConfig.{key} is now SFTConfig.{moved[0]}.{key}: the SFT config is sectioned like "
-                        "RunConfig (seed at the top; model, task, optim, eval)."
-                    )
+            _check_not_flat(values)
         return build_config(cls, values, "SFTConfig")
 
     def model_config(self, tokenizer) -> ModelConfig:
@@ -244,6 +240,17 @@ class SFTConfig:
             eos_token_ids=(tokenizer.eos_token_id,),
             pad_token_id=tokenizer.pad_token_id,
         )
+
+
+def _check_not_flat(fields: Mapping[str, Any]) -> None:
+    """A field of a section given at the top level (the flat SFTConfig before the sections): name its new path."""
+    for key in fields:
+        moved = [s for s, section in _SECTIONS.items() if key in {f.name for f in dataclasses.fields(section)}]
+        if key not in _SECTIONS and moved:
+            raise ConfigError(
+                f"SFTConfig.{key} is now SFTConfig.{moved[0]}.{key}: the SFT config is sectioned like "
+                "RunConfig (seed at the top; model, task, optim, eval)."
+            )
 
 
 def _json_ready(value: Any) -> Any:

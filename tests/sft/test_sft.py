@@ -226,8 +226,11 @@ def test_config_round_trips_and_rejects_unknown_fields():
                                                ("difficulty", "task")])
 def test_a_flat_field_names_its_section(flat, section):
     """The layout before the sections (`steps` at the top) is a ConfigError naming the new path, not a traceback."""
-    with pytest.raises(sft.ConfigError, match=re.escape(f"SFTConfig.{flat} is now SFTConfig.{section}.{flat}")):
+    moved = re.escape(f"SFTConfig.{flat} is now SFTConfig.{section}.{flat}")
+    with pytest.raises(sft.ConfigError, match=moved):
         SFTConfig.from_config_dict({flat: TINY.to_dict()[section][flat]})
+    with pytest.raises(sft.ConfigError, match=moved):
+        TINY.replace(**{flat: getattr(getattr(TINY, section), flat)})
 
 
 def _experiment_module():
