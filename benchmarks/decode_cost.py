@@ -68,7 +68,8 @@ def lengths_description(budget: int, median: float | None = None, tail: float = 
 
 def decode_bytes(*, num_params: int, num_layers: int, num_kv_heads: int, head_dim: int, vocab_size: int,
                  lengths: np.ndarray, prompt_len: int, samples: int, share_prompt_kv: bool = True,
-                 mode: str = "skip", itemsize: int = 2, block_k: int = BLOCK_K) -> np.ndarray:
+                 mode: str = "skip", itemsize: int = 2, block_k: int = BLOCK_K,
+                 fixed_bytes: float | None = None) -> np.ndarray:
     """HBM bytes of each decode step (one per token of the longest row) of one sampler call.
 
     Args:
@@ -76,12 +77,15 @@ def decode_bytes(*, num_params: int, num_layers: int, num_kv_heads: int, head_di
       mode: "skip" (finished rows read no KV), "noskip" (every row reads its filled slots until
         the longest row ends: the kernel before skipping), "dense" (XLA: every allocated slot
         of every row, the allocation being max(lengths) response slots).
+      fixed_bytes: the bytes every step reads besides the KV cache; default weights + logits
+        (the plan's terms), or XLA's own count from a GPU-target compile (`rollout.py --aot-target`:
+        `step_bytes_xla`, which adds the step's activations, sampling and kernel outputs).
     """
     lengths = np.asarray(lengths)
     rows = lengths.size
     steps = int(lengths.max())
     kv_slot = 2 * num_layers * num_kv_heads * head_dim * itemsize
-    fixed = itemsize * num_params + rows * vocab_size * 4 * 3
+    fixed = itemsize * num_params + rows * vocab_size * 4 * 3 if fixed_bytes is None else fixed_bytes
     t = np.arange(steps)
     if mode == "dense":
         slots = np.full(steps, rows * (prompt_len + steps) if not share_prompt_kv
@@ -98,11 +102,12 @@ def decode_bytes(*, num_params: int, num_layers: int, num_kv_heads: int, head_di
 
 
 def estimate(*, model, bandwidth: float, rows: int, samples: int, prompt_len: int, total: int,
-             median: float | None, seeds: int) -> dict:
+             median: float | None, seeds: int, fixed_bytes: float | None = None) -> dict:
     """The decode's roofline time at full length and at realistic lengths (before/after skipping)."""
     budget = total - prompt_len
     shape = dict(num_params=model.num_params, num_layers=model.num_layers, num_kv_heads=model.num_kv_heads,
-                 head_dim=model.head_dim, vocab_size=model.vocab_size, prompt_len=prompt_len, samples=samples)
+                 head_dim=model.head_dim, vocab_size=model.vocab_size, prompt_len=prompt_len, samples=samples,
+                 fixed_bytes=fixed_bytes)
     full = np.full(rows, budget)
     out = {"prompt_len": prompt_len, "budget": budget, "rows": rows, "samples": samples,
            "lengths": lengths_description(budget, median), "seeds": seeds,
@@ -119,10 +124,13 @@ def estimate(*, model, bandwidth: float, rows: int, samples: int, prompt_len: in
                                                  float(np.mean([b[-1] for b in per]) / 1e9)]
         tokens = float(np.mean([x.sum() for x in lengths_list]))
         steps = float(np.mean([x.max() for x in lengths_list]))
+        fixed = 2 * model.num_params + rows * model.vocab_size * 4 * 3 if fixed_bytes is None else fixed_bytes
         res |= {"tokens": tokens, "steps": steps, "weights_s": steps * 2 * model.num_params / bandwidth,
+                "fixed_s": steps * fixed / bandwidth,
                 "mean_length": tokens / rows, "at_budget": float(np.mean([(x == budget).mean() for x in lengths_list]))}
         for mode in ("dense", "noskip", "skip"):
             res[f"{mode}_tok_s"] = tokens / res[f"{mode}_s"]
+            res[f"{mode}_kv_s"] = res[f"{mode}_s"] - res["fixed_s"]
         out[name] = res
     f, r = out["full"], out["realistic"]
     out["tokens_ratio"] = r["tokens"] / f["tokens"]  # what a cost that tracked tokens would be
@@ -142,6 +150,9 @@ def main():
     parser.add_argument("--total", type=int, default=2048, help="max_total_length (prompt + response)")
     parser.add_argument("--median", type=float, default=PAPER_MEDIAN)
     parser.add_argument("--seeds", type=int, default=10, help="length draws averaged")
+    parser.add_argument("--fixed-step-gb", type=float, default=None,
+                        help="bytes per step besides the KV (GB); default weights + logits, or e.g. the "
+                             "step_bytes_xla of a GPU-target compile (rollout.py --aot-target)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
@@ -151,13 +162,15 @@ def main():
 
     model = ModelConfig.from_hf_dict(PAPER_MODELS[args.model], dtype="bfloat16")
     gpu = GPUS[args.target]
+    fixed = "weights + logits" if args.fixed_step_gb is None else f"{args.fixed_step_gb} GB"
     print(f"estimate (no GPU): {args.model} decode on one {args.target.upper()} "
           f"({gpu.hbm_bandwidth / 1e12:.1f} TB/s), {args.rows} rows ({args.rows // args.samples} prompts x "
-          f"{args.samples}, shared prompt KV), HBM roofline, prefill excluded")
+          f"{args.samples}, shared prompt KV), HBM roofline, prefill excluded; per step: {fixed} + the KV read")
     results = []
     for p in args.prompts:
         e = estimate(model=model, bandwidth=gpu.hbm_bandwidth, rows=args.rows, samples=args.samples, prompt_len=p,
-                     total=args.total, median=args.median, seeds=args.seeds)
+                     total=args.total, median=args.median, seeds=args.seeds,
+                     fixed_bytes=None if args.fixed_step_gb is None else args.fixed_step_gb * 1e9)
         results.append(e)
         f, r = e["full"], e["realistic"]
         print(f"\nprompt {p}, response budget {e['budget']}; realistic lengths: {e['lengths']} "
@@ -177,6 +190,9 @@ def main():
         print(f"  realistic / full decode time: before {e['time_ratio_noskip']:.3f}, after {e['time_ratio_skip']:.3f} "
               f"(tokens {e['tokens_ratio']:.3f}); skipping cuts the realistic decode {e['skip_speedup']:.2f}x; "
               f"its floor, the weights read once per step: {r['weights_s']:.2f} s")
+        print(f"  realistic, after = {r['fixed_s']:.2f} s fixed per step ({r['steps']:.0f} steps, set "
+              f"by the longest row) + {r['skip_kv_s']:.2f} s KV (before: {r['noskip_kv_s']:.2f} s KV); at full "
+              f"length the KV is {f['skip_kv_s']:.2f} s")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(results, fh, indent=2)

@@ -249,7 +249,8 @@ def aot_report(config, batch, prompt, new, sampling, target_path):
     step_bytes = cost.get("bytes accessed", 0.0) + kernel_kv_bytes
     return {
         "target": name, "compile_s": time.perf_counter() - start, "decode_attention": sampling.decode_attention,
-        "num_samples": sampling.num_samples, "share_prompt_kv": share, "weight_slices_per_step": weight_slices,
+        "num_samples": sampling.num_samples, "share_prompt_kv": share,
+        "skip_finished_rows": sampling.skip_finished_rows, "weight_slices_per_step": weight_slices,
         "pallas_calls_per_step": pallas_calls, "step_flops": cost.get("flops", 0.0),
         "step_bytes_xla": cost.get("bytes accessed", 0.0), "step_bytes_pallas_kv": kernel_kv_bytes,
         "step_bytes": step_bytes, "step_roofline_ms": 1e3 * step_bytes / bandwidth,
@@ -277,6 +278,9 @@ def main():
     parser.add_argument("--share-prompt-kv", action=argparse.BooleanOptionalAction,
                         default=SamplingConfig.share_prompt_kv,
                         help="SamplingConfig.share_prompt_kv: the G samples of a prompt read one prompt KV cache")
+    parser.add_argument("--skip-finished-rows", action=argparse.BooleanOptionalAction,
+                        default=SamplingConfig.skip_finished_rows,
+                        help="SamplingConfig.skip_finished_rows (--lengths realistic times both)")
     parser.add_argument("--aot-target", default=None,
                         help="a GPU target .pbtxt: compile for it on the CPU and print the per-step estimate")
     parser.add_argument("--lengths", choices=("full", "realistic"), default="full",
@@ -299,7 +303,8 @@ def main():
         dtype = args.dtype or "bfloat16"
     config = model_config(args.size, dtype)
     sampling = SamplingConfig(max_new_tokens=new, ignore_eos=True, temperature=1.0, num_samples=args.samples,
-                              decode_attention=args.decode_attention, share_prompt_kv=args.share_prompt_kv)
+                              decode_attention=args.decode_attention, share_prompt_kv=args.share_prompt_kv,
+                              skip_finished_rows=args.skip_finished_rows)
     if args.aot_target:
         report = aot_report(config, batch, prompt, new, sampling, args.aot_target)
         print(json.dumps(report, indent=2))
