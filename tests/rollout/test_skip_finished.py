@@ -194,3 +194,13 @@ def test_sampler_reads_kv_only_for_live_rows(share_prompt_kv, prompt_len, monkey
         prompt_calls = [n for rows, n in calls if rows == b // 2 * k]
         alive_steps_Q = (lengths - 1).clip(0).reshape(-1, 2).max(1)
         assert sum(prompt_calls) == layers * k * alive_steps_Q.sum()
+
+
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="the compiled Pallas kernel needs an NVIDIA GPU")
+@pytest.mark.parametrize("share_prompt_kv,prompt_len", [(False, 6), (True, 16)])
+def test_gpu_kernel_skipping_keeps_every_output_bitwise(share_prompt_kv, prompt_len):
+    """On a GPU, "auto" runs the compiled Triton kernel: skipping changes no output bit there either."""
+    on = _rollouts(share_prompt_kv, "auto", True, prompt_len)
+    off = _rollouts(share_prompt_kv, "auto", False, prompt_len)
+    for field in FIELDS:
+        np.testing.assert_array_equal(np.asarray(getattr(on, field)), np.asarray(getattr(off, field)), err_msg=field)
