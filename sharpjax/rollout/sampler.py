@@ -67,8 +67,9 @@ class SamplingConfig:
         size. Each part uses the Pallas kernel under `decode_attention` when its slot count
         (P, resp. M) is a multiple of 16.
       skip_finished_rows: a row that has stopped (stop token or its budget) reads no KV cache
-        in the length-aware Pallas attention for the rest of the call, so the decode's cost
-        follows the tokens actually generated, not the longest row times the batch. Tokens,
+        in the length-aware Pallas attention for the rest of the call, so the decode's KV reads
+        follow the tokens actually generated, not the longest row times the batch (the weights
+        are still read once a step until the longest row ends). Tokens,
         log-probs, lengths and flags are the same either way (bitwise: a finished row's
         outputs are discarded); off only as a baseline (benchmarks, tests). The dense "xla"
         attention reads every row regardless.
