@@ -12,7 +12,9 @@ a 15-minute device lease keeps room for the machine's start and a rerun):
    "auto"), then `Trainer.rollout_and_update`: rollout / verify / update seconds, sampler calls,
    compiles, the device's peak memory, and the plan's predictions (peak and roofline time per
    program) next to them;
-4. `benchmarks/rollout.py --decode-attention xla` (no HF): the XLA decode attention.
+4. `benchmarks/rollout.py --decode-attention xla` (no HF): the XLA decode attention;
+5. `benchmarks/rollout.py --lengths realistic` (no HF): forced realistic response lengths, the
+   decode with finished rows skipped and without (what a step saves once rows end early).
 
 It writes `--out` (default benchmarks/results/gpu_check-<date>.json), rewritten after each stage
 so that a stage cut by the budget keeps the others, and prints the line BENCHMARKS.md keeps per
@@ -238,6 +240,8 @@ def main() -> None:
         ("paper_step", [os.path.relpath(__file__, ROOT), "--stage", "paper", "--size", size, "--target", args.target,
                         "--plan", args.plan, "--steps", str(args.steps), "--work", work], 330),
         ("rollout_xla", ["benchmarks/rollout.py", "--size", size, "--decode-attention", "xla", "--skip-hf"], 90),
+        # Item 3: forced realistic response lengths, finished rows skipped vs not (the budget's remainder).
+        ("rollout_realistic", ["benchmarks/rollout.py", "--size", size, "--lengths", "realistic", "--skip-hf"], 90),
     ]
     for name, argv, cap in stages:
         if left() < 10:
@@ -252,12 +256,15 @@ def main() -> None:
         save()
     # The table, measured and planned side by side.
     p, r, x = res.get("paper_step") or {}, res.get("rollout") or {}, res.get("rollout_xla") or {}
+    lr = res.get("rollout_realistic") or {}
     t = (res.get("train_step") or {}).get("sharpjax") or {}
     last = (p.get("steps") or [{}])[-1]
     programs = (p.get("plan") or {}).get("programs") or {}
     res["table"] = {
         "rollout_tok_s": r.get("sharpjax_tok_s"), "rollout_roofline_fraction": r.get("roofline_fraction"),
         "rollout_ratio_hf": r.get("ratio"), "hf_tok_s": r.get("hf_tok_s"), "rollout_xla_tok_s": x.get("sharpjax_tok_s"),
+        "realistic_lengths": lr.get("lengths_description"), "realistic_tokens": lr.get("tokens_generated"),
+        "realistic_skip_s": lr.get("sharpjax_skip_s"), "realistic_noskip_s": lr.get("sharpjax_noskip_s"),
         "train_mfu": t.get("mfu"), "train_ratio_torch": (res.get("train_step") or {}).get("ratio"),
         "step_s": last.get("step_s"), "rollout_s": last.get("rollout_s"), "verify_s": last.get("verify_s"),
         "update_s": last.get("update_s"), "step_rollout_tok_s": last.get("rollout_tokens_per_s"),

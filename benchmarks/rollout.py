@@ -16,6 +16,16 @@ one decode step (the while body), XLA's cost analysis (FLOPs, bytes), the HBM ro
 time, and how many slices of the stacked [L, ...] layer weights the body still makes.
 `--samples G --share-prompt-kv / --no-share-prompt-kv` compares the G samples of a prompt
 reading one shared prompt KV cache (the default) with each row reading its own copy.
+
+`--lengths realistic` forces each row's response length instead of the full budget, drawn as
+`decode_cost.realistic_lengths` says (lognormal, median 400 tokens or 400/1536 of a smaller
+budget, 10% of rows at the budget, `--lengths-seed`): sharpjax through per-row budgets
+(`max_new_tokens_B`), HF `generate` through a logits processor that forces EOS at each row's
+length (and forbids it before). It times sharpjax with finished rows skipped (the default)
+and without (`SamplingConfig.skip_finished_rows=False`, the cost before issue 28 item 3),
+prints the tokens actually generated and tokens/s of each, the HF ratio under the same
+lengths, and `decode_cost`'s HBM roofline of those lengths; `--compare-full` also times the
+full-length run, to show how far the time follows the tokens generated.
 """
 
 from __future__ import annotations
@@ -42,6 +52,9 @@ from sharpjax.parallel import init_params_sharded, make_mesh
 from sharpjax.rollout import SamplingConfig, sample
 from sharpjax.rollout.hlo import COMPUTATION, stacked_weight_slices, while_bodies
 
+# Token id the realistic-length HF run forces as EOS (prompts draw ids from 3 up).
+FORCED_EOS = 1
+
 # Peak HBM bandwidth, bytes/s, by device_kind substring.
 HBM_BANDWIDTH = {"H200": 4.8e12, "H100": 3.35e12, "A100": 2.0e12}
 
@@ -65,17 +78,22 @@ def bytes_per_decode_step(
     return weights + kv
 
 
-def time_sharpjax(config, params, tokens, mask, sampling, repeats):
-    key = jax.random.key(0)
-    out = sample(params, tokens, mask, key, config=config, sampling=sampling)
+def time_sharpjax(config, params, tokens, mask, sampling, repeats, lengths=None):
+    """Best of `repeats` timed `sample` calls (after one compile); `lengths`: [B] forced response
+    lengths (per-row budgets), else every row generates the full `max_new_tokens`."""
+    budgets = None if lengths is None else jnp.asarray(lengths, jnp.int32)
+    run = lambda key: sample(params, tokens, mask, key, config=config, sampling=sampling,  # noqa: E731
+                             max_new_tokens_B=budgets)
+    out = run(jax.random.key(0))
     jax.block_until_ready(out)  # compile
     times = []
     for i in range(repeats):
         start = time.perf_counter()
-        out = sample(params, tokens, mask, jax.random.key(i + 1), config=config, sampling=sampling)
+        out = run(jax.random.key(i + 1))
         jax.block_until_ready(out)
         times.append(time.perf_counter() - start)
-    assert int(out.lengths.min()) == sampling.max_new_tokens
+    expected = np.full(out.lengths.shape, sampling.max_new_tokens) if lengths is None else np.asarray(lengths)
+    np.testing.assert_array_equal(np.asarray(out.lengths), expected)
     return min(times)
 
 
@@ -106,7 +124,9 @@ def profile_sharpjax(config, params, tokens, mask, sampling, out_dir, top=15):
         print(f"  {us / 1e3:9.1f} ms  {100 * us / max(all_us, 1):5.1f}%  {name[:110]}")
 
 
-def time_hf(config, params, tokens, mask, new_tokens, repeats, device):
+def time_hf(config, params, tokens, mask, new_tokens, repeats, device, lengths=None):
+    """Best of `repeats` HF `generate` calls; `lengths`: [B] forced response lengths (EOS forced at
+    each row's last token and forbidden before it; generate stops when every row has ended)."""
     import torch
     import transformers
 
@@ -122,6 +142,20 @@ def time_hf(config, params, tokens, mask, new_tokens, repeats, device):
     attn = torch.tensor(np.asarray(mask), dtype=torch.long, device=device)
     kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=True, temperature=1.0, top_p=1.0,
                   top_k=0, cache_implementation="static", pad_token_id=0)
+    if lengths is not None:
+        prompt_len = ids.shape[1]
+        last_B = torch.tensor(np.asarray(lengths) - 1, device=device)
+
+        class ForceLengths(transformers.LogitsProcessor):
+            def __call__(self, input_ids, scores):  # picks response token t = input_ids.shape[1] - prompt_len
+                end_B = last_B == input_ids.shape[1] - prompt_len
+                scores[:, FORCED_EOS] = -float("inf")
+                scores[end_B] = -float("inf")
+                scores[end_B, FORCED_EOS] = 0.0
+                return scores
+
+        kwargs = {k: v for k, v in kwargs.items() if k != "min_new_tokens"}
+        kwargs |= dict(eos_token_id=FORCED_EOS, logits_processor=transformers.LogitsProcessorList([ForceLengths()]))
 
     def run():
         with torch.no_grad():
@@ -136,7 +170,12 @@ def time_hf(config, params, tokens, mask, new_tokens, repeats, device):
         start = time.perf_counter()
         out = run()
         times.append(time.perf_counter() - start)
-    assert out.shape[1] == tokens.shape[1] + new_tokens
+    if lengths is None:
+        assert out.shape[1] == tokens.shape[1] + new_tokens
+    else:  # each row ends with its forced EOS at its length
+        response = out[:, tokens.shape[1]:].cpu().numpy()
+        got = np.where((response == FORCED_EOS).any(1), (response == FORCED_EOS).argmax(1) + 1, response.shape[1])
+        np.testing.assert_array_equal(got, np.asarray(lengths))
     del model
     return min(times)
 
@@ -226,7 +265,8 @@ def aot_report(config, batch, prompt, new, sampling, target_path):
     step_bytes = cost.get("bytes accessed", 0.0) + kernel_kv_bytes
     return {
         "target": name, "compile_s": compile_s, "decode_attention": sampling.decode_attention,
-        "num_samples": sampling.num_samples, "share_prompt_kv": share, "weight_slices_per_step": weight_slices,
+        "num_samples": sampling.num_samples, "share_prompt_kv": share,
+        "skip_finished_rows": sampling.skip_finished_rows, "weight_slices_per_step": weight_slices,
         "pallas_calls_per_step": pallas_calls, "step_flops": cost.get("flops", 0.0),
         "step_bytes_xla": cost.get("bytes accessed", 0.0), "step_bytes_pallas_kv": kernel_kv_bytes,
         "step_bytes": step_bytes, "step_roofline_ms": 1e3 * step_bytes / bandwidth,
@@ -360,6 +400,9 @@ def main():
     parser.add_argument("--share-prompt-kv", action=argparse.BooleanOptionalAction,
                         default=SamplingConfig.share_prompt_kv,
                         help="SamplingConfig.share_prompt_kv: the G samples of a prompt read one prompt KV cache")
+    parser.add_argument("--skip-finished-rows", action=argparse.BooleanOptionalAction,
+                        default=SamplingConfig.skip_finished_rows,
+                        help="SamplingConfig.skip_finished_rows (--lengths realistic times both)")
     parser.add_argument("--aot-target", default=None,
                         help="a GPU target .pbtxt: compile for it on the CPU and print the per-step estimate")
     parser.add_argument("--aot-breakdown", action="store_true",
@@ -368,6 +411,13 @@ def main():
                         help="override the model's layer count (cheaper compiles; per-layer kernels scale)")
     parser.add_argument("--kernel-floor-us", type=float, default=2.0,
                         help="--aot-breakdown: assumed minimum time of one kernel (a second time column)")
+    parser.add_argument("--lengths", choices=("full", "realistic"), default="full",
+                        help="full: every row generates --new-tokens; realistic: forced per-row lengths "
+                             "(decode_cost.realistic_lengths)")
+    parser.add_argument("--median-length", type=float, default=None,
+                        help="realistic: median response tokens (default 400, or 400/1536 of a smaller budget)")
+    parser.add_argument("--lengths-seed", type=int, default=0)
+    parser.add_argument("--compare-full", action="store_true", help="realistic: also time the full-length run")
     args = parser.parse_args()
     on_cpu = jax.default_backend() == "cpu"
     tiny = args.size == "tiny"
@@ -383,7 +433,8 @@ def main():
     if args.layers:
         config = dataclasses.replace(config, num_layers=args.layers)
     sampling = SamplingConfig(max_new_tokens=new, ignore_eos=True, temperature=1.0, num_samples=args.samples,
-                              decode_attention=args.decode_attention, share_prompt_kv=args.share_prompt_kv)
+                              decode_attention=args.decode_attention, share_prompt_kv=args.share_prompt_kv,
+                              skip_finished_rows=args.skip_finished_rows)
     if args.aot_target and args.aot_breakdown:
         from sharpjax.plan.targets import GPUS
 
@@ -416,6 +467,8 @@ def main():
 
     if args.profile:
         profile_sharpjax(config, params, tokens, mask, sampling, args.profile)
+    if args.lengths == "realistic":
+        return realistic(args, config, params, tokens, mask, sampling, batch, prompt, new, dtype, device_kind)
     t_jax = time_sharpjax(config, params, tokens, mask, sampling, args.repeats)
     jax_tps = batch * new / t_jax
     results = {"device": device_kind, "size": args.size, "batch": batch, "prompt": prompt, "new_tokens": new,
@@ -442,6 +495,62 @@ def main():
         results |= {"hf_s": t_hf, "hf_tok_s": hf_tps, "ratio": jax_tps / hf_tps}
         print(f"HF generate (static cache, {device}): {t_hf:.3f}s  {hf_tps:,.0f} new tok/s")
         print(f"ratio sharpjax / HF: {jax_tps / hf_tps:.2f}x")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+def realistic(args, config, params, tokens, mask, sampling, batch, prompt, new, dtype, device_kind):
+    """`--lengths realistic`: forced per-row lengths; sharpjax with and without skipping finished
+    rows, HF generate under the same lengths, and the HBM roofline of those lengths."""
+    import dataclasses
+
+    from decode_cost import decode_bytes, lengths_description, realistic_lengths
+
+    lengths = realistic_lengths(batch, new, median=args.median_length, seed=args.lengths_seed)
+    generated, steps = int(lengths.sum()), int(lengths.max())
+    print(f"lengths: {lengths_description(new, args.median_length, seed=args.lengths_seed)}; "
+          f"mean {lengths.mean():.0f}, {100 * (lengths == new).mean():.0f}% at the budget, {steps} steps, "
+          f"{generated:,} tokens generated = {100 * generated / (batch * new):.1f}% of full length")
+    results = {"device": device_kind, "size": args.size, "batch": batch, "prompt": prompt, "new_tokens": new,
+               "dtype": dtype, "samples": args.samples, "share_prompt_kv": args.share_prompt_kv,
+               "decode_attention": args.decode_attention, "lengths": "realistic",
+               "lengths_description": lengths_description(new, args.median_length, seed=args.lengths_seed),
+               "tokens_generated": generated, "steps": steps}
+    bw = next((v for k, v in HBM_BANDWIDTH.items() if k in device_kind), None)
+    shape = dict(num_params=config.num_params, num_layers=config.num_layers, num_kv_heads=config.num_kv_heads,
+                 head_dim=config.head_dim, vocab_size=config.vocab_size, prompt_len=prompt, samples=args.samples,
+                 share_prompt_kv=args.share_prompt_kv, itemsize=jnp.dtype(config.jnp_dtype).itemsize)
+    runs = [("skip", True, lengths), ("noskip", False, lengths)] + ([("full", True, None)] if args.compare_full else [])
+    for name, skip, forced in runs:
+        t = time_sharpjax(config, params, tokens, mask, dataclasses.replace(sampling, skip_finished_rows=skip),
+                          args.repeats, lengths=forced)
+        tokens_run = generated if forced is not None else batch * new
+        results |= {f"sharpjax_{name}_s": t, f"sharpjax_{name}_tok_s": tokens_run / t}
+        label = {"skip": "finished rows skipped", "noskip": "no skipping (before)", "full": "full length"}[name]
+        line = f"sharpjax ({label}): {t:.3f}s  {tokens_run:,} tokens  {tokens_run / t:,.0f} tok/s"
+        if bw:
+            mode = "noskip" if name == "noskip" else "skip"
+            roofline = decode_bytes(lengths=lengths if forced is not None else np.full(batch, new), mode=mode,
+                                    **shape).sum() / bw
+            results[f"roofline_{name}_s"] = roofline
+            line += f"  (HBM roofline {roofline:.3f}s: {100 * roofline / t:.1f}%)"
+        print(line)
+    print(f"skipping finished rows: {results['sharpjax_noskip_s'] / results['sharpjax_skip_s']:.2f}x faster "
+          f"(on the dense XLA attention, e.g. any CPU run, it changes nothing)")
+    if args.compare_full:
+        print(f"realistic / full time: {results['sharpjax_skip_s'] / results['sharpjax_full_s']:.3f} "
+              f"(tokens: {generated / (batch * new):.3f})")
+    if not args.skip_hf:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        rows = lambda x: np.repeat(x, args.samples, axis=0)  # noqa: E731
+        t_hf = time_hf(config, params, rows(tokens), rows(mask), new, args.repeats, device, lengths=lengths)
+        results |= {"hf_s": t_hf, "hf_tok_s": generated / t_hf, "ratio": t_hf / results["sharpjax_skip_s"]}
+        print(f"HF generate (static cache, {device}, the same forced lengths): {t_hf:.3f}s  "
+              f"{generated / t_hf:,.0f} tok/s")
+        print(f"ratio sharpjax / HF: {results['ratio']:.2f}x")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

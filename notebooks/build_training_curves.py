@@ -51,14 +51,16 @@ that needed it and in the summary at the end; nothing here assumes a complete ru
         """import json
 import os
 import re
-import warnings
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 from IPython.display import Markdown, display
-from matplotlib.ticker import MaxNLocator
 
+from sharpjax import figures
+# The main job's plotting (sharpjax/figures.py): (steps, values) of a run's records, the per-step
+# mean / min / max over seeds, an axis's labels and legend, the pass@k / maj@k panel.
+from sharpjax.figures import RUN_NAME, finish, plot_pass_at_k, seed_stats, series
 from sharpjax.train.metrics import read_metrics
 
 MISSING = []  # (figure, what): reported in each cell and summarized at the end
@@ -93,9 +95,6 @@ if results_path.is_file():
         missing("results", f"{results_path} does not parse ({err})")
 else:
     missing("results", f"{results_path} (the held-out evaluation: figure 2 and the table need it)")
-
-RUN_NAME = re.compile(r"^(?P<mode>.+)_seed(?P<seed>\\d+)$")
-
 
 def load_run(run_dir):
     match = RUN_NAME.match(run_dir.name)
@@ -141,59 +140,15 @@ for mode in MODES:
           f"{', fixed-length' if any(r['ignore_eos'] for r in runs) else ''}")
 
 
-def series(run, key, kind="train"):
-    \"\"\"(steps, values) of the records of one run that have `key` (last record wins on a repeated step).\"\"\"
-    by_step = {r["step"]: r[key] for r in run[kind] if key in r and isinstance(r[key], (int, float))}
-    steps = np.array(sorted(by_step), dtype=float)
-    return steps, np.array([by_step[s] for s in sorted(by_step)], dtype=float)
-
-
-def seed_stats(runs, key, kind="train"):
-    \"\"\"Per step over the runs (seeds) that logged it: mean, min, max. None when no run has the key.\"\"\"
-    per_run = [dict(zip(*series(r, key, kind))) for r in runs]
-    steps = sorted(set().union(*per_run)) if per_run else []
-    if not steps:
-        return None
-    values = [np.array([d[s] for d in per_run if s in d]) for s in steps]
-    with warnings.catch_warnings():  # all-NaN steps give NaN, quietly
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return (np.array(steps), np.array([np.nanmean(v) for v in values]),
-                np.array([np.nanmin(v) for v in values]), np.array([np.nanmax(v) for v in values]))
-
-
-def plot_modes(ax, key, where, *, kind="train", runs=None, label_suffix="", ls="-"):
-    \"\"\"Mean over seeds per mode, with a min-max band; reports the modes without `key`.\"\"\"
+def plot_modes(ax, key, where, *, kind="train", runs=None):
+    \"\"\"`figures.plot_modes` (mean over seeds per mode, min-max band; a seed's NaN left out), reporting
+    the modes without `key`.\"\"\"
     runs = NORMAL if runs is None else runs
-    absent = []
-    for mode in MODES:
-        stats = seed_stats([r for r in runs if r["mode"] == mode], key, kind)
-        if stats is None:
-            if any(r["mode"] == mode for r in runs):
-                absent.append(mode)
-            continue
-        steps, mean, lo, hi = stats
-        n = len({r["seed"] for r in runs if r["mode"] == mode})
-        ax.plot(steps, mean, ls, color=COLORS[mode], label=f"{mode}{label_suffix}" + (f" ({n} seeds)" if n > 1 else ""),
-                marker="o" if len(steps) < 15 else None, ms=3)
-        if n > 1:
-            ax.fill_between(steps, lo, hi, color=COLORS[mode], alpha=0.15, lw=0)
+    drawn = figures.plot_modes(ax, runs, MODES, COLORS, key, kind, ignore_nan=True)
+    absent = [m for m in MODES if m not in drawn and any(r["mode"] == m for r in runs)]
     if absent:
         missing(where, f"'{key}' in the {kind} records of {', '.join(absent)}")
-    return len(absent) < len({r["mode"] for r in runs})
-
-
-def finish(ax, xlabel, ylabel, title, has_data=True, accuracy=False):
-    if xlabel == "step":
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    if accuracy and has_data:  # a fraction: from 0, and no autoscaled axis around a flat 0
-        ax.set_ylim(-0.02, min(1.02, max(0.1, 1.1 * ax.get_ylim()[1])))
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    if has_data and ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
-    elif not has_data:
-        ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="gray")
+    return bool(drawn)
 
 
 def save(fig, name):
@@ -233,44 +188,18 @@ answer of k samples. Sharpening raises pass@1 at small k by concentrating mass o
 model already prefers; if it only sharpens, pass@k at large k does not rise above the base model's."""
     ),
     new_code_cell(
-        """from sharpjax.figures import metric_curve  # (ks, mean over the evaluations) of `prefix`@k, as the main job plots
-
-
-if RESULTS is None:
+        """if RESULTS is None:
     print("no results.json: figure 2 skipped")
 else:
-    base = RESULTS.get("base")
-    rows = RESULTS.get("runs", {})
+    if not RESULTS.get("base"):
+        missing("fig 2", "the base model's evaluation ('base' in results.json)")
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
     for ax, prefix in zip(axes, ("pass", "maj")):
-        plotted = False
-        if base:
-            ks, vals = metric_curve([base], prefix)
-            if len(ks):
-                ax.plot(ks, vals, "k-o", lw=2.5, ms=4, label="base")
-                plotted = True
-        else:
-            missing("fig 2", "the base model's evaluation ('base' in results.json)")
-        for mode in MODES:
-            mode_rows = [row for name, row in rows.items()
-                         if RUN_NAME.match(name) and RUN_NAME.match(name)["mode"] == mode]
-            for which, ls in (("last", "-"), ("best", "--")):
-                evals = [row[which] for row in mode_rows if isinstance(row.get(which), dict)]
-                if not evals:
-                    if which == "last" and prefix == "pass" and any(r["mode"] == mode for r in NORMAL):
-                        missing("fig 2", f"the last checkpoint's evaluation of {mode}")
-                    continue
-                ks, vals = metric_curve(evals, prefix)
-                if len(ks):
-                    ax.plot(ks, vals, ls, marker="o", ms=3, color=COLORS.get(mode, "gray"),
-                            label=f"{mode} ({which})", alpha=1.0 if which == "last" else 0.7)
-                    plotted = True
-        if plotted:
-            all_ks = sorted({int(x) for line in ax.get_lines() for x in line.get_xdata()})
-            ax.set_xscale("log", base=2)
-            ax.set_xticks(all_ks, [str(k) for k in all_ks])
-            ax.minorticks_off()
-        finish(ax, "k (samples per problem)", f"{prefix}@k", f"{prefix}@k, held-out test problems", plotted,
+        drawn = plot_pass_at_k(ax, RESULTS, MODES, COLORS, prefix, best_alpha=0.7)  # the main job's panel
+        for mode in MODES if prefix == "pass" else ():
+            if (mode, "last") not in drawn and any(r["mode"] == mode for r in NORMAL):
+                missing("fig 2", f"the last checkpoint's evaluation of {mode}")
+        finish(ax, "k (samples per problem)", f"{prefix}@k", f"{prefix}@k, held-out test problems", bool(drawn),
                accuracy=True)
     fig.tight_layout()
     save(fig, "pass_at_k")"""
@@ -393,7 +322,7 @@ else:
         for i, (normal, fixed) in enumerate(pairs):
             color = plt.cm.tab10(i % 10)
             for runs, ls, suffix in ((normal, "-", ""), (fixed, "--", " (fixed length)")):
-                stats = seed_stats(runs, key, kind)
+                stats = seed_stats(runs, key, kind, ignore_nan=True)
                 if stats is None:
                     continue
                 ax.plot(stats[0], stats[1], ls, color=color, label=runs[0]["mode"] + suffix,

@@ -10,7 +10,8 @@ config.json}), the same logs notebooks/training_curves.ipynb reads:
 
 Curves are the mean over seeds, with a min-max band when there are several. matplotlib's Agg
 backend: no display needed. A missing metric leaves its panel marked "no data" instead of failing:
-a figure must never cost the results of a finished job.
+a figure must never cost the results of a finished job. notebooks/training_curves.ipynb draws with
+the same pieces (`series`, `seed_stats`, `plot_modes`, `plot_pass_at_k`, `finish`, `metric_curve`).
 """
 
 from __future__ import annotations
@@ -18,15 +19,27 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-__all__ = ["FIGURES", "load_runs", "metric_curve", "write_figures"]
+__all__ = [
+    "FIGURES",
+    "RUN_NAME",
+    "finish",
+    "load_runs",
+    "metric_curve",
+    "plot_modes",
+    "plot_pass_at_k",
+    "seed_stats",
+    "series",
+    "write_figures",
+]
 
 FIGURES = ("accuracy", "length", "pass_at_k", "fixed_length")
-_RUN_NAME = re.compile(r"^(?P<mode>.+)_seed(?P<seed>\d+)$")
+RUN_NAME = re.compile(r"^(?P<mode>.+)_seed(?P<seed>\d+)$")
 
 
 def _pyplot():
@@ -48,7 +61,7 @@ def load_runs(workdir: str) -> list[dict[str, Any]]:
         run_dir = os.path.join(root, name)
         if not os.path.isfile(os.path.join(run_dir, "metrics.jsonl")):
             continue
-        match = _RUN_NAME.match(name)
+        match = RUN_NAME.match(name)
         config = {}
         try:
             with open(os.path.join(run_dir, "config.json")) as f:
@@ -69,26 +82,42 @@ def load_runs(workdir: str) -> list[dict[str, Any]]:
     return runs
 
 
-def _series(run: dict, key: str, kind: str) -> dict[float, float]:
-    return {r["step"]: float(r[key]) for r in run[kind] if isinstance(r.get(key), (int, float)) and "step" in r}
+def series(run: dict, key: str, kind: str = "train") -> tuple[np.ndarray, np.ndarray]:
+    """(steps, values) of the `kind` records ("train" or "val") of one run that have `key`, by step.
+
+    A repeated step keeps its last record (a resumed run logs the steps after its checkpoint again).
+    """
+    by_step = {r["step"]: float(r[key]) for r in run[kind] if isinstance(r.get(key), (int, float)) and "step" in r}
+    steps = sorted(by_step)
+    return np.array(steps, dtype=float), np.array([by_step[s] for s in steps], dtype=float)
 
 
-def _seed_stats(runs: Sequence[dict], key: str, kind: str):
-    """(steps, mean, min, max) over the runs that logged `key` per step; None when none did."""
-    per_run = [_series(r, key, kind) for r in runs]
+def seed_stats(runs: Sequence[dict], key: str, kind: str = "train", *, ignore_nan: bool = False):
+    """(steps, mean, min, max) per step over the runs (seeds) that logged `key`; None when none did.
+
+    `ignore_nan`: a seed's NaN is left out of its step's statistics (an all-NaN step stays NaN, quietly)
+    instead of making the step NaN.
+    """
+    per_run = [dict(zip(*series(r, key, kind))) for r in runs]
     steps = sorted(set().union(*per_run)) if per_run else []
     if not steps:
         return None
     values = [np.array([d[s] for d in per_run if s in d]) for s in steps]
-    return (np.array(steps), np.array([v.mean() for v in values]), np.array([v.min() for v in values]),
-            np.array([v.max() for v in values]))
+    mean, lo, hi = (np.nanmean, np.nanmin, np.nanmax) if ignore_nan else (np.mean, np.min, np.max)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return (np.array(steps), np.array([mean(v) for v in values]), np.array([lo(v) for v in values]),
+                np.array([hi(v) for v in values]))
 
 
-def _finish(ax, xlabel: str, ylabel: str, title: str, has_data: bool) -> None:
+def finish(ax, xlabel: str, ylabel: str, title: str, has_data: bool, *, accuracy: bool = False) -> None:
+    """Labels, integer steps, the legend, or "no data"; `accuracy`: a fraction's y-axis, from 0 (up to 1)."""
     from matplotlib.ticker import MaxNLocator
 
     if xlabel == "step":
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if accuracy and has_data:  # no autoscaled axis around a flat 0
+        ax.set_ylim(-0.02, min(1.02, max(0.1, 1.1 * ax.get_ylim()[1])))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
@@ -99,11 +128,12 @@ def _finish(ax, xlabel: str, ylabel: str, title: str, has_data: bool) -> None:
         ax.legend(fontsize=7)
 
 
-def _plot_modes(ax, runs, modes, colors, key, kind, *, ls="-", suffix="") -> bool:
-    has = False
+def plot_modes(ax, runs, modes, colors, key, kind="train", *, ls="-", suffix="", ignore_nan=False) -> list[str]:
+    """Per mode, the mean over its seeds of `key` vs step, with a min-max band; returns the modes drawn."""
+    drawn = []
     for mode in modes:
         mine = [r for r in runs if r["mode"] == mode]
-        stats = _seed_stats(mine, key, kind)
+        stats = seed_stats(mine, key, kind, ignore_nan=ignore_nan)
         if stats is None:
             continue
         steps, mean, lo, hi = stats
@@ -111,8 +141,35 @@ def _plot_modes(ax, runs, modes, colors, key, kind, *, ls="-", suffix="") -> boo
                 label=mode + suffix + (f" ({len(mine)} seeds)" if len(mine) > 1 else ""))
         if len(mine) > 1:
             ax.fill_between(steps, lo, hi, color=colors[mode], alpha=0.15, lw=0)
-        has = True
-    return has
+        drawn.append(mode)
+    return drawn
+
+
+def plot_pass_at_k(ax, results: dict, modes, colors, prefix: str, *, best_alpha: float = 1.0) -> list[tuple[str, str]]:
+    """`prefix`@k vs k (log2 axis) from results.json: the base model, each mode's last (solid) and best
+    (dashed) checkpoint, each the mean over seeds. Returns the curves drawn: ("base", "base"), (mode, "last"), ...
+    """
+    drawn = []
+    ks, vals = metric_curve([results["base"]], prefix) if results.get("base") else ((), ())
+    if len(ks):
+        ax.plot(ks, vals, "k-o", lw=2.2, ms=4, label="base")
+        drawn.append(("base", "base"))
+    for mode in modes:
+        rows = [row for name, row in (results.get("runs") or {}).items()
+                if RUN_NAME.match(name) and RUN_NAME.match(name)["mode"] == mode]
+        for which, ls in (("last", "-"), ("best", "--")):
+            evals = [row[which] for row in rows if isinstance(row.get(which), dict)]
+            ks, vals = metric_curve(evals, prefix) if evals else ((), ())
+            if len(ks):
+                ax.plot(ks, vals, ls, marker="o", ms=3, color=colors.get(mode, "gray"), label=f"{mode} ({which})",
+                        **({"alpha": best_alpha} if which == "best" and best_alpha != 1.0 else {}))
+                drawn.append((mode, which))
+    if drawn:
+        all_ks = sorted({int(x) for line in ax.get_lines() for x in line.get_xdata()})
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(all_ks, [str(k) for k in all_ks])
+        ax.minorticks_off()
+    return drawn
 
 
 def metric_curve(evals: Sequence[dict], prefix: str):
@@ -159,37 +216,19 @@ def write_figures(workdir: str, results: dict | None = None) -> list[str]:
         panels.append(("reward/task", "train", "rollout accuracy (reward/task)"))
         fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.8), squeeze=False)
         for ax, (key, kind, title) in zip(axes[0], panels):
-            _finish(ax, "step", key, title, _plot_modes(ax, normal, modes, colors, key, kind))
+            finish(ax, "step", key, title, bool(plot_modes(ax, normal, modes, colors, key, kind)))
         save(fig, "accuracy")
 
         fig, ax = plt.subplots(figsize=(6, 3.8))
-        has = _plot_modes(ax, normal, modes, colors, "response_length", "train")
-        _finish(ax, "step", "tokens", "response length of the training rollouts", has)
+        has = bool(plot_modes(ax, normal, modes, colors, "response_length", "train"))
+        finish(ax, "step", "tokens", "response length of the training rollouts", has)
         save(fig, "length")
 
     if results and results.get("base"):
         fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
         for ax, prefix in zip(axes, ("pass", "maj")):
-            ks, vals = metric_curve([results["base"]], prefix)
-            has = bool(len(ks))
-            if has:
-                ax.plot(ks, vals, "k-o", lw=2.2, ms=4, label="base")
-            for mode in modes:
-                rows = [row for name, row in (results.get("runs") or {}).items()
-                        if _RUN_NAME.match(name) and _RUN_NAME.match(name)["mode"] == mode]
-                for which, ls in (("last", "-"), ("best", "--")):
-                    evals = [row[which] for row in rows if isinstance(row.get(which), dict)]
-                    ks, vals = metric_curve(evals, prefix) if evals else ((), ())
-                    if len(ks):
-                        ax.plot(ks, vals, ls, marker="o", ms=3, color=colors.get(mode, "gray"),
-                                label=f"{mode} ({which})")
-                        has = True
-            if has:
-                all_ks = sorted({int(x) for line in ax.get_lines() for x in line.get_xdata()})
-                ax.set_xscale("log", base=2)
-                ax.set_xticks(all_ks, [str(k) for k in all_ks])
-                ax.minorticks_off()
-            _finish(ax, "k (samples per problem)", f"{prefix}@k", f"{prefix}@k, held-out problems", has)
+            has = bool(plot_pass_at_k(ax, results, modes, colors, prefix))
+            finish(ax, "k (samples per problem)", f"{prefix}@k", f"{prefix}@k, held-out problems", has)
         save(fig, "pass_at_k")
 
     if fixed:
@@ -205,10 +244,10 @@ def write_figures(workdir: str, results: dict | None = None) -> list[str]:
             for i, reward in enumerate(sorted({reward_of(r) for r in fixed})):
                 for group, ls, suffix in (([r for r in normal if reward_of(r) == reward], "-", ""),
                                           ([r for r in fixed if reward_of(r) == reward], "--", " (fixed length)")):
-                    stats = _seed_stats(group, key, kind)
+                    stats = seed_stats(group, key, kind)
                     if stats is not None:
                         ax.plot(stats[0], stats[1], ls, color=plt.cm.tab10(i % 10), label=group[0]["mode"] + suffix)
                         has = True
-            _finish(ax, "step", key, title, has)
+            finish(ax, "step", key, title, has)
         save(fig, "fixed_length")
     return paths

@@ -11,6 +11,7 @@ import statistics
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from tests.tiny import require_torch
@@ -75,9 +76,10 @@ def test_gpu_check_tiny(tmp_path):
     stdout = _run(["benchmarks/gpu_check.py", "--tiny", "--out", str(out)], timeout=900,
                   env=dict(os.environ, SHARPJAX_DATA_DIR=os.environ.get("SHARPJAX_DATA_DIR", "")))
     res = json.loads(out.read_text())
-    assert all(": exit 0 " in s for s in res["stages"]) and len(res["stages"]) == 4, res["stages"]
+    assert all(": exit 0 " in s for s in res["stages"]) and len(res["stages"]) == 5, res["stages"]
     table = res["table"]
     assert table["rollout_tok_s"] > 0 and table["rollout_xla_tok_s"] > 0
+    assert table["realistic_skip_s"] > 0 and table["realistic_noskip_s"] > 0 and table["realistic_tokens"] > 0
     assert table["step_s"] > 0 and table["rollout_s"] > 0 and table["update_s"] > 0
     # The paper config's "auto" knobs resolved by the launcher's plan: one sampler call of every row.
     paper = res["paper_step"]
@@ -90,3 +92,57 @@ def test_gpu_check_tiny(tmp_path):
     assert re.fullmatch(r"gpu_check \d{4}-\d\d-\d\d cpu: rollout n/a HF \(n/a roofline\), train MFU n/a, "
                         r"llama3b h200x1 step [0-9.]+ s, peak [0-9.]+ GiB \(plan [0-9.]+ GiB\)", line), line
     assert line == res["summary"]
+
+
+def _decode_cost():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("decode_cost", os.path.join(ROOT, "benchmarks", "decode_cost.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_decode_cost_bytes_by_hand():
+    """One prompt x 2 rows of lengths 1 and 3, a 64-slot prompt: the bytes of each decode step
+    counted by hand (a row reads KV at step t only while t + 1 < its length; the prompt part
+    while one of its rows does; whole 64-slot blocks)."""
+    dc = _decode_cost()
+    shape = dict(num_params=1000, num_layers=2, num_kv_heads=1, head_dim=4, vocab_size=10, prompt_len=64, samples=2)
+    fixed, slot = 2 * 1000 + 2 * 10 * 12, 2 * 2 * 1 * 4 * 2
+    lengths = np.array([1, 3])
+    skip = dc.decode_bytes(lengths=lengths, mode="skip", **shape)
+    np.testing.assert_array_equal(skip, fixed + slot * np.array([64 + 64, 64 + 64, 0]))
+    noskip = dc.decode_bytes(lengths=lengths, mode="noskip", **shape)
+    np.testing.assert_array_equal(noskip, fixed + slot * np.array([64 + 2 * 64] * 3))
+    dense = dc.decode_bytes(lengths=lengths, mode="dense", **shape)
+    np.testing.assert_array_equal(dense, fixed + slot * np.array([64 + 2 * 3] * 3))
+
+
+def test_realistic_lengths_distribution():
+    """The stated distribution: median 400 tokens, 10% of rows at the budget, in [1, budget], seeded."""
+    dc = _decode_cost()
+    x = dc.realistic_lengths(20000, 1536, seed=0)
+    assert x.min() >= 1 and x.max() == 1536
+    assert abs(np.median(x) - 400) < 15 and abs((x == 1536).mean() - 0.10) < 0.01
+    np.testing.assert_array_equal(x[:256], dc.realistic_lengths(20000, 1536, seed=0)[:256])
+    assert abs(np.median(dc.realistic_lengths(20000, 512, seed=1)) - 400 * 512 / 1536) < 6  # scaled below 1536
+
+
+@pytest.mark.slow  # sharpjax compiled three times and HF generate, tiny (~50 s on a shared CPU)
+@pytest.mark.guard  # CI's second stage (issue 28 item 3)
+def test_rollout_benchmark_realistic_lengths_tiny(tmp_path):
+    """`--lengths realistic` at the tiny size: both sides generate the forced per-row lengths
+    (the script asserts it), and it reports tokens generated, the skip / no-skip times and the
+    HF ratio under the same lengths."""
+    require_torch()  # the HF side
+    out = _run(["benchmarks/rollout.py", "--size", "tiny", "--lengths", "realistic", "--repeats", "1",
+                "--compare-full", "--json", str(tmp_path / "r.json")])
+    assert re.search(r"^ratio sharpjax / HF: [0-9.]+x$", out, re.M), out
+    assert re.search(r"^sharpjax \(finished rows skipped\): [0-9.]+s  [0-9,]+ tokens", out, re.M), out
+    res = json.loads((tmp_path / "r.json").read_text())
+    lengths = _decode_cost().realistic_lengths(8, 32, seed=0)
+    assert res["tokens_generated"] == lengths.sum() < 8 * 32 and res["steps"] == lengths.max()
+    for name in ("skip", "noskip", "full"):
+        assert res[f"sharpjax_{name}_s"] > 0
+    assert res["hf_tok_s"] == pytest.approx(res["tokens_generated"] / res["hf_s"])

@@ -21,6 +21,7 @@ PACKAGE = ROOT / "sharpjax"
 LAYERS = (
     ("sharpjax", "the package root: the JAX version check, imports nothing of its own"),
     ("sharpjax.errors", "the error types"),
+    ("sharpjax.schema", "frozen config dataclasses <-> ml-collections dicts (RunConfig's and SFTConfig's machinery)"),
     ("sharpjax.sample_metrics", "pass@k / maj@k and summaries (numpy only; tasks, sft, eval, train use them)"),
     ("sharpjax.models", "config, transformer, partitioning rules, HF import/export, tokenizer"),
     ("sharpjax.parallel", "mesh, shardings, multi-process placement"),

@@ -34,6 +34,21 @@ def execute_copy(name: str, tmp_path, monkeypatch):
     return nb
 
 
+@pytest.mark.parametrize("name", ["closed_forms", "training_curves"])
+def test_stored_notebook_is_its_builder(name, monkeypatch):
+    """notebooks/<name>.ipynb holds the cells notebooks/build_<name>.py writes (sources and kinds; outputs
+    come from executing it): a change to the builder that the stored notebook lacks, or the reverse, fails."""
+    import importlib
+
+    nbformat = pytest.importorskip("nbformat")
+    pytest.importorskip("matplotlib")
+    monkeypatch.syspath_prepend(NOTEBOOKS)  # the builders import notebooks/_build.py
+    builder = importlib.import_module(f"build_{name}")
+    built = builder.build().cells
+    stored = nbformat.read(os.path.join(NOTEBOOKS, f"{name}.ipynb"), as_version=4).cells
+    assert [(c.cell_type, c.source) for c in stored] == [(c.cell_type, c.source) for c in built]
+
+
 def test_closed_forms_notebook(tmp_path, monkeypatch):
     monkeypatch.setenv("SHARPJAX_NOTEBOOK_QUICK", "1")
     nb = execute_copy("closed_forms.ipynb", tmp_path, monkeypatch)

@@ -10,6 +10,7 @@ import pytest
 
 from sharpjax.plan import aot_available, model_config_for, parse_target
 from sharpjax.plan.worksplit import collective_seconds, hlo_stats, worksplit
+from sharpjax.rollout.hlo import computations, parse_computations, while_bodies
 from tests.models.test_sharding import ROOT, run_with_8_devices
 
 
@@ -17,6 +18,21 @@ def test_hlo_stats_counts_dots_inside_loops():
     f = jax.jit(lambda a, b: jax.lax.fori_loop(0, 5, lambda i, x: jnp.tanh(x @ b), a))
     text = f.lower(jnp.ones((8, 16)), jnp.ones((16, 16))).compile().as_text()
     assert hlo_stats(text).dot_flops == 2 * 8 * 16 * 16 * 5
+
+
+def test_the_one_hlo_reader_marks_the_entry():
+    """worksplit reads a module through `rollout.hlo.parse_computations`: every computation, and which is ENTRY
+    (where the trip counts start: a module without one has nothing to count)."""
+    f = jax.jit(lambda a, b: jax.lax.fori_loop(0, 5, lambda i, x: jnp.tanh(x @ b), a))
+    text = f.lower(jnp.ones((8, 16)), jnp.ones((16, 16))).compile().as_text()
+    comps, entry = parse_computations(text)
+    headers = [line for line in text.splitlines() if line.endswith("{") and not line.startswith(" ")]
+    assert len(comps) == len(headers) == len(computations(text))
+    (entry_line,) = [line for line in headers if line.startswith("ENTRY ")]
+    assert entry_line.split()[1].lstrip("%") == entry and any(" while(" in line for line in comps[entry])
+    assert set(while_bodies(text)) < set(comps)
+    no_entry = text.replace("ENTRY ", "")
+    assert parse_computations(no_entry) == (comps, None) and hlo_stats(no_entry).dot_flops == 0
 
 
 def test_collective_seconds_ring():

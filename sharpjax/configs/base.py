@@ -4,51 +4,36 @@ The typed schema is `sharpjax.train.config.RunConfig` (one dataclass per section
 documented there); this module turns its defaults into the mutable ml-collections form that
 experiment files edit and the command line overrides (`--config.optim.learning_rate=3e-6`).
 Fields whose default is None become typed `FieldReference`s, so they can be overridden with a
-value of their type. Nothing here is hand-kept: a new field of the schema appears automatically.
+value of their type. Nothing here is hand-kept: a new field of the schema appears automatically
+(`sharpjax.schema.as_config_dict`). `sft_base_config(size)` is the same for the SFT base model's
+`SFTConfig` (`experiments/sft_arithmetic.py`).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
 from typing import Any
 
 import ml_collections
 
 from sharpjax.errors import ConfigError
+from sharpjax.schema import as_config_dict
+from sharpjax.sft.config import sft_config
 from sharpjax.train.config import RunConfig
 
-__all__ = ["base_config", "reward_preset"]
+__all__ = ["base_config", "reward_preset", "sft_base_config"]
 
 
 def base_config(model_dir: str = "") -> ml_collections.ConfigDict:
     """Every field of `RunConfig` at its default (PAPER.md's settings), sectioned as the schema is."""
-    return _as_config_dict(RunConfig(model_dir=model_dir))
+    return as_config_dict(RunConfig(model_dir=model_dir))
 
 
-def _as_config_dict(obj: Any) -> ml_collections.ConfigDict:
-    hints = typing.get_type_hints(type(obj))
-    c = ml_collections.ConfigDict()
-    for field in dataclasses.fields(obj):
-        value = getattr(obj, field.name)
-        if dataclasses.is_dataclass(value):
-            c[field.name] = _as_config_dict(value)
-        elif value is None:
-            c[field.name] = ml_collections.FieldReference(None, field_type=_optional_type(hints[field.name]))
-        else:
-            c[field.name] = value
-    return c
+def sft_base_config(size: str = "default") -> ml_collections.ConfigDict:
+    """The SFT run of base model `size` (`sft_config(size)`: "quick" or "default"), sectioned as `SFTConfig` is.
 
-
-def _optional_type(hint: Any) -> type:
-    """`int | None` -> int (the type a None default may later hold)."""
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        inner = [a for a in typing.get_args(hint) if a is not type(None)]
-        if len(inner) > 1:  # e.g. `int | Literal["auto"] | None`: RunConfig's check takes either
-            return object
-        return typing.get_origin(inner[0]) or inner[0]
-    return hint
+    `SFTConfig.from_config_dict` is its inverse; `experiments/sft_arithmetic.py` returns it.
+    """
+    return as_config_dict(sft_config(size))
 
 
 def reward_preset(name: str) -> dict[str, Any]:

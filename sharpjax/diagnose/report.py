@@ -191,7 +191,7 @@ def _markdown(report: Mapping[str, Any]) -> str:
 
 
 def _figures(out_dir: str, name: str, bench: Mapping[str, Any]) -> list[str]:
-    from sharpjax.figures import _finish, _pyplot
+    from sharpjax.figures import _pyplot, finish
 
     plt = _pyplot()
     paths = []
@@ -213,7 +213,7 @@ def _figures(out_dir: str, name: str, bench: Mapping[str, Any]) -> list[str]:
         for j, (b, v) in enumerate(bench["baselines"].items()):
             ax.plot(v[ks_key], v[key], ":", marker="o", ms=2.5, color=plt.cm.Set2(j), label=f"base, {b}")
         ax.set_xscale("log", base=2)
-        _finish(ax, "k (samples per problem)", f"{key}@k", f"{key}@k, {name}", True)
+        finish(ax, "k (samples per problem)", f"{key}@k", f"{key}@k, {name}", True)
     save(fig, "pass_at_k")
 
     policies = list(bench["policies"])
@@ -227,7 +227,7 @@ def _figures(out_dir: str, name: str, bench: Mapping[str, Any]) -> list[str]:
             for label, counts, color in (("base's own samples", h["base"], "k"), (policy, h["policy"], colors[policy])):
                 density = np.asarray(counts, float) / max(1, sum(counts))
                 ax.stairs(density, edges, color=color, lw=1.6, label=label)
-            _finish(ax, title, "share of responses", f"{title}: {policy} vs base", True)
+            finish(ax, title, "share of responses", f"{title}: {policy} vs base", True)
     save(fig, "likelihood")
     return paths
 

@@ -460,8 +460,18 @@ def _pallas_decode_blocks(num_slots: int) -> tuple[int, int] | None:
     return block_k, max(d for d in range(1, 9) if blocks % d == 0)
 
 
-def _pallas_decode_attention(q_B1NH, k_BKSH, v_BKSH, first_slot_B, num_filled, num_kv_heads, *, interpret):
-    """The Pallas GPU decode kernel: each (row, kv head) reads only slots [first, num_filled)."""
+def _row_ends(num_filled, live_B, rows: int) -> Int[Array, " B"]:
+    """Each row's end slot for the length-aware kernel: `num_filled`, or 0 where `live_B` is
+    False. The kernel skips every block of a row whose end is at or before its start, and its
+    output for such a row is exactly 0 (no NaN: it divides by l + eps)."""
+    end_B = jnp.broadcast_to(jnp.asarray(num_filled, jnp.int32), (rows,))
+    return end_B if live_B is None else jnp.where(live_B, end_B, 0)
+
+
+def _pallas_decode_attention(q_B1NH, k_BKSH, v_BKSH, first_slot_B, num_filled, num_kv_heads, *, interpret,
+                             live_B=None):
+    """The Pallas GPU decode kernel: each (row, kv head) reads only slots [first, num_filled),
+    and a row that is not `live_B` reads none (its output is 0)."""
     from sharpjax.models import decode_kernel
 
     b, _, n, h = q_B1NH.shape
@@ -470,7 +480,7 @@ def _pallas_decode_attention(q_B1NH, k_BKSH, v_BKSH, first_slot_B, num_filled, n
     # [B, K, S, H] -> [B*K, S, H] is a bitcast: the kernel reads the cache in place.
     q_RGH = q_B1NH.reshape(b * k_heads, n // k_heads, h)
     start_R = jnp.repeat(first_slot_B.astype(jnp.int32), k_heads)
-    length_R = jnp.broadcast_to(num_filled.astype(jnp.int32), (b * k_heads,))
+    length_R = jnp.repeat(_row_ends(num_filled, live_B, b), k_heads)
     out_RGH = decode_kernel.mqa(
         q_RGH, k_BKSH.reshape(b * k_heads, s, h), v_BKSH.reshape(b * k_heads, s, h), start_R, length_R,
         block_k=block_k, k_splits=k_splits, interpret=interpret,
@@ -478,13 +488,15 @@ def _pallas_decode_attention(q_B1NH, k_BKSH, v_BKSH, first_slot_B, num_filled, n
     return out_RGH.astype(v_BKSH.dtype).reshape(b, 1, n, h)
 
 
-def _decode_attention(q_B1NH, k_BKSH, v_BKSH, visible_B1S, num_kv_heads, *, first_slot_B, num_filled, impl):
+def _decode_attention(q_B1NH, k_BKSH, v_BKSH, visible_B1S, num_kv_heads, *, first_slot_B, num_filled, impl,
+                      live_B=None):
     """Attention of one new query per row over the cache: dense XLA, or length-aware Pallas.
 
     The XLA path attends over all S slots at every step (masking the unfilled ones), so a
-    decode reads the whole cache each token. The Pallas kernel takes each row's first real
-    slot and the filled length, and reads only those blocks: the same softmax over the same
-    visible keys, accumulated blockwise (equal up to fp32 rounding).
+    decode reads the whole cache each token, for every row. The Pallas kernel takes each
+    row's first real slot and the filled length, and reads only those blocks: the same
+    softmax over the same visible keys, accumulated blockwise (equal up to fp32 rounding);
+    a row whose `live_B` is False reads no block at all and gets 0 (`decode_step`).
     """
     dense = lambda q, k, v: _attention(q, k, v, visible_B1S, num_kv_heads)  # noqa: E731
     # Several devices: the rows are sharded, and XLA cannot partition the kernel's custom
@@ -494,7 +506,7 @@ def _decode_attention(q_B1NH, k_BKSH, v_BKSH, visible_B1S, num_kv_heads, *, firs
     if impl == "xla" or _pallas_decode_blocks(k_BKSH.shape[2]) is None or (impl == "auto" and not single_device):
         return dense(q_B1NH, k_BKSH, v_BKSH)
     pallas = lambda q, k, v, interpret: _pallas_decode_attention(  # noqa: E731
-        q, k, v, first_slot_B, num_filled, num_kv_heads, interpret=interpret
+        q, k, v, first_slot_B, num_filled, num_kv_heads, interpret=interpret, live_B=live_B
     )
     if impl == "pallas_interpret":
         return pallas(q_B1NH, k_BKSH, v_BKSH, True)
@@ -505,14 +517,15 @@ def _decode_attention(q_B1NH, k_BKSH, v_BKSH, visible_B1S, num_kv_heads, *, firs
     )
 
 
-def _attention_part(q_RKGH, k_RKSH, v_RKSH, visible_RS, start_R, num_filled, *, impl):
+def _attention_part(q_RKGH, k_RKSH, v_RKSH, visible_RS, start_R, num_filled, *, impl, live_R=None):
     """One part of a split attention, unnormalised: (sum_s e^(s - m) v_s, sum_s e^(s - m), m).
 
     R rows, each with its own keys; every one of the G queries of a (row, kv head) sees the
     same visible slots. "xla" scores all S slots under `visible_RS`; "pallas" and
     "pallas_interpret" run the length-aware kernel over slots [start_R, num_filled) (which
-    must be what `visible_RS` says) and return its residuals. A part with no visible slot
-    returns m = a large negative number, so `_merge_parts` gives it weight exactly 0.
+    must be what `visible_RS` says) and return its residuals; there a row whose `live_R` is
+    False reads no slot (l = 0, o = 0). A part with no visible slot returns m = a large
+    negative number, so `_merge_parts` gives it weight exactly 0.
 
     Returns:
       (o [R, K, G, H] fp32 unnormalised, l [R, K, G] fp32, m [R, K, G] fp32).
@@ -532,8 +545,7 @@ def _attention_part(q_RKGH, k_RKSH, v_RKSH, visible_RS, start_R, num_filled, *, 
     # [R, K, S, H] -> [R*K, S, H] is a bitcast: the kernel reads the cache in place.
     o_XGH, (l_XG, m_XG) = decode_kernel.mqa(
         q_RKGH.reshape(r * k_heads, g, h), k_RKSH.reshape(r * k_heads, s, h), v_RKSH.reshape(r * k_heads, s, h),
-        jnp.repeat(start_R.astype(jnp.int32), k_heads),
-        jnp.broadcast_to(jnp.asarray(num_filled, jnp.int32), (r * k_heads,)),
+        jnp.repeat(start_R.astype(jnp.int32), k_heads), jnp.repeat(_row_ends(num_filled, live_R, r), k_heads),
         block_k=block_k, k_splits=k_splits, interpret=impl == "pallas_interpret", return_residuals=True,
     )
     # The kernel normalises by l (+ eps); undo it so both parts merge alike.
@@ -547,12 +559,15 @@ def _merge_parts(part_a, part_b):
     (o_a, l_a, m_a), (o_b, l_b, m_b) = part_a, part_b
     m = jnp.maximum(m_a, m_b)
     w_a, w_b = jnp.exp(m_a - m), jnp.exp(m_b - m)
-    return (w_a[..., None] * o_a + w_b[..., None] * o_b) / (w_a * l_a + w_b * l_b)[..., None]
+    l = w_a * l_a + w_b * l_b  # noqa: E741 - flash attention's name
+    # A row that read no slot in either part (a finished row, see `decode_step`) has l = 0:
+    # its output is 0, not 0 / 0. Every other row has l >= 1 (the maximum's own e^0), unchanged.
+    return (w_a[..., None] * o_a + w_b[..., None] * o_b) / jnp.where(l > 0, l, 1.0)[..., None]
 
 
 def _shared_prompt_decode_attention(
     q_B1NH, prompt_k_QKTH, prompt_v_QKTH, prompt_visible_QT, prompt_first_slot_Q, k_BKSH, v_BKSH, visible_B1S,
-    num_kv_heads, *, first_slot_B, num_filled, impl,
+    num_kv_heads, *, first_slot_B, num_filled, impl, live_B=None,
 ):
     """Decode attention when the B = Q * C rows share Q prompt caches (C consecutive rows each).
 
@@ -561,6 +576,8 @@ def _shared_prompt_decode_attention(
     against one copy of its keys (read once per prompt, not once per row); the response part
     is per row. "auto" uses the length-aware Pallas kernel for a part on one NVIDIA GPU when
     its slot count is a multiple of 16 (as `_decode_attention`), else XLA's dense attention.
+    With `live_B`, the kernel reads no response slot of a row that is not live and no prompt
+    slot of a prompt none of whose C rows is live (those rows' outputs are 0).
     """
     b, _, n, h = q_B1NH.shape
     q_rows = prompt_k_QKTH.shape[0]
@@ -570,6 +587,7 @@ def _shared_prompt_decode_attention(
     q_QKXH = q_BKGH.reshape(q_rows, c, num_kv_heads, g, h).transpose(0, 2, 1, 3, 4)
     q_QKXH = q_QKXH.reshape(q_rows, num_kv_heads, c * g, h)
     prompt_len = prompt_k_QKTH.shape[2]
+    live_Q = None if live_B is None else live_B.reshape(q_rows, c).any(-1)
 
     def to_rows(part):
         o_QKXH, l_QKX, m_QKX = part
@@ -582,9 +600,9 @@ def _shared_prompt_decode_attention(
             prompt_impl = part_impl if _pallas_decode_blocks(prompt_len) is not None else "xla"
             response_impl = part_impl if _pallas_decode_blocks(k.shape[2]) is not None else "xla"
             prompt_part = _attention_part(q_QKXH, prompt_k, prompt_v, prompt_visible_QT, prompt_first_slot_Q,
-                                          prompt_len, impl=prompt_impl)
+                                          prompt_len, impl=prompt_impl, live_R=live_Q)
             response_part = _attention_part(q_BKGH, k, v, visible_B1S[:, 0], first_slot_B, num_filled,
-                                            impl=response_impl)
+                                            impl=response_impl, live_R=live_B)
             return _merge_parts(to_rows(prompt_part), response_part)
         return run
 
@@ -602,7 +620,7 @@ def _shared_prompt_decode_attention(
 
 def _decode_layer(
     config: ModelConfig, inv_freq, x_B1D, p, positions_B1, visible_B1S, k_cache_BKSH, v_cache_BKSH, start,
-    first_slot_B, attention: str, prompt_kv=None,
+    first_slot_B, attention: str, prompt_kv=None, live_B=None,
 ):
     """`_layer` for one new token per row against the cache, with this layer's own params `p`.
 
@@ -616,11 +634,11 @@ def _decode_layer(
     v_cache_BKSH = jax.lax.dynamic_update_slice(v_cache_BKSH, v_BKTH.astype(v_cache_BKSH.dtype), (0, 0, start, 0))
     if prompt_kv is None:
         attn_BTNH = _decode_attention(q_BTNH, k_cache_BKSH, v_cache_BKSH, visible_B1S, config.num_kv_heads,
-                                      first_slot_B=first_slot_B, num_filled=start + 1, impl=attention)
+                                      first_slot_B=first_slot_B, num_filled=start + 1, impl=attention, live_B=live_B)
     else:
         attn_BTNH = _shared_prompt_decode_attention(
             q_BTNH, *prompt_kv, k_cache_BKSH, v_cache_BKSH, visible_B1S, config.num_kv_heads,
-            first_slot_B=first_slot_B, num_filled=start + 1, impl=attention,
+            first_slot_B=first_slot_B, num_filled=start + 1, impl=attention, live_B=live_B,
         )
     return _output_and_mlp(config, x_B1D, attn_BTNH, p), (k_cache_BKSH, v_cache_BKSH)
 
@@ -638,6 +656,7 @@ def decode_step(
     attention: str = "xla",
     prompt_cache: KVCache | None = None,
     prompt_mask_QT: Bool[Array, "Q T"] | None = None,
+    live_B: Bool[Array, " B"] | None = None,
 ) -> tuple[Float[Array, "B D"], KVCache]:
     """One decode step: `forward` for a single new token per row, per-layer weights given.
 
@@ -662,6 +681,12 @@ def decode_step(
         those). Read, never written. The G samples of an RLOO group then read their prompt's
         keys once per step instead of G times (`SamplingConfig.share_prompt_kv`).
       prompt_mask_QT: with `prompt_cache`, which prompt slots hold real tokens (left padding).
+      live_B: optional, the rows whose output is still needed (the sampler: rows that sample
+        another token after this one). Under the length-aware Pallas attention every other row
+        reads no cache block, so a finished row stops costing its KV reads; its hidden state is
+        then meaningless but finite, and its new key/value are still written. No effect on the
+        dense "xla" attention (or a part on it), which reads every slot of every row: a masked
+        dense read cannot skip. The live rows' outputs are the same either way (bitwise).
 
     Returns:
       (hidden_BD after the final norm, the cache with index advanced by one).
@@ -693,7 +718,7 @@ def decode_step(
             prompt_kv = (prompt_cache.k[i], prompt_cache.v[i], prompt_visible_QT, prompt_first_slot_Q)
         x_BTD, (k_i, v_i) = _decode_layer(
             config, inv_freq, x_BTD, p_i, positions_B[:, None], visible_B1S, k_i, v_i, start, first_slot_B, attention,
-            prompt_kv,
+            prompt_kv, live_B,
         )
         new_k.append(k_i)
         new_v.append(v_i)

@@ -149,6 +149,7 @@ def _aot_compile(run: RunConfig, model: ModelConfig, target: Target, s: PlanShap
         compute_rewards,
         make_optimizer,
         make_train_step,
+        scores_reference,
     )
 
     rep = replicated(mesh)
@@ -175,7 +176,7 @@ def _aot_compile(run: RunConfig, model: ModelConfig, target: Target, s: PlanShap
         return sum(math.prod(x.sharding.shard_shape(x.shape)) * jnp.dtype(x.dtype).itemsize
                    for x in jax.tree.leaves(tree))
 
-    score_ref = run.reward.needs_ref_logprobs or run.loss.kl_coef > 0 or run.train.score_reference_always
+    score_ref = scores_reference(run.reward, run.loss, always=run.train.score_reference_always)
     k, P, T, B = s.samples, s.prompt_len, s.width, s.rows
     key = jax.eval_shape(lambda: jax.random.key(0))
     sampling = plan_sampling(run, model, target, s)

@@ -29,12 +29,13 @@ import dataclasses
 import math
 import re
 
+from sharpjax.rollout.hlo import parse_computations
+
 DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "bf16": 2, "f16": 2, "s32": 4, "u32": 4, "f32": 4,
                "s64": 8, "u64": 8, "f64": 8, "f8e4m3fn": 1, "f8e5m2": 1}
 COLLECTIVES = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute")
 _SHAPE = re.compile(r"\b(" + "|".join(DTYPE_BYTES) + r")\[([\d,]*)\]")
 _INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*?)\s([a-z][\w\-]*)\((.*)$")
-_HEADER = re.compile(r"^\s*(ENTRY\s+)?%?([\w.\-]+)\s*(?:\(.*\))?.*\{\s*$")
 
 
 def _shapes(text: str) -> list[tuple[str, tuple[int, ...]]]:
@@ -72,26 +73,21 @@ class HloStats:
 
 
 def hlo_stats(text: str) -> HloStats:
-    """Dot FLOPs and collective bytes of a per-device HLO module, loops' trip counts included."""
-    comps: dict[str, list[tuple[str, str, str, str]]] = {}
+    """Dot FLOPs and collective bytes of a per-device HLO module, loops' trip counts included.
+
+    The module's computations and its ENTRY come from `sharpjax.rollout.hlo.parse_computations` (the one
+    HLO reader); this reads their instructions' types, operands and attributes.
+    """
+    bodies, entry = parse_computations(text)
+    comps: dict[str, list[tuple[str, str, str, str]]] = {name: [] for name in bodies}  # (op, type, operands, attrs)
     types: dict[str, str] = {}  # instruction name -> its result type (names are unique in a module)
-    entry, current = None, None
-    for line in text.splitlines():
-        if line.rstrip().endswith("{") and " = " not in line.split("{")[0].split("(")[0]:
-            h = _HEADER.match(line)
-            if h:
-                current = h.group(2)
-                comps[current] = []
-                if h.group(1):
-                    entry = current
-                continue
-        if current is None:
-            continue
-        m = _INSTR.match(line)
-        if m:
-            operands, attrs = _split_operands(m.group(4))
-            comps[current].append((m.group(3), m.group(2), operands, attrs))
-            types[m.group(1)] = m.group(2)
+    for name, lines in bodies.items():
+        for line in lines:
+            m = _INSTR.match(line)
+            if m:
+                operands, attrs = _split_operands(m.group(4))
+                comps[name].append((m.group(3), m.group(2), operands, attrs))
+                types[m.group(1)] = m.group(2)
     # How many times each computation runs per call of the entry (while bodies x trip count).
     mult: dict[str, float] = collections.defaultdict(float)
 

@@ -275,11 +275,8 @@ def power_mcmc(
     """Block-wise Metropolis-Hastings toward pi^alpha: `sampling.num_samples` chains per prompt.
 
     Args:
-      params: the base model's params.
-      prompt_tokens_BP: left-padded prompts [Bp, P].
-      prompt_mask_BP: 1 on real prompt tokens.
-      key: PRNG key; the same key gives the same samples.
-      config: the architecture.
+      params, prompt_tokens_BP, prompt_mask_BP, key, config: as `sampler.sample` (params: the
+        base model's; the same key gives the same samples).
       sampling: the budget (`max_new_tokens`), G chains per prompt (`num_samples`), stop and
         pad ids, `ignore_eos`; temperature, top-p and top-k must be off (1.0, 1.0, 0).
       power: alpha, block size and MH steps per block.

@@ -7,7 +7,8 @@ into one [B, P + M] cache. Each decode step samples one token per row, records i
 under the policy at temperature 1 (what the loss and the -L_pol reward need), and stops
 early once every row has emitted a stop token (unless `ignore_eos`, the paper's fixed-length
 runs). A step (`decode_step`) reads per-layer weights sliced once before the loop, and on one
-GPU its attention reads only each row's filled cache slots (`SamplingConfig.decode_attention`).
+GPU its attention reads only each row's filled cache slots (`SamplingConfig.decode_attention`),
+and none of a row that has finished (`SamplingConfig.skip_finished_rows`).
 
 Shape letters: B rows (prompts x samples), P prompt length, M max new tokens, S = P + M
 cache slots (M with a shared prompt cache), V vocab.
@@ -65,6 +66,13 @@ class SamplingConfig:
         slots of cache memory and of reads per decode step; with G = 1 the two are the same
         size. Each part uses the Pallas kernel under `decode_attention` when its slot count
         (P, resp. M) is a multiple of 16.
+      skip_finished_rows: a row that has stopped (stop token or its budget) reads no KV cache
+        in the length-aware Pallas attention for the rest of the call, so the decode's KV reads
+        follow the tokens actually generated, not the longest row times the batch (the weights
+        are still read once a step until the longest row ends). Tokens,
+        log-probs, lengths and flags are the same either way (bitwise: a finished row's
+        outputs are discarded); off only as a baseline (benchmarks, tests). The dense "xla"
+        attention reads every row regardless.
     """
 
     max_new_tokens: int = 64
@@ -79,6 +87,7 @@ class SamplingConfig:
     pad_id: int = 0
     decode_attention: str = "auto"
     share_prompt_kv: bool = True
+    skip_finished_rows: bool = True
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
@@ -326,6 +335,11 @@ def sample(
         token_B = jnp.where(alive_B, token_B, sampling.pad_id)
         write = lambda buf, x: jax.lax.dynamic_update_slice(buf, x[:, None], (0, state.step))  # noqa: E731
         is_stop_B = jnp.isin(token_B, stop_ids) & (not sampling.ignore_eos)
+        live_B = None
+        if sampling.skip_finished_rows:
+            # The rows that sample again after this token: only they need this step's logits,
+            # so only they read the KV cache (`decode_step`). The others' logits are discarded.
+            live_B = alive_B & ~is_stop_B & (state.step + 1 < jnp.minimum(budget_B, m))
         hidden_BD, cache = decode_step(
             params,
             layers,
@@ -338,6 +352,7 @@ def sample(
             attention=sampling.decode_attention,
             prompt_cache=prompt_cache,
             prompt_mask_QT=prompt_mask_BP if share else None,
+            live_B=live_B,
         )
         return _State(
             step=state.step + 1,

@@ -1,6 +1,6 @@
 """The project's own base model: SFT of a tiny Llama-shaped transformer on the arithmetic task.
 
-    config.py      SFTConfig (model shape, task, optimization, evaluation)
+    config.py      SFTConfig, sectioned like RunConfig: model, task, optim, eval (and seed)
     train.py       encode_examples, sft_loss, train (one jitted AdamW step, CPU minutes)
     base_model.py  train_base_model (cached HF directory), shipped_model_dir (sharpjax/assets),
                    resolve_model_dir ("sft:<size>": the shipped model, or retrained here),
@@ -19,13 +19,17 @@ from sharpjax.sft.base_model import (
     shipped_model_dir,
     train_base_model,
 )
-from sharpjax.sft.config import SFTConfig
+from sharpjax.sft.config import SFTConfig, SFTEvalConfig, SFTModelConfig, SFTOptimConfig, SFTTaskConfig
 from sharpjax.sft.train import SFTHistory, encode_examples, sft_loss, train
 
 __all__ = [
     "INFO_FILE",
     "Accuracy",
     "SFTConfig",
+    "SFTEvalConfig",
+    "SFTModelConfig",
+    "SFTOptimConfig",
+    "SFTTaskConfig",
     "SFTHistory",
     "cache_dir",
     "check_model_dir",

@@ -203,9 +203,9 @@ def train_base_model(out_dir: str, config: SFTConfig | None = None, *, force: bo
             model_config,
             tokenizer,
             eval_problems,
-            key=jax.random.key(config.eval_seed),
-            num_samples=config.eval_samples,
-            max_new_tokens=config.max_new_tokens,
+            key=jax.random.key(config.eval.eval_seed),
+            num_samples=config.eval.eval_samples,
+            max_new_tokens=config.eval.max_new_tokens,
         )
         log.info(
             "SFT: held-out accuracy on %d problems: mean@1 (T=1) %.3f, greedy %.3f; trap problems: stopped "
@@ -259,13 +259,24 @@ def _mismatch(info: dict[str, Any] | None, config: SFTConfig) -> str | None:
         return f"it has no {INFO_FILE}"
     if info.get("format_version") != FORMAT_VERSION:
         return f"it was trained by SFT code of format {info.get('format_version')}, this code is {FORMAT_VERSION}"
-    stored, wanted = info.get("config") or {}, config.to_dict()
+    stored, wanted = _dotted(info.get("config") or {}), _dotted(config.to_dict())
     if stored != wanted:
         fields = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
         return "its recipe differs in " + ", ".join(
             f"{k} ({stored.get(k)!r} there, {wanted.get(k)!r} now)" for k in fields
         )
     return None
+
+
+def _dotted(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"optim": {"steps": 150}} -> {"optim.steps": 150}: a mismatch names the field, not its section."""
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(_dotted(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
 
 
 def resolve_model_dir(model_dir: str, *, retrain: bool = False) -> str:

@@ -33,7 +33,7 @@ from sharpjax.models.config import ModelConfig
 from sharpjax.models.tokenizer import build_char_tokenizer, left_pad, render_chat
 from sharpjax.models.transformer import Params, init_params
 from sharpjax.rollout.scoring import score_tokens
-from sharpjax.sft.config import SFTConfig
+from sharpjax.sft.config import SFTConfig, SFTOptimConfig
 from sharpjax.tasks.arithmetic import ArithmeticProblem, generate_problems, shortcut_solution, user_message
 
 __all__ = ["SFTHistory", "encode_examples", "sft_loss", "split_problems", "train"]
@@ -111,10 +111,11 @@ def encode_examples(
 def split_problems(config: SFTConfig) -> tuple[list[ArithmeticProblem], list[ArithmeticProblem]]:
     """(training pool, held-out eval problems): the task's train and test splits, disjoint
     by construction (`sharpjax.tasks.arithmetic.in_test_split`)."""
-    n = config.num_train_problems or config.steps * config.batch_size
-    train_problems = generate_problems(n, seed=config.seed, difficulty=config.difficulty, split="train")
+    task = config.task
+    n = task.num_train_problems or config.optim.steps * config.optim.batch_size
+    train_problems = generate_problems(n, seed=config.seed, difficulty=task.difficulty, split="train")
     eval_problems = generate_problems(
-        config.eval_problems, seed=config.eval_seed, difficulty=config.difficulty, split="test"
+        config.eval.eval_problems, seed=config.eval.eval_seed, difficulty=task.difficulty, split="test"
     )
     return train_problems, eval_problems
 
@@ -145,17 +146,17 @@ def sft_loss(
     return loss, {"loss": loss, "num_tokens": num_tokens}
 
 
-def _make_optimizer(config: SFTConfig) -> optax.GradientTransformation:
+def _make_optimizer(optim: SFTOptimConfig) -> optax.GradientTransformation:
     schedule = optax.warmup_cosine_decay_schedule(
         init_value=0.0,
-        peak_value=config.learning_rate,
-        warmup_steps=config.warmup_steps,
-        decay_steps=config.steps,
-        end_value=config.learning_rate * config.final_lr_fraction,
+        peak_value=optim.learning_rate,
+        warmup_steps=optim.warmup_steps,
+        decay_steps=optim.steps,
+        end_value=optim.learning_rate * optim.final_lr_fraction,
     )
-    adamw = optax.adamw(schedule, weight_decay=config.weight_decay)
-    if config.max_grad_norm > 0:
-        return optax.chain(optax.clip_by_global_norm(config.max_grad_norm), adamw)
+    adamw = optax.adamw(schedule, weight_decay=optim.weight_decay)
+    if optim.max_grad_norm > 0:
+        return optax.chain(optax.clip_by_global_norm(optim.max_grad_norm), adamw)
     return adamw
 
 
@@ -182,26 +183,27 @@ def train(config: SFTConfig) -> tuple[Params, ModelConfig, Any, SFTHistory]:
     Returns:
       (params, model_config, tokenizer, history).
     """
+    task, optim, log_every = config.task, config.optim, config.eval.log_every
     tokenizer = build_char_tokenizer()
     model_config = config.model_config(tokenizer)
     train_problems, _ = split_problems(config)
     # Two encodings of the pool: stepwise only (steps before `shortcut_from_step`) and the mix (from it on).
-    solutions = training_solutions(train_problems, shortcut_fraction=config.shortcut_fraction, seed=config.seed)
+    solutions = training_solutions(train_problems, shortcut_fraction=task.shortcut_fraction, seed=config.seed)
     encoded = {
-        "stepwise": encode_examples(tokenizer, train_problems, max_seq_len=config.max_seq_len),
-        "mixed": encode_examples(tokenizer, train_problems, max_seq_len=config.max_seq_len, solutions=solutions),
+        "stepwise": encode_examples(tokenizer, train_problems, max_seq_len=task.max_seq_len),
+        "mixed": encode_examples(tokenizer, train_problems, max_seq_len=task.max_seq_len, solutions=solutions),
     }
     log.info(
         "SFT: %d training problems, %s params, %d steps x %d rows x %d tokens",
         len(train_problems),
         f"{model_config.num_params:,}",
-        config.steps,
-        config.batch_size,
-        config.max_seq_len,
+        optim.steps,
+        optim.batch_size,
+        task.max_seq_len,
     )
     key = jax.random.key(config.seed)
     params = init_params(model_config, key)
-    optimizer = _make_optimizer(config)
+    optimizer = _make_optimizer(optim)
     opt_state = optimizer.init(params)
     step_fn = _make_step(model_config, optimizer)
 
@@ -212,12 +214,12 @@ def train(config: SFTConfig) -> tuple[Params, ModelConfig, Any, SFTHistory]:
     start = time.perf_counter()
     compile_seconds = 0.0
     last_log = start
-    for step in range(config.steps):
-        if cursor + config.batch_size > len(order):  # next epoch
+    for step in range(optim.steps):
+        if cursor + optim.batch_size > len(order):  # next epoch
             order, cursor = rng.permutation(len(train_problems)), 0
-        idx = order[cursor : cursor + config.batch_size]
-        cursor += config.batch_size
-        tokens, attention_mask, response_mask = encoded["mixed" if step >= config.shortcut_from_step else "stepwise"]
+        idx = order[cursor : cursor + optim.batch_size]
+        cursor += optim.batch_size
+        tokens, attention_mask, response_mask = encoded["mixed" if step >= task.shortcut_from_step else "stepwise"]
         params, opt_state, loss = step_fn(params, opt_state, tokens[idx], attention_mask[idx], response_mask[idx])
         losses.append(loss)
         if step == 0:
@@ -225,17 +227,17 @@ def train(config: SFTConfig) -> tuple[Params, ModelConfig, Any, SFTHistory]:
             compile_seconds = time.perf_counter() - start
             if not np.isfinite(losses[0]):
                 raise FloatingPointError(f"SFT loss is {losses[0]} at the first step.")
-        if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
+        if (step + 1) % log_every == 0 or step + 1 == optim.steps:
             now = time.perf_counter()
-            recent = float(np.mean(jax.device_get(losses[-config.log_every :])))
+            recent = float(np.mean(jax.device_get(losses[-log_every :])))
             if not np.isfinite(recent):
                 raise FloatingPointError(f"SFT loss became {recent} by step {step + 1}; lower learning_rate.")
             log.info(
                 "SFT step %d/%d: loss %.4f (%.1f steps/s)",
                 step + 1,
-                config.steps,
+                optim.steps,
                 recent,
-                min(config.log_every, step + 1) / max(now - last_log, 1e-9),
+                min(log_every, step + 1) / max(now - last_log, 1e-9),
             )
             last_log = now
     loss_history = np.asarray(jax.device_get(losses), dtype=np.float32)

@@ -12,7 +12,7 @@ line, products first and then left to right, and ends with the boxed value:
 A problem can also be answered by a *shortcut* that stops early: it does the first step and boxes
 its result (`shortcut_solution`: "47+8-15" -> `47+8=55\n\\boxed{55}`), a premature answer of the kind
 a model gives when it ends its reasoning too soon. The base model is trained on both styles
-(`sharpjax.sft.SFTConfig.shortcut_fraction`), so it has what the paper's theory speaks about: two
+(`sharpjax.sft.SFTConfig.task.shortcut_fraction`), so it has what the paper's theory speaks about: two
 ways to solve a problem that differ in length and accuracy (on a problem of three or more
 operands the shortcut is ~10 tokens shorter and wrong unless the rest of the steps happen to
 cancel, `is_trap`: about half of the problems at the default difficulty; on two operands the
@@ -383,10 +383,13 @@ def difficulty_for(name: str, model_dir: str) -> Difficulty:
         info_path = os.path.join(model_dir, "sft_info.json")
         if os.path.exists(info_path):
             recorded = read_json_object(info_path, "sft_info.json").get("config")
-            if not isinstance(recorded, dict) or not isinstance(recorded.get("difficulty"), dict):
-                raise ModelFileError(f"{info_path} has no config.difficulty object: the file is corrupt; "
+            # SFTConfig's sections put it at config.task.difficulty; a model trained before they
+            # existed recorded the flat config.difficulty (its weights are as good).
+            task = recorded.get("task", recorded) if isinstance(recorded, dict) else None
+            if not isinstance(task, dict) or not isinstance(task.get("difficulty"), dict):
+                raise ModelFileError(f"{info_path} has no config.task.difficulty object: the file is corrupt; "
                                      "re-copy it, or set config.data.difficulty='default'.")
-            return Difficulty.from_dict(recorded["difficulty"])
+            return Difficulty.from_dict(task["difficulty"])
         return Difficulty()
     from sharpjax.errors import ConfigError
 

@@ -45,15 +45,24 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from sharpjax.errors import CheckpointError, CheckpointExistsError, CheckpointNotFoundError, StateMismatchError
+from sharpjax.errors import (
+    CheckpointError,
+    CheckpointExistsError,
+    CheckpointNotFoundError,
+    ConfigError,
+    StateMismatchError,
+)
 
 __all__ = [
     "CheckpointError",
     "CheckpointExistsError",
     "CheckpointNotFoundError",
     "Checkpointer",
+    "RESUMABLE_CHANGES",
     "StateMismatchError",
     "abstract_like",
+    "changed_settings",
+    "open_run_checkpoints",
 ]
 
 log = logging.getLogger(__name__)
@@ -515,3 +524,59 @@ class Checkpointer:
 def _first_line(e: BaseException) -> str:
     text = (str(e).strip().splitlines() or [""])[0][:200]
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+# ---- a training run's checkpoints ------------------------------------------------------------
+
+# Settings a resume may change: extending a run is a resume with more steps. The mesh among them:
+# the checkpoint restores onto the new mesh's shardings (orbax), so a run moves to another device
+# count with the same state.
+RESUMABLE_CHANGES = frozenset(
+    {"train.steps", "optim.total_steps", "train.tokens_per_micro_batch", "train.max_skipped_updates",
+     "mesh.data", "mesh.fsdp", "mesh.tensor"}
+)
+
+
+def changed_settings(saved: dict, current: dict) -> list[tuple[str, Any, Any]]:
+    """(dotted key, saved value, current value) of every setting that differs, JSON-normalized,
+    except `RESUMABLE_CHANGES`."""
+    def flat(tree, prefix=""):
+        out = {}
+        for k, v in tree.items():
+            if isinstance(v, dict):
+                out |= flat(v, f"{prefix}{k}.")
+            else:
+                out[f"{prefix}{k}"] = v
+        return out
+
+    saved, current = (flat(json.loads(json.dumps(d, default=str))) for d in (saved, current))
+    return [(k, saved.get(k), current.get(k)) for k in sorted(saved.keys() | current.keys())
+            if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k)]
+
+
+def open_run_checkpoints(
+    directory: str, *, keep_last: int, best_metric: str | None, abstract_state: Any, config_dict: dict
+) -> tuple[Checkpointer, tuple[int, Any, dict] | None]:
+    """A run's checkpointer, and `(step, state, meta)` of its newest intact checkpoint (None: a fresh run).
+
+    Each checkpoint's `meta["config"]` is checked against `config_dict` (the run's `to_dict()`)
+    on the small metadata file, before (possibly gigabytes of) state is read.
+
+    Raises:
+      ConfigError: the directory holds checkpoints of a run with other settings.
+    """
+    checkpointer = Checkpointer(directory, keep_last=keep_last, best_metric=best_metric)
+
+    def same_settings(meta: dict) -> None:
+        changed = changed_settings(meta.get("config", {}), config_dict)
+        if changed:
+            raise ConfigError(
+                f"{checkpointer.directory} holds checkpoints of a run with other settings ("
+                + "; ".join(f"{k}: {old!r} there, {new!r} now" for k, old, new in changed[:8])
+                + "). Resuming would mix the two runs: use a new --workdir, or delete its checkpoints/ to start over."
+            )
+
+    # The newest intact checkpoint: a damaged newer one (a kill mid-write, a full disk) is moved
+    # aside with a warning naming it, instead of blocking every rerun.
+    restored = checkpointer.restore_newest_intact(abstract_state=abstract_state, check_meta=same_settings)
+    return checkpointer, restored

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import types
 import typing
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -18,6 +17,7 @@ from typing import Any, Literal
 from sharpjax.errors import ConfigError
 from sharpjax.losses.config import LossConfig
 from sharpjax.rewards.config import RewardConfig
+from sharpjax.schema import build_config, to_plain
 
 __all__ = [
     "ConfigError",
@@ -286,7 +286,7 @@ class RunConfig:
     @classmethod
     def from_config_dict(cls, config: Mapping[str, Any]) -> RunConfig:
         """Converts an (ml-collections) mapping, checking names, types and ranges (`validate`)."""
-        return build_config(cls, _to_plain(config), "config")
+        return build_config(cls, to_plain(config), "config")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -478,84 +478,3 @@ class RunConfig:
 def _positive(value, name: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f"{name}={value!r} must be a positive integer.")
-
-
-def _to_plain(config: Any) -> Any:
-    if hasattr(config, "to_dict"):
-        config = config.to_dict()
-    if isinstance(config, Mapping):
-        return {k: _to_plain(v) for k, v in config.items()}
-    return config
-
-
-def build_config(cls, values: Any, where: str = "config"):
-    """A frozen config dataclass from a (nested) mapping; nested sections follow the field types.
-
-    Unknown fields and values of the wrong type are a ConfigError naming the dotted field.
-    """
-    if isinstance(values, cls):
-        return values
-    if not isinstance(values, Mapping):
-        raise ConfigError(f"{where} must be a mapping of fields of {cls.__name__}, got {values!r}.")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        raise ConfigError(
-            f"{where}.{unknown[0]}: unknown field of {cls.__name__}; known fields: {', '.join(sorted(fields))}."
-        )
-    kwargs = {}
-    for name, value in values.items():
-        hint = hints[name]
-        if dataclasses.is_dataclass(hint):
-            kwargs[name] = build_config(hint, value, f"{where}.{name}")
-        else:
-            kwargs[name] = _coerce(value, hint, f"{where}.{name}")
-    try:
-        return cls(**kwargs)
-    except (TypeError, ValueError) as e:
-        if str(e).startswith(where):  # already names the field
-            raise
-        raise ConfigError(f"{where}: {e}") from e
-
-
-def _hint_name(hint: Any) -> str:
-    if typing.get_origin(hint) is typing.Literal:
-        return ", ".join(map(repr, typing.get_args(hint)))
-    return getattr(hint, "__name__", str(hint))
-
-
-def _coerce(value: Any, hint: Any, where: str) -> Any:
-    """Checks a value against its annotation; lists -> tuples, "a,b" -> ("a", "b") for tuple fields."""
-    args = typing.get_args(hint)
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        others = [a for a in args if a is not type(None)]
-        if len(others) > 1:  # e.g. int | Literal["auto"]: the first that takes the value
-            if int in others and isinstance(value, str) and value.isdigit():  # "--config.rollout.chunk_prompts=16"
-                value = int(value)
-            for a in others:
-                try:
-                    return _coerce(value, a, where)
-                except ConfigError:
-                    pass
-            raise ConfigError(f"{where}={value!r} must be one of: {' or '.join(map(_hint_name, others))}.")
-        hint = others[0]
-        args = typing.get_args(hint)
-    if typing.get_origin(hint) is tuple:
-        if isinstance(value, str):  # "--config.data.validation=math500,aime24"
-            value = tuple(v for v in value.split(",") if v)
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}={value!r} must be a sequence.")
-        return tuple(_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
-    if typing.get_origin(hint) is typing.Literal:
-        if value not in args:
-            raise ConfigError(f"{where}={value!r} must be one of {', '.join(map(repr, args))}.")
-        return value
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint in (int, float, str, bool):
-        if not isinstance(value, hint) or (hint is not bool and isinstance(value, bool)):
-            raise ConfigError(f"{where}={value!r} must be of type {hint.__name__}.")
-    return value

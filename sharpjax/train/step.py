@@ -345,3 +345,57 @@ def compute_rewards(
     )
     return ScoredRollout(batch=batch, metrics=metrics, rewards=out.reward_B)
 
+
+
+def scores_reference(reward: RewardConfig, loss: LossConfig, *, always: bool = False) -> bool:
+    """Whether a step scores the rollout under the frozen reference: the reward (a likelihood
+    reward) or the loss (a KL term) reads its log-probs, or the run logs the KL to it anyway
+    (`train.score_reference_always`)."""
+    return reward.needs_ref_logprobs or loss.kl_coef > 0 or always
+
+
+@dataclasses.dataclass(frozen=True)
+class StepFunctions:
+    """The jitted programs of one RL step, built once per run by `build_step`.
+
+    Attributes:
+      config: the train step's static settings.
+      train_step: `(state, batch) -> (state, metrics)`, the old state donated.
+      rewards: `jax.jit(compute_rewards)` (static settings by keyword).
+      ref_logprobs: `jax.jit(reference_logprobs)` (static settings by keyword).
+      needs_ref: the reward or the loss reads the reference's log-probs.
+      score_ref: the step scores the reference (`needs_ref`, or `train.score_reference_always`).
+    """
+
+    config: StepConfig
+    train_step: Callable
+    rewards: Callable
+    ref_logprobs: Callable
+    needs_ref: bool
+    score_ref: bool
+
+
+def build_step(
+    model: ModelConfig, params: Params, mesh: Mesh | None, *, reward: RewardConfig, loss: LossConfig,
+    optim: OptimConfig, train,
+) -> tuple[StepFunctions, TrainState]:
+    """The train state (an fp32 copy of `params` + AdamW, sharded like them) and the step's jitted
+    programs, from the run's reward, loss, optim and train (`TrainConfig`) sections."""
+    needs_ref = scores_reference(reward, loss)
+    score_ref = needs_ref or train.score_reference_always
+    cfg = StepConfig(
+        model=model, loss=loss, optim=optim, micro_batches=train.micro_batches, remat=train.remat,
+        logits_chunk=train.logits_chunk, has_reference=score_ref,
+    )
+    state = init_train_state(params, make_optimizer(optim), mesh)
+    rewards = jax.jit(
+        compute_rewards,
+        static_argnames=("model", "reward", "loss", "group_size", "logits_chunk", "score_reference",
+                         "tokens_per_micro_batch", "row_shards"),
+    )
+    ref_logprobs = jax.jit(
+        reference_logprobs, static_argnames=("model", "logits_chunk", "tokens_per_micro_batch", "row_shards")
+    )
+    fns = StepFunctions(config=cfg, train_step=make_train_step(cfg, state, mesh), rewards=rewards,
+                        ref_logprobs=ref_logprobs, needs_ref=needs_ref, score_ref=score_ref)
+    return fns, state

@@ -30,53 +30,23 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh
 
 from sharpjax.errors import TrainingDiverged
-from sharpjax.models.config import ModelConfig
-from sharpjax.models.hf import load_config, load_model, save_model
-from sharpjax.models.tokenizer import (
-    BPE_MIN_VOCAB,
-    build_bpe_tokenizer,
-    has_tokenizer_files,
-    load_tokenizer,
-)
-from sharpjax.models.transformer import Params, init_params
-from sharpjax.parallel import (
-    BATCH_AXES,
-    batch_sharding,
-    init_params_sharded,
-    make_mesh,
-    on_mesh,
-    param_shardings,
-    put_global,
-    replicated,
-    shard_params,
-    to_host,
-)
+from sharpjax.models.hf import save_model
+from sharpjax.parallel import BATCH_AXES, batch_sharding, on_mesh, put_global, replicated, to_host
 from sharpjax.rollout.sampler import SamplingConfig, sample, sampling_config_for, trim_padding
-from sharpjax.rollout.text import decode_responses, encode_prompts, fit_sampling, prompt_lengths
+from sharpjax.rollout.text import decode_responses, encode_prompts, fit_sampling
 from sharpjax.tasks import Task, build_task
-from sharpjax.train.checkpoint import Checkpointer, abstract_like
+from sharpjax.train.checkpoint import abstract_like, open_run_checkpoints
 from sharpjax.train.compiles import CompileLog, compile_budget, width_step
-from sharpjax.train.config import ConfigError, DataConfig, RolloutConfig, RunConfig
+from sharpjax.train.config import ConfigError, RunConfig
+from sharpjax.train.load import load_models, load_run_tokenizer, overlong_train_prompts
 from sharpjax.train.lock import WorkdirLock
 from sharpjax.train.metrics import MetricsLogger, format_metrics
-from sharpjax.train.optim import make_optimizer
-from sharpjax.train.step import (
-    StepConfig,
-    cast_params,
-    compute_rewards,
-    init_train_state,
-    make_train_step,
-    reference_logprobs,
-)
+from sharpjax.train.step import build_step, cast_params
 
 log = logging.getLogger(__name__)
 
-# A random-weights run without tokenizer files learns this many BPE ids at most (the model's vocab
-# if smaller): enough merges for realistic prompt lengths, seconds to learn from MATH's train set.
-RANDOM_INIT_BPE_VOCAB = 16384
 PROGRESS_KEYS = ("reward/reward", "reward/task", "kl_to_base", "response_length", "tokens_per_s", "step_s")
 
 
@@ -143,61 +113,6 @@ def _sampling(config: RunConfig, model_config, tokenizer, *, eval: bool = False)
     )
 
 
-def max_prompt_tokens(rollout) -> int:
-    """The longest prompt a rollout takes: the largest of `rollout.prompt_buckets` (a `RolloutConfig`)
-    that leaves a response budget (any, with a fixed `max_new_tokens`; else below `max_total_length`)."""
-    usable = [b for b in rollout.prompt_buckets if rollout.max_new_tokens is not None or b < rollout.max_total_length]
-    if not usable:
-        raise ConfigError(
-            f"config.rollout.prompt_buckets={tuple(rollout.prompt_buckets)}: every bucket leaves no response budget "
-            f"within config.rollout.max_total_length={rollout.max_total_length}; add a smaller bucket."
-        )
-    return max(usable)
-
-
-# Settings a resumed run may change: extending a run is a resume with more steps.
-# Settings a resume may change. The mesh among them: the checkpoint restores onto the new mesh's
-# shardings (orbax), so a run moves to another device count with the same state.
-RESUMABLE_CHANGES = frozenset(
-    {"train.steps", "optim.total_steps", "train.tokens_per_micro_batch", "train.max_skipped_updates",
-     "mesh.data", "mesh.fsdp", "mesh.tensor"}
-)
-
-
-def _changed_settings(saved: dict, current: dict) -> list[tuple[str, Any, Any]]:
-    """(dotted key, saved value, current value) for every setting that differs, JSON-normalized."""
-    def flat(tree, prefix=""):
-        out = {}
-        for k, v in tree.items():
-            if isinstance(v, dict):
-                out |= flat(v, f"{prefix}{k}.")
-            else:
-                out[f"{prefix}{k}"] = v
-        return out
-
-    saved, current = (flat(json.loads(json.dumps(d, default=str))) for d in (saved, current))
-    return [(k, saved.get(k), current.get(k)) for k in sorted(saved.keys() | current.keys())
-            if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k)]
-
-
-def _random_init_tokenizer(config: RunConfig, model_vocab: int):
-    """model_dir's tokenizer, else a byte-level BPE learned from the training problems (at most the model's vocab)."""
-    if has_tokenizer_files(config.model_dir):
-        return load_tokenizer(config.model_dir)
-    if model_vocab < BPE_MIN_VOCAB:
-        raise ConfigError(
-            f"{config.model_dir} has no tokenizer files and its config.json's vocab_size={model_vocab} is under the "
-            f"{BPE_MIN_VOCAB} ids a byte-level BPE needs; add the model's tokenizer files or raise vocab_size."
-        )
-    # The problems only: the task's render (which needs the tokenizer) is not called here.
-    problems = build_task(config, None).train
-    texts = (t for p in problems for t in (p.problem, str(p.answer), getattr(p, "solution", None)) if t)
-    tokenizer = build_bpe_tokenizer(texts, vocab_size=min(model_vocab, RANDOM_INIT_BPE_VOCAB))
-    log.info("no tokenizer files in %s: built a byte-level BPE tokenizer of %d ids from the %d training problems "
-             "of %s (config.model_init='random')", config.model_dir, len(tokenizer), len(problems), config.data.train)
-    return tokenizer
-
-
 def _check_resolved(config: RunConfig) -> None:
     """The plan's choices ("auto") are made above the trainer (the launcher's `preflight_run`): here, only their result."""
     auto = [f"config.{k}='auto'" for k, v in (("train.remat", config.train.remat),
@@ -207,61 +122,6 @@ def _check_resolved(config: RunConfig) -> None:
             f"{' and '.join(auto)} is not resolved: call `config, _ = sharpjax.plan.preflight_run(config)` before "
             "train()/Trainer (the launcher, python -m sharpjax.train, does), or set a value."
         )
-
-
-def _load_models(config: RunConfig) -> tuple[ModelConfig, Mesh | None, Params, Params]:
-    """The model, checked against the run and the devices; the mesh; the policy's params and the
-    frozen reference's (cast to the compute dtype) on it."""
-    random_init = config.model_init == "random"
-    if random_init:  # config.json only: no weight file is opened
-        model = load_config(config.model_dir, dtype=config.dtype)
-    else:
-        params, model = load_model(config.model_dir, dtype=config.dtype)
-    config.check_against(context_length=model.max_position_embeddings, num_devices=jax.device_count())
-    data, fsdp, tensor = config.mesh_shape(jax.device_count())
-    mesh = make_mesh(data, fsdp, tensor) if jax.device_count() > 1 else None
-    if model.num_kv_heads % tensor and model.attention == "auto":
-        # cuDNN flash attention needs q, k and v sharded alike, and a tensor axis that does
-        # not divide the kv heads leaves k and v replicated while q is split: use XLA's.
-        model = model.replace(attention="xla")
-    shardings = param_shardings(model, mesh) if mesh is not None else None
-    if random_init:  # created in their shards (no full copy on one device); the reference is the same params
-        key = jax.random.key(config.train.seed)
-        params = init_params(model, key) if mesh is None else init_params_sharded(model, key, mesh)
-    elif shardings is not None:
-        params = shard_params(params, shardings)
-    ref_dir = config.ref_model_dir or config.model_dir
-    ref = params if ref_dir == config.model_dir else load_model(ref_dir, dtype=config.dtype, shardings=shardings)[0]
-    # The reference is frozen in the compute dtype; the policy gets its own fp32 copy.
-    return model, mesh, params, cast_params(ref, model.jnp_dtype)
-
-
-def _overlong_train_prompts(tokenizer, task: Task, rollout: RolloutConfig, data: DataConfig) -> list[int]:
-    """Indices of the training problems whose prompt no usable bucket holds (never drawn).
-
-    NeMo RL, the paper's trainer, masks such prompts out of the loss (its math data
-    processor sets loss_multiplier 0 on any prompt over max_total_sequence_length): they
-    never train. Dropping them before step 1 trains on the same prompts without the
-    crash. Logged here and in metrics.jsonl (step 0, data/dropped_long_prompts).
-    """
-    limit = max_prompt_tokens(rollout)
-    problems = task.train
-    lengths = prompt_lengths(tokenizer, [task.render(p.problem) for p in problems])
-    over = [i for i, n in enumerate(lengths) if n > limit]
-    where = (data.train_path or f"config.data.train={data.train!r}") if data.task == "math" else f"the {data.task} task"
-    if len(over) == len(problems):
-        raise ConfigError(
-            f"{where}: every one of its {len(problems)} prompts is longer than {limit} tokens, the largest usable "
-            "bucket of config.rollout.prompt_buckets (below config.rollout.max_total_length); raise them."
-        )
-    if over:
-        longest = max(over, key=lambda i: lengths[i])
-        log.warning(
-            "%s: dropped %d of %d training prompts longer than %d tokens (the largest usable bucket of "
-            "config.rollout.prompt_buckets); the longest, %s, has %d tokens", where, len(over), len(problems),
-            limit, getattr(problems[longest], "id", longest), lengths[longest],
-        )
-    return over
 
 
 class Trainer:
@@ -277,22 +137,38 @@ class Trainer:
         # Before anything slow: a second process on this workdir stops here, in one line.
         self._lock = WorkdirLock(workdir) if jax.process_index() == 0 else None
         try:
-            # The data flow: tokenizer -> task -> models -> step -> checkpoints (the plan's choices came
-            # resolved: `_check_resolved`). The data before the weights: a bad training file fails in
-            # seconds, and prompts no bucket holds are dropped now, never met mid-run (where every
-            # resume would meet them again).
-            if config.model_init == "random":  # model_dir's tokenizer, else one learned from the data
-                vocab_size = load_config(config.model_dir, dtype=config.dtype).vocab_size
-                self.tokenizer = _random_init_tokenizer(config, vocab_size)
-            else:
-                self.tokenizer = load_tokenizer(config.model_dir)
+            # The data flow, one call into one module each: tokenizer -> task -> usable prompts -> models
+            # (train/load.py, tasks) -> step (train/step.py) -> checkpoints (train/checkpoint.py). The
+            # plan's choices came resolved (`_check_resolved`). The data before the weights: a bad
+            # training file fails in seconds, and prompts no bucket holds are dropped now, never met
+            # mid-run (where every resume would meet them again).
+            self.tokenizer = load_run_tokenizer(config)
             self.task: Task = build_task(config, self.tokenizer)
-            skip = _overlong_train_prompts(self.tokenizer, self.task, config.rollout, config.data)
-            self.model, self.mesh, params, self.ref_params = _load_models(config)
-            self._build_step(params)
+            skip = overlong_train_prompts(self.tokenizer, self.task, config.rollout, config.data)
+            self.model, self.mesh, params, self.ref_params = load_models(config)
+            self.step_fns, self.state = build_step(self.model, params, self.mesh, reward=config.reward,
+                                                   loss=config.loss, optim=config.optim, train=config.train)
             del params
+            self.base_key = jax.random.key(config.train.seed)
+            if self.mesh is not None:  # a global array, so every process checkpoints the same key
+                data = put_global(np.asarray(jax.random.key_data(self.base_key)), replicated(self.mesh))
+                self.base_key = jax.random.wrap_key_data(data)
+            # Every compile counted, the loop programs' logged with shape and time (train/compiles.py).
+            self.compile_log = CompileLog()
+            log.info("compiles: %s", compile_budget(config))
             self.iterator = self.task.train_iterator(config.rollout.prompts_per_step, config.train.seed, skip=skip)
-            self._open_checkpoints()
+            self.best_metric = f"val/{config.data.validation[0]}/{config.eval.metric}" if self.task.validation else None
+            self.checkpointer, restored = open_run_checkpoints(
+                os.path.join(workdir, "checkpoints"), keep_last=config.train.keep_last, best_metric=self.best_metric,
+                abstract_state=abstract_like(self._checkpoint_tree()), config_dict=self.config_dict,
+            )
+            self.resumed, self.start_step = restored is not None, 0
+            if self.resumed:
+                step, tree, meta = restored
+                self.state, self.base_key = tree["train"], tree["key"]
+                self.iterator.restore(meta["iterator"])
+                self.start_step = int(meta["step"])
+                log.info("resumed from %s at step %d", self.checkpointer.directory, self.start_step)
             # Records past the restored step (or all of them, when there is no checkpoint: a run
             # killed before its first one) belong to work that is redone: dropped, not duplicated.
             self.logger = MetricsLogger(workdir, resume_step=self.start_step if self.resumed else -1)
@@ -311,75 +187,9 @@ class Trainer:
         if getattr(self, "compile_log", None) is not None:
             self.compile_log.close()
 
-    # ---- construction -------------------------------------------------------------
-    def _build_step(self, params: Params) -> None:
-        """The train state (fp32 master weights + AdamW), the jitted step and reward functions, the PRNG key."""
-        config = self.config
-        self.needs_ref = config.reward.needs_ref_logprobs or config.loss.kl_coef > 0
-        self.score_ref = self.needs_ref or config.train.score_reference_always
-        self.step_config = StepConfig(
-            model=self.model,
-            loss=config.loss,
-            optim=config.optim,
-            micro_batches=config.train.micro_batches,
-            remat=config.train.remat,
-            logits_chunk=config.train.logits_chunk,
-            has_reference=self.score_ref,
-        )
-        self.state = init_train_state(params, make_optimizer(config.optim), self.mesh)
-        self._train_step = make_train_step(self.step_config, self.state, self.mesh)
-        self._rewards = jax.jit(
-            compute_rewards,
-            static_argnames=("model", "reward", "loss", "group_size", "logits_chunk", "score_reference",
-                             "tokens_per_micro_batch", "row_shards"),
-        )
-        self._ref_logprobs = jax.jit(
-            reference_logprobs, static_argnames=("model", "logits_chunk", "tokens_per_micro_batch", "row_shards")
-        )
-        self.base_key = jax.random.key(config.train.seed)
-        # Every compile counted, the loop programs' logged with shape and time (train/compiles.py).
-        self.compile_log = CompileLog()
-        log.info("compiles: %s", compile_budget(config))
-        if self.mesh is not None:  # a global array, so every process checkpoints the same key
-            data = put_global(np.asarray(jax.random.key_data(self.base_key)), replicated(self.mesh))
-            self.base_key = jax.random.wrap_key_data(data)
-
-    def _open_checkpoints(self) -> None:
-        """The checkpointer, and the restored state when the workdir holds a checkpoint."""
-        self.best_metric = (
-            f"val/{self.config.data.validation[0]}/{self.config.eval.metric}" if self.task.validation else None
-        )
-        self.checkpointer = Checkpointer(
-            os.path.join(self.workdir, "checkpoints"), keep_last=self.config.train.keep_last,
-            best_metric=self.best_metric,
-        )
-        self.start_step = 0
-        # The newest intact checkpoint: a damaged newer one (a kill mid-write, a full disk) is
-        # moved aside with a warning naming it, instead of blocking every rerun.
-        restored = self.checkpointer.restore_newest_intact(
-            abstract_state=abstract_like(self._checkpoint_tree()), check_meta=self._check_settings
-        )
-        self.resumed = restored is not None
-        if self.resumed:
-            step, tree, meta = restored
-            self.state, self.base_key = tree["train"], tree["key"]
-            self.iterator.restore(meta["iterator"])
-            self.start_step = int(meta["step"])
-            log.info("resumed from %s at step %d", self.checkpointer.directory, self.start_step)
-
     # ---- checkpoints --------------------------------------------------------------
     def _checkpoint_tree(self) -> dict:
         return {"train": self.state, "key": self.base_key}
-
-    def _check_settings(self, meta: dict) -> None:
-        """Checked on the small metadata file, before reading (possibly gigabytes of) state."""
-        changed = _changed_settings(meta.get("config", {}), self.config_dict)
-        if changed:
-            raise ConfigError(
-                f"{self.checkpointer.directory} holds checkpoints of a run with other settings ("
-                + "; ".join(f"{k}: {old!r} there, {new!r} now" for k, old, new in changed[:8])
-                + "). Resuming would mix the two runs: use a new --workdir, or delete its checkpoints/ to start over."
-            )
 
     def _save(self, step: int, metrics: dict | None) -> None:
         meta = {"step": step, "iterator": self.iterator.state(), "config": self.config_dict}
@@ -438,11 +248,11 @@ class Trainer:
         t_rollout = time.perf_counter()
 
         # Only logged (the reward and loss do not need it): every config.train.kl_every steps.
-        score_ref = self.score_ref and (self.needs_ref or step % self.config.train.kl_every == 0)
+        score_ref = self.step_fns.score_ref and (self.step_fns.needs_ref or step % self.config.train.kl_every == 0)
         ref_logp = None
         if score_ref:  # dispatched, not awaited: the device scores while the host verifies below
             with self.compile_log.program("reference", rollout.tokens.shape, "reference_logprobs"):
-                ref_logp = self._ref_logprobs(
+                ref_logp = self.step_fns.ref_logprobs(
                     self.ref_params, rollout, model=self.model, logits_chunk=self.config.train.logits_chunk,
                     tokens_per_micro_batch=self.config.train.tokens_per_micro_batch, row_shards=self._row_shards(),
                 )
@@ -453,14 +263,14 @@ class Trainer:
         task_reward = self._put_rows(np.concatenate(scores).astype(np.float32))
         t_verify = time.perf_counter()
         with self.compile_log.program("rewards", rollout.tokens.shape, "compute_rewards"):
-            scored = self._rewards(
+            scored = self.step_fns.rewards(
                 None, rollout, task_reward, model=self.model, reward=self.config.reward, loss=self.config.loss,
                 group_size=k, logits_chunk=self.config.train.logits_chunk, score_reference=score_ref,
                 tokens_per_micro_batch=self.config.train.tokens_per_micro_batch, row_shards=self._row_shards(),
                 ref_logp_BT=ref_logp,
             )
         with self.compile_log.program("train_step", scored.batch.tokens.shape, "train_step"):
-            self.state, step_metrics = self._train_step(self.state, scored.batch)
+            self.state, step_metrics = self.step_fns.train_step(self.state, scored.batch)
         jax.block_until_ready(self.state.params)
         t_end = time.perf_counter()
 
@@ -480,7 +290,7 @@ class Trainer:
             "tokens_per_s": num_response_tokens / (t_end - t0),
             "rollout_tokens_per_s": num_response_tokens / (t_rollout - t0),
         }
-        if self.score_ref and not score_ref:  # kl_every's other steps: these were computed against zeros
+        if self.step_fns.score_ref and not score_ref:  # kl_every's other steps: these were computed against zeros
             for key in ("kl", "kl_sequence", "reward/ref_logp_sum"):
                 metrics.pop(key, None)
         if score_ref:

@@ -100,6 +100,7 @@ def test_end_to_end(models, tmp_path):
 
 
 @pytest.mark.slow  # the power samplers' compilations: ~15 s more CPU than test_end_to_end
+@pytest.mark.guard  # CI's second stage: slow, so not in the fast suite, but run
 def test_end_to_end_with_power_baselines(models, tmp_path):
     report = _diagnose(models, tmp_path / "report", "temp,power-smc")
     bench = report["benchmarks"]["arithmetic"]

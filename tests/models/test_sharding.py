@@ -20,7 +20,9 @@ def run_with_8_devices(args, timeout=600):
 
 
 @pytest.mark.parametrize(
-    "family", ["llama", pytest.param("qwen2", marks=pytest.mark.slow), pytest.param("qwen3", marks=pytest.mark.slow)]
+    "family",
+    # The other families are slow, and run in CI's second stage (guard).
+    ["llama"] + [pytest.param(f, marks=(pytest.mark.slow, pytest.mark.guard)) for f in ("qwen2", "qwen3")],
 )
 def test_sharded_forward_matches_unsharded(hf_checkpoint, family):
     proc = run_with_8_devices([os.path.join(ROOT, "tests", "models", "_sharded_forward.py"), hf_checkpoint(family)])

@@ -175,6 +175,7 @@ def test_math500_shuffled_pairs_are_rejected(math500):
 
 
 @pytest.mark.slow
+@pytest.mark.guard  # CI's second stage: slow, so not in the fast suite, but run
 def test_math500_not_worse_than_math_verify_alone(math500):
     _add_baseline(math500, "math500")
     # The baseline itself: 500/500 and no false accept on these pairs.
@@ -184,6 +185,7 @@ def test_math500_not_worse_than_math_verify_alone(math500):
 
 
 @pytest.mark.slow
+@pytest.mark.guard  # CI's second stage: slow, so not in the fast suite, but run
 def test_minerva_math_solutions_verify_and_shuffles_are_rejected(pool, data_dir):
     q = _quality(pool, data_dir, "minerva_math")
     assert len(q["rows"]) == 272

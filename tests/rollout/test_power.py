@@ -363,6 +363,7 @@ def test_config_errors():
 
 
 @pytest.mark.slow  # two model compiles of each sampler (~40-80 s on a shared 2-core CPU)
+@pytest.mark.guard  # CI's second stage: slow, so not in the fast suite, but run
 def test_eval_cli_with_power_samplers(hf_checkpoint, tmp_path, capsys):
     """`python -m sharpjax.eval --sampler power-mcmc|power-smc` end to end on a tiny saved
     model: the usual pass@k / maj@k summary plus the tokens drawn per problem."""

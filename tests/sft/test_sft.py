@@ -1,5 +1,6 @@
 """SFT of the arithmetic base model: loss mask, learning, caching, HF export, accuracy."""
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -16,7 +17,17 @@ import pytest
 from sharpjax.eval import harness
 from sharpjax.models import apply, init_params, load_model
 from sharpjax.models.tokenizer import build_char_tokenizer, load_tokenizer
-from sharpjax.sft import SFTConfig, encode_examples, measure_accuracy, sft_loss, train_base_model
+from sharpjax.sft import (
+    SFTConfig,
+    SFTEvalConfig,
+    SFTModelConfig,
+    SFTOptimConfig,
+    SFTTaskConfig,
+    encode_examples,
+    measure_accuracy,
+    sft_loss,
+    train_base_model,
+)
 from sharpjax.sft import base_model as sft
 from sharpjax.tasks.arithmetic import Difficulty, generate_problems
 from tests.tiny import require_torch
@@ -25,22 +36,10 @@ EXPERIMENT = pathlib.Path(__file__).resolve().parents[2] / "experiments" / "sft_
 
 # Small enough to train in seconds on a contended CPU, big enough to learn the format.
 TINY = SFTConfig(
-    hidden_size=32,
-    intermediate_size=64,
-    num_layers=2,
-    num_heads=2,
-    num_kv_heads=1,
-    head_dim=16,
-    max_seq_len=48,
-    steps=80,
-    shortcut_from_step=40,
-    batch_size=16,
-    learning_rate=1e-2,
-    warmup_steps=10,
-    eval_problems=8,
-    eval_samples=2,
-    max_new_tokens=40,
-    log_every=40,
+    model=SFTModelConfig(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, num_kv_heads=1, head_dim=16),
+    task=SFTTaskConfig(max_seq_len=48, shortcut_from_step=40),
+    optim=SFTOptimConfig(steps=80, batch_size=16, learning_rate=1e-2, warmup_steps=10),
+    eval=SFTEvalConfig(eval_problems=8, eval_samples=2, max_new_tokens=40, log_every=40),
 )
 
 
@@ -56,7 +55,7 @@ def test_training_lowers_the_loss(tiny_model_dir):
     assert info["final_loss"] < 0.5 * info["initial_loss"]
     assert info["train_seconds"] > 0
     acc = info["accuracy"]
-    assert len(acc["per_problem"]) == TINY.eval_problems
+    assert len(acc["per_problem"]) == TINY.eval.eval_problems
     # The recorded accuracy is the exported model's: re-measured from the saved directory with
     # the same problems and key, every per-problem fraction (a multiple of 1 / eval_samples)
     # comes out the same, and mean@1 is their mean.
@@ -64,12 +63,13 @@ def test_training_lowers_the_loss(tiny_model_dir):
 
     params, config = load_model(tiny_model_dir)
     again = measure_accuracy(
-        params, config, load_tokenizer(tiny_model_dir), split_problems(TINY)[1], key=jax.random.key(TINY.eval_seed),
-        num_samples=TINY.eval_samples, max_new_tokens=TINY.max_new_tokens,
+        params, config, load_tokenizer(tiny_model_dir), split_problems(TINY)[1],
+        key=jax.random.key(TINY.eval.eval_seed), num_samples=TINY.eval.eval_samples,
+        max_new_tokens=TINY.eval.max_new_tokens,
     )
     assert list(again.per_problem) == acc["per_problem"] and again.greedy == acc["greedy"]
     assert acc["mean_at_1"] == pytest.approx(np.mean(acc["per_problem"]))
-    assert all(p * TINY.eval_samples == round(p * TINY.eval_samples) for p in acc["per_problem"])
+    assert all(p * TINY.eval.eval_samples == round(p * TINY.eval.eval_samples) for p in acc["per_problem"])
 
 
 def test_loss_mask_covers_exactly_the_response():
@@ -149,7 +149,7 @@ def test_saved_directory_loads_in_sharpjax_and_transformers(tiny_model_dir):
     params, config = load_model(tiny_model_dir)
     tok = load_tokenizer(tiny_model_dir)
     assert len(tok) == config.vocab_size and tok.eos_token_id in config.eos_token_ids
-    tokens, attn, _ = encode_examples(tok, generate_problems(4, seed=5), max_seq_len=TINY.max_seq_len)
+    tokens, attn, _ = encode_examples(tok, generate_problems(4, seed=5), max_seq_len=TINY.task.max_seq_len)
     ours = np.asarray(apply(params, jnp.asarray(tokens), jnp.asarray(attn), config=config))
 
     hf = transformers.AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
@@ -198,26 +198,39 @@ def test_measure_accuracy_aggregates_checks(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    ("change", "match"),
+    ("section", "change", "match"),
     [
-        (dict(steps=0), "steps"),
-        (dict(num_heads=3, num_kv_heads=2), "multiple"),
-        (dict(head_dim=15), "even"),
-        (dict(learning_rate=0.0), "learning_rate"),
-        (dict(warmup_steps=80), "warmup_steps"),
-        (dict(max_seq_len=512), "max_position_embeddings"),
-        (dict(difficulty={"max_operands": 3}), "Difficulty"),
+        ("optim", dict(steps=0), "optim.steps"),
+        ("model", dict(num_heads=3, num_kv_heads=2), "multiple"),
+        ("model", dict(head_dim=15), "even"),
+        ("optim", dict(learning_rate=0.0), "learning_rate"),
+        ("optim", dict(warmup_steps=80), "warmup_steps"),
+        ("task", dict(max_seq_len=512), "max_position_embeddings"),
+        ("task", dict(difficulty={"max_operands": 3}), "Difficulty"),
     ],
 )
-def test_bad_config_is_rejected(change, match):
+def test_bad_config_is_rejected(section, change, match):
     with pytest.raises((ValueError, TypeError), match=match):
-        TINY.replace(**change)
+        TINY.replace(**{section: dataclasses.replace(getattr(TINY, section), **change)})
 
 
 def test_config_round_trips_and_rejects_unknown_fields():
-    assert SFTConfig.from_dict(json.loads(json.dumps(TINY.to_dict()))) == TINY
-    with pytest.raises(ValueError, match="unknown SFTConfig fields"):
-        SFTConfig.from_dict({"stepz": 3})
+    assert SFTConfig.from_config_dict(json.loads(json.dumps(TINY.to_dict()))) == TINY
+    with pytest.raises(ValueError, match="SFTConfig.optim.stepz: unknown field"):
+        SFTConfig.from_config_dict({"optim": {"stepz": 3}})
+    with pytest.raises(ValueError, match=r"SFTConfig.optim.steps='3' must be of type int"):
+        SFTConfig.from_config_dict({"optim": {"steps": "3"}})
+
+
+@pytest.mark.parametrize(("flat", "section"), [("steps", "optim"), ("hidden_size", "model"), ("eval_seed", "eval"),
+                                               ("difficulty", "task")])
+def test_a_flat_field_names_its_section(flat, section):
+    """The layout before the sections (`steps` at the top) is a ConfigError naming the new path, not a traceback."""
+    moved = re.escape(f"SFTConfig.{flat} is now SFTConfig.{section}.{flat}")
+    with pytest.raises(sft.ConfigError, match=moved):
+        SFTConfig.from_config_dict({flat: TINY.to_dict()[section][flat]})
+    with pytest.raises(sft.ConfigError, match=moved):
+        TINY.replace(**{flat: getattr(getattr(TINY, section), flat)})
 
 
 def _experiment_module():
@@ -231,11 +244,14 @@ def _experiment_module():
 def test_experiment_presets_build_configs(preset):
     cfg = _experiment_module().get_config(preset)
     config = SFTConfig.from_config_dict(cfg)
-    assert config.seed == cfg.seed and config.steps == cfg.optim.steps
-    assert config.difficulty == Difficulty.from_dict(cfg.task.difficulty)
+    assert config.seed == cfg.seed and config.optim.steps == cfg.optim.steps
+    assert config.task.difficulty == Difficulty.from_dict(cfg.task.difficulty)
+    from sharpjax.configs.small_scale import sft_config
+
+    assert config == sft_config(preset)  # the experiment file is the recipe, nothing added or lost
     # Every training example of the preset fits its sequence length.
-    problems = generate_problems(2000, seed=config.seed, difficulty=config.difficulty)
-    encode_examples(build_char_tokenizer(), problems, max_seq_len=config.max_seq_len)
+    problems = generate_problems(2000, seed=config.seed, difficulty=config.task.difficulty)
+    encode_examples(build_char_tokenizer(), problems, max_seq_len=config.task.max_seq_len)
 
 
 def test_experiment_rejects_unknown_preset_and_typos():
@@ -296,7 +312,7 @@ def test_changed_recipe_needs_retrain_base_then_uses_the_retrained_model(tmp_pat
     monkeypatch.setattr(sft_config_module, "sft_config", lambda name="default": TINY)  # "someone changed the recipe"
     with pytest.raises(sft.ConfigError, match=r"--retrain-base.*") as err:
         sft.resolve_model_dir("sft:quick")
-    assert "steps (150 there, 80 now)" in str(err.value)
+    assert "optim.steps (150 there, 80 now)" in str(err.value)
 
     trained = []
     real_train = sft.train
@@ -327,8 +343,20 @@ def test_a_damaged_sft_info_is_one_line_naming_it(tmp_path, monkeypatch):
             call(str(model))
     assert not sft._is_cached(str(model), sft_config("quick"))  # a cache: trained again, not an error
     info.write_text('{"config": {}}')
-    with pytest.raises(ModelFileError, match=re.escape(f"{info} has no config.difficulty object")):
+    with pytest.raises(ModelFileError, match=re.escape(f"{info} has no config.task.difficulty object")):
         difficulty_for("auto", str(model))
+
+
+def test_difficulty_auto_reads_the_sectioned_and_the_earlier_flat_sft_info(tmp_path):
+    """config.task.difficulty (SFTConfig's sections); a model trained before them recorded config.difficulty."""
+    from sharpjax.tasks.arithmetic import difficulty_for
+
+    hard = Difficulty(max_operands=4, ops=("+", "-", "*"))
+    sectioned = TINY.replace(task=dataclasses.replace(TINY.task, difficulty=hard)).to_dict()
+    flat = {k: v for section in ("model", "task", "optim", "eval") for k, v in sectioned[section].items()}
+    for config in (sectioned, flat):
+        (tmp_path / "sft_info.json").write_text(json.dumps({"config": config}))
+        assert difficulty_for("auto", str(tmp_path)) == hard
 
 
 def test_shipped_assets_are_package_data():
@@ -368,4 +396,4 @@ def test_training_solutions_mix_the_two_styles_at_the_configured_share():
     shortcuts = [arithmetic.shortcut_solution(p) for p in problems]
     assert training_solutions(problems, shortcut_fraction=1.0, seed=1) == shortcuts
     with pytest.raises(ValueError, match="shortcut_fraction"):
-        TINY.replace(shortcut_fraction=1.5)
+        TINY.replace(task=dataclasses.replace(TINY.task, shortcut_fraction=1.5))

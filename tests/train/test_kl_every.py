@@ -14,6 +14,7 @@ def test_kl_every_is_validated(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.guard  # CI's second stage: slow, so not in the fast suite, but run
 def test_kl_every_logs_kl_on_every_nth_step_only(tmp_path):
     model_dir = make_tiny_model(str(tmp_path / "model"))
     # The task reward needs no reference: it is scored only to log the KL, on steps 0 and 2.

@@ -60,7 +60,7 @@ def test_a_training_file_of_only_over_long_prompts_is_refused_before_the_model_l
     def no_load(*a, **k):
         raise AssertionError("the model was loaded")
 
-    monkeypatch.setattr("sharpjax.train.trainer.load_model", no_load)
+    monkeypatch.setattr("sharpjax.train.load.load_model", no_load)
     with pytest.raises(ConfigError, match=r"train\.jsonl: every one of its 1 prompts is longer than 256 tokens"):
         train(_config(model_dir, path), str(tmp_path / "run"), progress=False)
 
@@ -75,6 +75,6 @@ def test_training_file_errors_are_one_line_before_the_model_loads(model_dir, tmp
     path = tmp_path / "train.jsonl"
     if content is not None:
         path.write_text(content)
-    monkeypatch.setattr("sharpjax.train.trainer.load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    monkeypatch.setattr("sharpjax.train.load.load_model", lambda *a, **k: pytest.fail("the model was loaded"))
     with pytest.raises(ConfigError, match=rf"^config\.data\.train='math_train': .*{message}"):
         train(_config(model_dir, str(path)), str(tmp_path / "run"), progress=False)

@@ -147,7 +147,7 @@ def test_remat_auto_is_resolved_before_the_step_is_built(tiny_model_dir, tmp_pat
         resolved, _ = preflight_run(RunConfig.from_config_dict(c))
         trainer = Trainer(resolved, str(tmp_path / expected), progress=False)
         try:
-            assert trainer.step_config.remat == trainer.config.train.remat == expected
+            assert trainer.step_fns.config.remat == trainer.config.train.remat == expected
         finally:
             trainer.close()
 

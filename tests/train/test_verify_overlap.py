@@ -27,7 +27,7 @@ def test_each_chunk_is_verified_while_the_next_decodes(tiny_model_dir, tmp_path,
         rollout__chunk_prompts=1,
     ))
     trainer = Trainer(config, str(tmp_path), progress=False)
-    assert trainer.needs_ref  # the config scores the reference: its dispatch is in the order below
+    assert trainer.step_fns.needs_ref  # the config scores the reference: its dispatch is in the order below
     events, rollouts, verified = [], [], []
     sample = trainer_module.sample
 
@@ -46,9 +46,9 @@ def test_each_chunk_is_verified_while_the_next_decodes(tiny_model_dir, tmp_path,
         verified.extend(responses)
         return verify(responses, answers)
 
-    ref, verify = trainer._ref_logprobs, trainer.task.verify
+    ref, verify = trainer.step_fns.ref_logprobs, trainer.task.verify
     monkeypatch.setattr(trainer_module, "sample", traced_sample)
-    monkeypatch.setattr(trainer, "_ref_logprobs", traced_ref)
+    monkeypatch.setattr(trainer, "step_fns", dataclasses.replace(trainer.step_fns, ref_logprobs=traced_ref))
     monkeypatch.setattr(trainer, "task", dataclasses.replace(trainer.task, verify=traced_verify))
     out = trainer.rollout_and_update(0)
     trainer.close()
