@@ -87,18 +87,9 @@ def shape_bytes(shape: str) -> int:
 
 def _raw_computations(hlo: str) -> dict[str, str]:
     """Each non-entry computation's full text (header and closing brace included)."""
-    blocks, name, lines = {}, None, []
-    for line in hlo.splitlines():
-        match = COMPUTATION.match(line)
-        if match and name is None:
-            name, lines = match.group(1), [line]
-        elif name is not None:
-            lines.append(line)
-            if line.strip() == "}":
-                if not lines[0].startswith("ENTRY"):
-                    blocks[name] = "\n".join(lines)
-                name = None
-    return blocks
+    comps, entry = parse_computations(hlo)
+    headers = {m.group(1): line for line in hlo.splitlines() if (m := COMPUTATION.match(line))}
+    return {name: "\n".join([headers[name], *lines, "}"]) for name, lines in comps.items() if name != entry}
 
 
 def _called(raw: dict[str, str], text: str) -> list[str]:
