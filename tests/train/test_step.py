@@ -1,6 +1,7 @@
 """The train step against a hand-composed reference, micro-batching, NaN skipping, no aliasing."""
 
 import dataclasses
+import functools
 import os
 import subprocess
 import sys
@@ -382,3 +383,19 @@ def test_multi_token_rollouts_on_policy_at_t1_biased_when_tempered(length):
         np.testing.assert_allclose(grad_SV, on_policy_SV, rtol=0, atol=2e-6 * np.abs(on_policy_SV).max())
         tempered_SV, on_policy_SV = _tempered_expected_gradient(0.7, length=length)
         assert np.linalg.norm(tempered_SV - on_policy_SV) > 0.05 * np.linalg.norm(on_policy_SV)
+
+
+def test_gradient_wrt_the_compute_params_is_the_gradient_through_the_cast():
+    """`train_step` casts the fp32 master to bf16 once, outside the micro-batch loop, and casts each
+    gradient back: the cast's VJP, so bit-identical to differentiating through the cast."""
+    from sharpjax.train.step import _loss_fn, cast_params
+
+    params, _, scored, cfg = tiny_setup()
+    cfg = dataclasses.replace(cfg, model=cfg.model.replace(dtype="bfloat16"))
+    loss = functools.partial(_loss_fn, micro=scored.batch, cfg=cfg, num_tokens=jnp.float32(7.0),
+                             num_sequences=jnp.float32(scored.batch.tokens.shape[0]))
+    through = jax.grad(lambda p: loss(cast_params(p, jnp.bfloat16))[0])(params)
+    compute = jax.grad(lambda c: loss(c)[0])(cast_params(params, jnp.bfloat16))
+    assert all(c.dtype == jnp.bfloat16 for c in jax.tree.leaves(compute))
+    for a, b in zip(jax.tree.leaves(through), jax.tree.leaves(compute), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b.astype(a.dtype)))
