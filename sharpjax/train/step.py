@@ -346,7 +346,6 @@ def compute_rewards(
     return ScoredRollout(batch=batch, metrics=metrics, rewards=out.reward_B)
 
 
-
 def scores_reference(reward: RewardConfig, loss: LossConfig, *, always: bool = False) -> bool:
     """Whether a step scores the rollout under the frozen reference: the reward (a likelihood
     reward) or the loss (a KL term) reads its log-probs, or the run logs the KL to it anyway
