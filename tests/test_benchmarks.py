@@ -146,3 +146,15 @@ def test_rollout_benchmark_realistic_lengths_tiny(tmp_path):
     for name in ("skip", "noskip", "full"):
         assert res[f"sharpjax_{name}_s"] > 0
     assert res["hf_tok_s"] == pytest.approx(res["tokens_generated"] / res["hf_s"])
+
+
+def test_verify_cost_times_the_trainers_verification(tmp_path, data_dir):
+    """benchmarks/verify_cost.py at 8 responses: every solution checked against its own answer
+    verifies (the even rows), the ones checked against another problem's mostly do not."""
+    out = tmp_path / "v.json"
+    _run(["benchmarks/verify_cost.py", "--rows", "8", "--repeats", "1", "--workers", "1", "--json", str(out)],
+         env=dict(os.environ, SHARPJAX_DATA_DIR=str(data_dir)))
+    res = json.loads(out.read_text())
+    assert res["rows"] == 8 and res["verifier"] == "math_verify" and res["workers"] == 1
+    assert 4 <= res["solutions"]["verified_correct"] <= 6, res  # 4 own answers; a shared answer may add one
+    assert res["solutions"]["seconds"] > 0 and res["random"]["mean_chars"] > 5 * res["solutions"]["mean_chars"]
