@@ -24,19 +24,17 @@ import sys
 
 import jax
 import jax.numpy as jnp
-import optax
 from _shapes import SIZES
 from jax.experimental.topologies import get_topology_desc
 from train_step import model_config
 
 from sharpjax.losses import LossConfig
-from sharpjax.models.transformer import param_shapes
-from sharpjax.parallel import batch_sharding, make_mesh, param_shardings, replicated
+from sharpjax.parallel import batch_sharding, make_mesh
 from sharpjax.plan import _target_cudnn
+from sharpjax.plan.aot import abstract_train_state
 from sharpjax.plan.targets import parse_target
 from sharpjax.train.config import OptimConfig
-from sharpjax.train.optim import make_optimizer
-from sharpjax.train.step import StepConfig, TrainBatch, TrainState, make_train_step
+from sharpjax.train.step import StepConfig, TrainBatch, make_train_step
 
 GiB = 2**30
 
@@ -44,22 +42,9 @@ GiB = 2**30
 def compile_step(cfg: StepConfig, target, batch: int, seq_len: int):
     topology = get_topology_desc("aot", "cuda", target_config=target.gpu.target_config, topology="1x1x1")
     mesh = make_mesh(data=1, devices=topology.devices)
-    rep, rows1, rows2 = replicated(mesh), batch_sharding(mesh, 1), batch_sharding(mesh, 2)
-    p_sh = param_shardings(cfg.model, mesh)
-    is_shape = lambda x: isinstance(x, tuple) and all(isinstance(a, int) for a in x)  # noqa: E731
+    rows1, rows2 = batch_sharding(mesh, 1), batch_sharding(mesh, 2)
+    state = abstract_train_state(cfg.model, cfg.optim, mesh)
     sds = jax.ShapeDtypeStruct
-    compute = jax.tree.map(lambda shp, sh: sds(shp, jnp.float32, sharding=sh), param_shapes(cfg.model), p_sh,
-                           is_leaf=is_shape)
-    optimizer = make_optimizer(cfg.optim)
-
-    def fresh(p):
-        return TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=optimizer.init(p))
-
-    abstract = jax.eval_shape(fresh, compute)
-    opt_sh = optax.tree_map_params(optimizer, lambda _, sh: sh, abstract.opt_state, p_sh,
-                                   transform_non_params=lambda _: rep)
-    state_sh = TrainState(step=rep, params=p_sh, opt_state=opt_sh)
-    state = jax.tree.map(lambda a, sh: sds(a.shape, a.dtype, sharding=sh), abstract, state_sh)
     i32 = lambda *s: sds(s, jnp.int32, sharding=rows2)  # noqa: E731
     f32 = lambda *s: sds(s, jnp.float32, sharding=rows2 if len(s) == 2 else rows1)  # noqa: E731
     B, T = batch, seq_len

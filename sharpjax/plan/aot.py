@@ -132,12 +132,38 @@ def _target_cudnn(target: Target):
         fa.check_cudnn_version = original
 
 
+def abstract_train_state(model: ModelConfig, optim, mesh):
+    """The train state a step is lowered with, as `jax.ShapeDtypeStruct`s over `mesh`: fp32 master
+    params sharded like the model's (`parallel.param_shardings`), the optimizer's moments like
+    their params, the step counter replicated. `optim` is the run's `OptimConfig`."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from sharpjax.models.transformer import param_shapes
+    from sharpjax.parallel import param_shardings, replicated
+    from sharpjax.train.step import TrainState, make_optimizer
+
+    rep, p_sh = replicated(mesh), param_shardings(model, mesh)
+    is_shape = lambda x: isinstance(x, tuple) and all(isinstance(a, int) for a in x)  # noqa: E731
+    sds = jax.ShapeDtypeStruct
+    master = jax.tree.map(lambda shp, sh: sds(shp, jnp.float32, sharding=sh), param_shapes(model), p_sh,
+                          is_leaf=is_shape)
+    optimizer = make_optimizer(optim)
+    abstract = jax.eval_shape(
+        lambda p: TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=optimizer.init(p)), master
+    )
+    opt_sh = optax.tree_map_params(optimizer, lambda _, sh: sh, abstract.opt_state, p_sh,
+                                   transform_non_params=lambda _: rep)
+    shardings = TrainState(step=rep, params=p_sh, opt_state=opt_sh)
+    return jax.tree.map(lambda a, sh: sds(a.shape, a.dtype, sharding=sh), abstract, shardings)
+
+
 def _aot_compile(run: RunConfig, model: ModelConfig, target: Target, s: PlanShapes, name: str, mesh) -> ProgramPlan:
     """Lowers and compiles one program (`name`) over `mesh`, the target's compile-only GPUs
     (`_target_mesh`); call it under `on_mesh(mesh)`."""
     import jax
     import jax.numpy as jnp
-    import optax
 
     from sharpjax.models.transformer import param_shapes
     from sharpjax.parallel import batch_sharding, param_shardings, replicated
@@ -145,9 +171,7 @@ def _aot_compile(run: RunConfig, model: ModelConfig, target: Target, s: PlanShap
     from sharpjax.train.step import (
         StepConfig,
         TrainBatch,
-        TrainState,
         compute_rewards,
-        make_optimizer,
         make_train_step,
         scores_reference,
     )
@@ -157,20 +181,9 @@ def _aot_compile(run: RunConfig, model: ModelConfig, target: Target, s: PlanShap
     p_sh = param_shardings(model, mesh)
     is_shape = lambda x: isinstance(x, tuple) and all(isinstance(a, int) for a in x)  # noqa: E731
     sds = jax.ShapeDtypeStruct
-    params = lambda dtype: jax.tree.map(lambda shp, sh: sds(shp, dtype, sharding=sh), param_shapes(model), p_sh,  # noqa: E731
-                                        is_leaf=is_shape)
-    compute = params(model.jnp_dtype)
-    optimizer = make_optimizer(run.optim)
-
-    def fresh(p):
-        master = jax.tree.map(lambda x: x.astype(jnp.float32), p)
-        return TrainState(step=jnp.zeros((), jnp.int32), params=master, opt_state=optimizer.init(master))
-
-    abstract = jax.eval_shape(fresh, compute)
-    opt_sh = optax.tree_map_params(optimizer, lambda _, sh: sh, abstract.opt_state, p_sh,
-                                   transform_non_params=lambda _: rep)
-    state_sh = TrainState(step=rep, params=p_sh, opt_state=opt_sh)
-    state = jax.tree.map(lambda a, sh: sds(a.shape, a.dtype, sharding=sh), abstract, state_sh)
+    compute = jax.tree.map(lambda shp, sh: sds(shp, model.jnp_dtype, sharding=sh), param_shapes(model), p_sh,
+                           is_leaf=is_shape)
+    state = abstract_train_state(model, run.optim, mesh)
 
     def local_bytes(tree) -> int:
         return sum(math.prod(x.sharding.shard_shape(x.shape)) * jnp.dtype(x.dtype).itemsize
