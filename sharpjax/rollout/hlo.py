@@ -9,9 +9,10 @@ as does `sharpjax.plan.worksplit` (the FLOPs and collectives of a per-device mod
 
 from __future__ import annotations
 
+import math
 import re
 
-__all__ = ["COMPUTATION", "computations", "kernel_costs", "parse_computations", "shape_bytes",
+__all__ = ["COMPUTATION", "DTYPE_BYTES", "SHAPE", "computations", "kernel_costs", "parse_computations", "shape_bytes",
            "stacked_weight_slices", "while_bodies"]
 
 COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s+\(.*\{\s*$")  # a computation's first line: its name
@@ -67,22 +68,18 @@ def stacked_weight_slices(text: str, stacked_shapes: set[tuple[int, ...]]) -> li
 # ---- per-kernel costs of one loop iteration (benchmarks/rollout.py --aot-breakdown) ----------
 
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%([\w.\-]+)\s*=\s*(.+?)\s+([\w\-]+)\((.*?)\)(.*)$")
-_ARRAY = re.compile(r"(\w+)\[([\d,]*)\]")
-_ITEMSIZE = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2, "f32": 4, "s32": 4, "u32": 4,
-             "f64": 8, "s64": 8, "u64": 8}
+# Bytes per element of each HLO array type; `SHAPE` matches one array shape ("f32[64,128]").
+DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "bf16": 2, "f16": 2, "s32": 4, "u32": 4, "f32": 4,
+               "s64": 8, "u64": 8, "f64": 8, "f8e4m3fn": 1, "f8e5m2": 1}
+SHAPE = re.compile(r"\b(" + "|".join(DTYPE_BYTES) + r")\[([\d,]*)\]")
 # Ops that launch nothing on a GPU (views, tuple plumbing, constants).
 _NO_KERNEL = {"get-tuple-element", "bitcast", "tuple", "parameter", "constant", "after-all", "opt-barrier"}
 
 
 def shape_bytes(shape: str) -> int:
     """Bytes of an HLO shape string, tuples summed: 'f32[64,128]{1,0}' -> 32768."""
-    total = 0
-    for dtype, dims in _ARRAY.findall(shape):
-        n = 1
-        for d in filter(None, dims.split(",")):
-            n *= int(d)
-        total += n * _ITEMSIZE.get(dtype, 4)
-    return total
+    return sum(DTYPE_BYTES[dtype] * math.prod(int(d) for d in dims.split(",") if d)
+               for dtype, dims in SHAPE.findall(shape))
 
 
 def _raw_computations(hlo: str) -> dict[str, str]:
