@@ -47,6 +47,11 @@ def default_median(budget: int) -> float:
     return min(PAPER_MEDIAN, PAPER_MEDIAN * budget / PAPER_BUDGET)
 
 
+def _sigma(budget: int, median: float, tail: float) -> float:
+    """The lognormal's sigma that puts a fraction `tail` of the draws at or above `budget`."""
+    return math.log(budget / median) / statistics.NormalDist().inv_cdf(1 - tail)
+
+
 def realistic_lengths(rows: int, budget: int, *, median: float | None = None, tail: float = TAIL,
                       seed: int = 0) -> np.ndarray:
     """[rows] response lengths in [1, budget]: lognormal(median, sigma) rounded up, clipped, with
@@ -54,14 +59,14 @@ def realistic_lengths(rows: int, budget: int, *, median: float | None = None, ta
     median = default_median(budget) if median is None else median
     if not 0 < median < budget:
         raise ValueError(f"median {median} must be in (0, budget={budget}).")
-    sigma = math.log(budget / median) / statistics.NormalDist().inv_cdf(1 - tail)
+    sigma = _sigma(budget, median, tail)
     draws = np.random.default_rng(seed).lognormal(mean=math.log(median), sigma=sigma, size=rows)
     return np.clip(np.ceil(draws), 1, budget).astype(np.int32)
 
 
 def lengths_description(budget: int, median: float | None = None, tail: float = TAIL, seed: int = 0) -> str:
     median = default_median(budget) if median is None else median
-    sigma = math.log(budget / median) / statistics.NormalDist().inv_cdf(1 - tail)
+    sigma = _sigma(budget, median, tail)
     return (f"lognormal, median {median:.0f} tokens, sigma {sigma:.3f} ({100 * tail:.0f}% of rows at the budget "
             f"{budget}), ceil, clipped to [1, {budget}], default_rng({seed})")
 
