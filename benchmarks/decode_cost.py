@@ -87,6 +87,7 @@ def decode_bytes(*, num_params: int, num_layers: int, num_kv_heads: int, head_di
         `step_bytes_xla`, which adds the step's activations, sampling and kernel outputs).
     """
     lengths = np.asarray(lengths)
+    share_prompt_kv = share_prompt_kv and samples > 1  # as `SamplingConfig.uses_shared_prompt_kv`
     rows = lengths.size
     steps = int(lengths.max())
     kv_slot = 2 * num_layers * num_kv_heads * head_dim * itemsize

@@ -248,7 +248,7 @@ def aot_report(config, batch, prompt, new, sampling, target_path):
     itemsize = jnp.dtype(config.jnp_dtype).itemsize
     kv_slot = 2 * config.num_layers * config.num_kv_heads * config.head_dim * itemsize  # one token, all layers
     pallas_calls = text.count("__gpu$xla.gpu.triton")
-    share = sampling.share_prompt_kv
+    share = sampling.uses_shared_prompt_kv
     prompt_rows = batch // sampling.num_samples if share else batch
     kernel_kv_bytes = 0.0
     if pallas_calls:
@@ -323,7 +323,7 @@ def aot_breakdown(config, batch, prompt, new, sampling, target_path, *, peak_flo
     rows = kernel_costs(hlo, body, jax.devices("cpu")[0].client)
     name, bandwidth = _target_bandwidth(target_path)
     itemsize = jnp.dtype(config.jnp_dtype).itemsize
-    share = sampling.share_prompt_kv
+    share = sampling.uses_shared_prompt_kv
     slots = new if share else prompt + new
     cache_bytes = batch * config.num_kv_heads * slots * config.head_dim * itemsize  # one layer's K (or V)
     kernels = {row["name"] for row in rows}
@@ -399,7 +399,7 @@ def main():
     parser.add_argument("--decode-attention", default="auto", help="SamplingConfig.decode_attention")
     parser.add_argument("--share-prompt-kv", action=argparse.BooleanOptionalAction,
                         default=SamplingConfig.share_prompt_kv,
-                        help="SamplingConfig.share_prompt_kv: the G samples of a prompt read one prompt KV cache")
+                        help="SamplingConfig.share_prompt_kv: the G samples of a prompt read one prompt KV cache (G > 1 only)")
     parser.add_argument("--skip-finished-rows", action=argparse.BooleanOptionalAction,
                         default=SamplingConfig.skip_finished_rows,
                         help="SamplingConfig.skip_finished_rows (--lengths realistic times both)")
@@ -456,7 +456,8 @@ def main():
         return
     device_kind = jax.devices()[0].device_kind
     print(f"device: {device_kind} x{jax.device_count()}  model: {args.size} ({config.num_params / 1e9:.2f}B params, {dtype})")
-    print(f"batch {batch} ({batch // args.samples} prompts x {args.samples}, share_prompt_kv={args.share_prompt_kv}), "
+    print(f"batch {batch} ({batch // args.samples} prompts x {args.samples}, "
+          f"shared prompt KV={sampling.uses_shared_prompt_kv}), "
           f"prompt {prompt}, new tokens {new} (EOS ignored)")
 
     mesh = make_mesh(data=-1)
@@ -472,12 +473,12 @@ def main():
     t_jax = time_sharpjax(config, params, tokens, mask, sampling, args.repeats)
     jax_tps = batch * new / t_jax
     results = {"device": device_kind, "size": args.size, "batch": batch, "prompt": prompt, "new_tokens": new,
-               "dtype": dtype, "samples": args.samples, "share_prompt_kv": args.share_prompt_kv,
+               "dtype": dtype, "samples": args.samples, "share_prompt_kv": sampling.uses_shared_prompt_kv,
                "decode_attention": args.decode_attention, "sharpjax_s": t_jax, "sharpjax_tok_s": jax_tps}
     print(f"sharpjax: {t_jax:.3f}s  {jax_tps:,.0f} new tok/s")
     bw = next((v for k, v in HBM_BANDWIDTH.items() if k in device_kind), None)
     if bw:
-        prompt_rows = batch // args.samples if args.share_prompt_kv else batch
+        prompt_rows = batch // args.samples if sampling.uses_shared_prompt_kv else batch
         step_roofline = bytes_per_decode_step(config, batch, prompt, new, prompt_rows) / bw
         frac = step_roofline / (t_jax / new)
         results |= {"roofline_tok_s": batch / step_roofline, "roofline_fraction": frac}
@@ -513,14 +514,14 @@ def realistic(args, config, params, tokens, mask, sampling, batch, prompt, new, 
           f"mean {lengths.mean():.0f}, {100 * (lengths == new).mean():.0f}% at the budget, {steps} steps, "
           f"{generated:,} tokens generated = {100 * generated / (batch * new):.1f}% of full length")
     results = {"device": device_kind, "size": args.size, "batch": batch, "prompt": prompt, "new_tokens": new,
-               "dtype": dtype, "samples": args.samples, "share_prompt_kv": args.share_prompt_kv,
+               "dtype": dtype, "samples": args.samples, "share_prompt_kv": sampling.uses_shared_prompt_kv,
                "decode_attention": args.decode_attention, "lengths": "realistic",
                "lengths_description": lengths_description(new, args.median_length, seed=args.lengths_seed),
                "tokens_generated": generated, "steps": steps}
     bw = next((v for k, v in HBM_BANDWIDTH.items() if k in device_kind), None)
     shape = dict(num_params=config.num_params, num_layers=config.num_layers, num_kv_heads=config.num_kv_heads,
                  head_dim=config.head_dim, vocab_size=config.vocab_size, prompt_len=prompt, samples=args.samples,
-                 share_prompt_kv=args.share_prompt_kv, itemsize=jnp.dtype(config.jnp_dtype).itemsize)
+                 share_prompt_kv=sampling.uses_shared_prompt_kv, itemsize=jnp.dtype(config.jnp_dtype).itemsize)
     runs = [("skip", True, lengths), ("noskip", False, lengths)] + ([("full", True, None)] if args.compare_full else [])
     for name, skip, forced in runs:
         t = time_sharpjax(config, params, tokens, mask, dataclasses.replace(sampling, skip_finished_rows=skip),

@@ -63,9 +63,11 @@ class SamplingConfig:
         cache per row, [B, M] slots, and decode with attention over both parts merged by
         their softmax statistics (exact up to fp32 rounding). Off: the prompt cache is
         repeated to all B = Bp * G rows, a [B, P + M] cache. Sharing saves (G - 1) * Bp * P
-        slots of cache memory and of reads per decode step; with G = 1 the two are the same
-        size. Each part uses the Pallas kernel under `decode_attention` when its slot count
-        (P, resp. M) is a multiple of 16.
+        slots of cache memory and of reads per decode step. With G = 1 there is nothing to
+        share (the two layouts hold and read the same slots), so the sampler keeps the one
+        [B, P + M] cache: one attention call per layer, not two and their merge
+        (`uses_shared_prompt_kv`). Each part uses the Pallas kernel under `decode_attention`
+        when its slot count (P, resp. M) is a multiple of 16.
       skip_finished_rows: a row that has stopped (stop token or its budget) reads no KV cache
         in the length-aware Pallas attention for the rest of the call, so the decode's KV reads
         follow the tokens actually generated, not the longest row times the batch (the weights
@@ -88,6 +90,14 @@ class SamplingConfig:
     decode_attention: str = "auto"
     share_prompt_kv: bool = True
     skip_finished_rows: bool = True
+
+    @property
+    def uses_shared_prompt_kv(self) -> bool:
+        """Whether `sample` splits the cache into prompt and response parts: `share_prompt_kv`
+        and more than one sample per prompt. At G = 1 the split saves no slot and costs a second
+        attention call per layer and a merge (144 of 612 GPU kernels per decode step at the 3B
+        benchmark shape, compile-only count)."""
+        return self.share_prompt_kv and self.num_samples > 1
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
@@ -293,7 +303,7 @@ def sample(
     b = bp * g
     prompt_mask_BP = prompt_mask_BP.astype(jnp.int32)
     prompt_len_Bp = prompt_mask_BP.sum(-1)
-    share = sampling.share_prompt_kv
+    share = sampling.uses_shared_prompt_kv
     key_mask_BpS = jnp.concatenate([prompt_mask_BP, jnp.ones((bp, m), jnp.int32)], axis=1).astype(bool)
 
     # Shared: the prefill fills a P-slot cache that the decode only reads.

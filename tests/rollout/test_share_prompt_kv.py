@@ -247,3 +247,23 @@ def test_sampling_config_for_threads_share_prompt_kv():
     config = _config(eos_token_ids=(2,))
     assert sampling_config_for(config, Tok(), max_new_tokens=4).share_prompt_kv is True
     assert sampling_config_for(config, Tok(), max_new_tokens=4, share_prompt_kv=False).share_prompt_kv is False
+
+
+
+def test_one_sample_per_prompt_keeps_one_cache():
+    """At G = 1 there is nothing to share: `share_prompt_kv` lowers to the very program of the
+    one [B, K, P + M, H] cache (one attention call per layer, no merge). At G = 2 it does not."""
+    config = _config()
+    params = init_params(config, jax.random.key(0))
+    b, p, m = 4, 5, 7
+    tokens = np.arange(1, b * p + 1, dtype=np.int32).reshape(b, p)
+
+    def program(share, g):
+        sampling = SamplingConfig(max_new_tokens=m, num_samples=g, ignore_eos=True, share_prompt_kv=share,
+                                  decode_attention="xla")
+        assert sampling.uses_shared_prompt_kv == (share and g > 1)
+        return sample.lower(params, tokens[: b // g], np.ones_like(tokens[: b // g]), jax.random.key(0),
+                            config=config, sampling=sampling).as_text()
+
+    assert program(True, 1) == program(False, 1)
+    assert program(True, 2) != program(False, 2)  # the comparison can tell the two layouts apart
