@@ -200,8 +200,9 @@ def _body_cost(hlo: str, body: str) -> dict:
     return _jax.hlo_module_cost_analysis(jax.devices("cpu")[0].client, module)
 
 
-def _compile_for_target(config, batch, prompt, sampling, target_path):
-    """`sample` compiled for the GPU in `target_path` on the CPU (compile-only): (compiled, seconds)."""
+def _compile_for_target(config, batch, prompt, sampling, target_path, dump_dir=None):
+    """`sample` compiled for the GPU in `target_path` on the CPU (compile-only): (compiled, seconds).
+    With `dump_dir`, XLA writes its dumps there (`xla_dump_to`: HLO, thunk sequences, PTX)."""
     from jax.experimental.topologies import get_topology_desc
     from jax.sharding import SingleDeviceSharding
 
@@ -215,7 +216,8 @@ def _compile_for_target(config, batch, prompt, sampling, target_path):
     tokens = jax.ShapeDtypeStruct((batch // sampling.num_samples, prompt), jnp.int32, sharding=sharding)
     key = abstract(jax.eval_shape(lambda: jax.random.key(0)))
     start = time.perf_counter()
-    compiled = sample.lower(params, tokens, tokens, key, config=config, sampling=sampling).compile()
+    options = {"xla_dump_to": dump_dir} if dump_dir else None
+    compiled = sample.lower(params, tokens, tokens, key, config=config, sampling=sampling).compile(options)
     return compiled, time.perf_counter() - start
 
 
@@ -315,9 +317,17 @@ def aot_breakdown(config, batch, prompt, new, sampling, target_path, *, peak_flo
     roofline max(bytes / HBM bandwidth, FLOPs / peak); `kernel_floor_us` is an assumed minimum
     time per kernel launch (small kernels do not reach the bandwidth), shown as a second column.
     """
-    from sharpjax.rollout.hlo import kernel_costs
+    import glob
+    import tempfile
 
-    compiled, compile_s = _compile_for_target(config, batch, prompt, sampling, target_path)
+    from sharpjax.rollout.hlo import kernel_costs, loop_launches
+
+    with tempfile.TemporaryDirectory() as dump:
+        compiled, compile_s = _compile_for_target(config, batch, prompt, sampling, target_path, dump_dir=dump)
+        (thunk_file,) = glob.glob(os.path.join(dump, "*sample*thunk_sequence_after_thunk_passes.txt"))
+        with open(thunk_file) as f:
+            # The decode loop is the while with the largest body (the prefill's layer scan is one layer).
+            decode_launches = max(loop_launches(f.read()), key=lambda loop: loop["launches"])
     hlo = compiled.as_text()
     body, _ = _decode_body(hlo)
     rows = kernel_costs(hlo, body, jax.devices("cpu")[0].client)
@@ -358,6 +368,7 @@ def aot_breakdown(config, batch, prompt, new, sampling, target_path, *, peak_flo
         "num_samples": sampling.num_samples, "hbm_bandwidth": bandwidth, "kernel_floor_us": kernel_floor_us,
         "ideal_bytes": ideal, "ideal_weight_bytes": weights, "ideal_kv_bytes": ideal_kv,
         "ideal_us": 1e6 * ideal / bandwidth, "classes": classes, "total": total,
+        "decode_loop_launches": decode_launches,
         "kernels": [{"name": r["name"], "class": r["class"], "shape": r["shape"].split("{")[0],
                      "flops": r["flops"], "hbm_bytes": r["hbm_bytes"], "roofline_us": round(r["roofline_us"], 2)}
                     for r in rows],
@@ -378,6 +389,9 @@ def print_breakdown(report, top=12):
     for c, v in [*report["classes"].items(), ("total", report["total"])]:
         print(f"{c:34s} {v['kernels']:7d} {v['hbm_bytes'] / 1e6:9.1f} {100 * v['hbm_bytes'] / ideal:7.1f}% "
               f"{v['xla_bytes'] / 1e6:9.1f} {v['flops'] / 1e9:8.1f} {v['roofline_us']:11.0f} {v['floor_us']:14.0f}")
+    loop = report["decode_loop_launches"]
+    print(f"runtime (XLA's thunk sequence): one decode step = {loop['launches']} launches (kernels and copies), "
+          f"{loop['in_graphs']} of them in {loop['graphs']} command buffer(s) (CUDA graphs: one host launch each)")
     print(f"largest kernels by roofline time (of {len(report['kernels'])}):")
     for r in sorted(report["kernels"], key=lambda r: -r["roofline_us"])[:top]:
         print(f"  {r['roofline_us']:8.1f} us {r['hbm_bytes'] / 1e6:9.2f} MB {r['flops'] / 1e9:7.2f} GF  "

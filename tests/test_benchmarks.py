@@ -158,3 +158,24 @@ def test_verify_cost_times_the_trainers_verification(tmp_path, data_dir):
     assert res["rows"] == 8 and res["verifier"] == "math_verify" and res["workers"] == 1
     assert 4 <= res["solutions"]["verified_correct"] <= 6, res  # 4 own answers; a shared answer may add one
     assert res["solutions"]["seconds"] > 0 and res["random"]["mean_chars"] > 5 * res["solutions"]["mean_chars"]
+
+
+@pytest.mark.slow  # needs the jax-cuda12 plugin: CI's -m aot stages run it
+@pytest.mark.aot
+def test_rollout_aot_breakdown_tiny(tmp_path):
+    """`rollout.py --aot-breakdown` at the tiny size for an H200 (compile-only): the kernels read
+    from the compiled HLO and the launches in XLA's thunk sequence are two readers of one decode
+    step, so they must count the same kernels; the report carries both."""
+    from sharpjax.plan.targets import GPUS
+    from tests.test_platform import _require_aot
+
+    _require_aot()
+    target = tmp_path / "h200.pbtxt"
+    target.write_text(GPUS["h200"].target_config)
+    out = _run(["benchmarks/rollout.py", "--size", "tiny", "--aot-target", str(target), "--aot-breakdown",
+                "--json", str(tmp_path / "b.json")])
+    res = json.loads((tmp_path / "b.json").read_text())
+    loop = res["decode_loop_launches"]
+    assert loop["launches"] == res["total"]["kernels"] > 0, (loop, res["total"])
+    assert 0 <= loop["in_graphs"] <= loop["launches"]
+    assert re.search(rf"one decode step = {loop['launches']} launches", out), out

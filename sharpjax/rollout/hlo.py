@@ -5,6 +5,9 @@ The decode loop must not slice a layer's weight out of the stacked [L, ...] para
 (XLA does not hoist a lone slice out of a loop: a per-token weight copy). `tests/rollout/test_decode.py`
 checks it on a CPU compile and `benchmarks/rollout.py` reports it for a GPU target; both read the HLO here,
 as does `sharpjax.plan.worksplit` (the FLOPs and collectives of a per-device module): one HLO reader.
+
+`loop_launches` reads the other text a GPU compile can dump, XLA's thunk sequence (the runtime's
+list of kernel launches, copies, loops and command buffers = CUDA graphs), which the HLO cannot show.
 """
 
 from __future__ import annotations
@@ -12,8 +15,8 @@ from __future__ import annotations
 import math
 import re
 
-__all__ = ["COMPUTATION", "DTYPE_BYTES", "SHAPE", "computations", "kernel_costs", "parse_computations", "shape_bytes",
-           "stacked_weight_slices", "while_bodies"]
+__all__ = ["COMPUTATION", "DTYPE_BYTES", "SHAPE", "computations", "kernel_costs", "loop_launches",
+           "parse_computations", "shape_bytes", "stacked_weight_slices", "while_bodies"]
 
 COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s+\(.*\{\s*$")  # a computation's first line: its name
 _DEFINITION = re.compile(r"%([\w.\-]+)\s*=\s*\w+\[([\d,]*)\]")
@@ -177,3 +180,51 @@ def kernel_costs(hlo: str, computation: str, client) -> list[dict]:
             "flops": cost.get("flops", 0.0), "bytes": cost.get("bytes accessed", 0.0), "hbm_bytes": hbm,
         })
     return rows
+
+
+# ---- XLA:GPU thunk sequences (`<module>.thunk_sequence_after_thunk_passes.txt` under xla_dump_to) ----
+
+_THUNK = re.compile(r"^(\s*)\d+:\s+(k\w+)")
+# Thunks that hold others, not work of their own: a loop, a CUDA graph, a sequence, a sliced fusion's
+# wrapper (its copy is listed inside it).
+_CONTAINERS = {"kWhile", "kCommandBuffer", "kSequential", "kDynamicSliceFusion", "kConditional"}
+
+
+def loop_launches(thunks: str) -> list[dict]:
+    """For each while loop of an XLA:GPU thunk sequence: the launches of one iteration of its body
+    and how many of them run inside command buffers (CUDA graphs: the host launches one graph per
+    iteration instead of each kernel).
+
+    Args:
+      thunks: the text XLA writes as `*.thunk_sequence_after_thunk_passes.txt` with `xla_dump_to`
+        (also on a compile-only GPU target).
+
+    Returns:
+      One dict per kWhile, in order: `launches` (kernels, GEMMs and copies of one body iteration,
+      nested loops' bodies counted once), `in_graphs` (of those, inside a kCommandBuffer), and
+      `graphs` (command buffers in the body, a nested loop's included).
+    """
+    lines = thunks.splitlines()
+    parsed = [(len(m.group(1)), m.group(2), i) for i, line in enumerate(lines) if (m := _THUNK.match(line))]
+    loops = []
+    for index, (indent, kind, line_no) in enumerate(parsed):
+        if kind != "kWhile":
+            continue
+        after = parsed[index + 1:]
+        inside = after[:next((j for j, t in enumerate(after) if t[0] <= indent), len(after))]
+        # The loop's condition is listed first, then "body:".
+        body_line = next(i for i in range(line_no + 1, len(lines)) if lines[i].strip() == "body:")
+        body = [t for t in inside if t[2] > body_line]
+        launches = in_graphs = graphs = 0
+        graph_indents = []  # the indents of the command buffers enclosing the current thunk
+        for t_indent, t_kind, _ in body:
+            while graph_indents and t_indent <= graph_indents[-1]:
+                graph_indents.pop()
+            if t_kind == "kCommandBuffer":
+                graphs += 1
+                graph_indents.append(t_indent)
+            elif t_kind not in _CONTAINERS:
+                launches += 1
+                in_graphs += bool(graph_indents)
+        loops.append({"launches": launches, "in_graphs": in_graphs, "graphs": graphs})
+    return loops

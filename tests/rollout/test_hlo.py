@@ -1,9 +1,10 @@
-"""`rollout.hlo.kernel_costs`: one row per kernel of a compiled loop body, bytes as the kernel moves them."""
+"""`rollout.hlo.kernel_costs`: one row per kernel of a compiled loop body, bytes as the kernel moves them;
+`loop_launches`: what the GPU runtime launches per loop iteration, and how much of it as CUDA graphs."""
 
 import jax
 import jax.numpy as jnp
 
-from sharpjax.rollout.hlo import kernel_costs, shape_bytes, while_bodies
+from sharpjax.rollout.hlo import kernel_costs, loop_launches, shape_bytes, while_bodies
 
 
 def test_shape_bytes():
@@ -30,3 +31,47 @@ def test_kernel_costs_count_a_gather_and_an_in_place_update_by_what_they_move():
     # (2 KiB), written into the buffer in place.
     moved = sum(r["hbm_bytes"] for r in rows)
     assert moved < 16 * 1024, [(r["name"], r["hbm_bytes"], r["bytes"]) for r in rows]
+
+
+# The shape of XLA:GPU's `*.thunk_sequence_after_thunk_passes.txt` (from a compile-only H200 dump of
+# `sample`, trimmed): a loop whose body is partly in command buffers, then one whose body is one.
+THUNKS = """\
+000: kCommandBuffer [source       | next=009 (1)]
+    001: kCustomKernel [source       | next=002 (1)] input_reduce_fusion grid: [8, 1, 1] threads: [256, 1, 1]
+    004: kCopy         [source       | next=005 (1)] kCopy
+009: kWhile         [prev=000 (1) | next=000 (1)]
+condition:
+    010: kCustomKernel [source | sink] loop_compare_fusion grid: [1, 1, 1] threads: [1, 1, 1]
+  body:
+    011: kDynamicSliceFusion [source       | next=013 (1)] params=1, results=1
+        012: kCopy [source | sink] kCopy
+    013: kCustomKernel       [prev=011 (1) | next=000 (2)] fusion_458 grid: [4096, 1, 1] threads: [256, 1, 1]
+    000: kCommandBuffer      [prev=014 (1) | next=000 (2)]
+        016: kCustomKernel [source       | next=018 (2)] gemm_fusion_dot_5 grid: [131072, 1, 1] threads: [64, 1, 1]
+        017: kCustomKernel [source       | next=018 (1)] input_concatenate_fusion_3 grid: [2048, 1, 1]
+    032: kCustomKernel       [prev=030 (1) | next=033 (1)] gemm_fusion_dot_5 grid: [131072, 1, 1] threads: [64, 1, 1]
+    057: kCustomKernel       [source       | sink        ] loop_add_fusion_7 grid: [1, 1, 1] threads: [1, 1, 1]
+000: kCommandBuffer [prev=009 (1) | next=084 (1)]
+    058: kCustomKernel [source        | next=059 (1)] loop_gather_pad_fusion grid: [98304, 1, 1]
+084: kWhile         [prev=000 (1) | next=000 (1)]
+condition:
+    085: kCustomKernel [source | sink] loop_and_fusion grid: [1, 1, 1] threads: [1, 1, 1]
+  body:
+    000: kCommandBuffer [source | sink]
+        086: kCustomKernel [source        | next=087 (1) ] loop_add_slice_fusion grid: [1, 1, 1] threads: [2, 1, 1]
+        091: kCopy         [prev=089 (2)  | next=092 (1) ] kCopy
+        109: kCustomKernel [prev=108 (1)  | next=110 (1) ] mha_forward grid: [1, 6, 512] threads: [128, 1, 1]
+        137: kCustomKernel [prev=136 (1)  | sink         ] gemm_fusion_dot_27 grid: [64128, 1, 1]
+000: kCommandBuffer [prev=084 (1) | sink        ]
+    139: kCustomKernel [source       | next=141 (2)] loop_pad_fusion_1 grid: [384, 1, 1] threads: [128, 1, 1]
+"""
+
+
+def test_loop_launches_counts_each_body_and_what_runs_as_a_cuda_graph():
+    first, decode = loop_launches(THUNKS)
+    # The condition's kernel and the thunks before/after the loop are not the body; a sliced
+    # fusion's wrapper is not a launch, its copy is.
+    assert first == {"launches": 6, "in_graphs": 2, "graphs": 1}
+    assert decode == {"launches": 4, "in_graphs": 4, "graphs": 1}
+    assert loop_launches(THUNKS.replace("kCommandBuffer", "kSequential")) == [
+        {"launches": 6, "in_graphs": 0, "graphs": 0}, {"launches": 4, "in_graphs": 0, "graphs": 0}]
