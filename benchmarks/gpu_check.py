@@ -9,9 +9,11 @@ a 15-minute device lease keeps room for the machine's start and a rerun):
 3. two steps of `experiments/rl_math.py:llama3b:task:h200x1` end to end with random weights
    (`config.model_init="random"`: a model directory holding only config.json, a BPE tokenizer
    learned from the training prompts), the launcher's preflight (chunk_prompts and remat
-   "auto"), then `Trainer.rollout_and_update`: rollout / verify / update seconds, sampler calls,
-   compiles, the device's peak memory, and the plan's predictions (peak and roofline time per
-   program) next to them;
+   "auto", planned as the launcher plans: `--plan auto`), then `Trainer.rollout_and_update`:
+   rollout / verify / update seconds, sampler calls, compiles, the device's peak memory, the
+   plan's predictions (peak and roofline time per program) next to them, and the GEMMs XLA
+   rematerialized in the GPU's own compile of the update (`train_step_xla_remat`: 0 means the
+   remat policy's compute is the step's);
 4. `benchmarks/rollout.py --decode-attention xla` (no HF): the XLA decode attention;
 5. `benchmarks/rollout.py --lengths realistic` (no HF): forced realistic response lengths, the
    decode with finished rows skipped and without (what a step saves once rows end early).
@@ -38,8 +40,10 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -50,9 +54,12 @@ ROOT = os.path.dirname(HERE)
 GiB = 2**30
 
 
-def _stage(name: str, argv: list[str], timeout: float, log: list[str]) -> tuple[int, str]:
-    """Runs one stage's process; returns (exit code, its output). 124: cut by the budget."""
+def _stage(name: str, argv: list[str], timeout: float, log: list[str], xla_flags: str = "") -> tuple[int, str]:
+    """Runs one stage's process (with `xla_flags` added to XLA_FLAGS); returns (exit code, its
+    output). 124: cut by the budget."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p))
+    if xla_flags:
+        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {xla_flags}".strip()
     print(f"== {name}: {' '.join(argv)} (timeout {timeout:.0f} s)", flush=True)
     t0 = time.perf_counter()
     try:
@@ -160,6 +167,15 @@ def paper_stage(args) -> None:
     rec["steps"] = steps
     rec["compiled"] = [{"program": c_.program, "shape": c_.shape, "s": round(c_.seconds, 1)}
                        for c_ in trainer.compile_log.compiles if c_.program != "other"]
+    # Did XLA fit the update only by recomputing GEMMs (its HLO rematerialization)? The compile-only
+    # plan sees it for the target (`plan.fit._recomputed_by_xla`); this is the GPU's own compile.
+    from sharpjax.rollout.hlo import rematerialized
+
+    rec["train_step_xla_remat"] = []
+    for path in sorted(glob.glob(os.path.join(work, "xla", "*train_step*after_optimizations.txt"))):
+        with open(path) as f:
+            rec["train_step_xla_remat"].append(rematerialized(f.read()))
+    shutil.rmtree(os.path.join(work, "xla"), ignore_errors=True)  # kernels' IR too: ~100 MB at 3B
     trainer.close()
     rec["total_s"] = round(time.perf_counter() - t00, 1)
     with open(args.json, "w") as f:
@@ -192,8 +208,9 @@ def main() -> None:
     ap.add_argument("--tiny", action="store_true", help="toy sizes on the CPU: the same path, in well under a minute")
     ap.add_argument("--budget-s", type=float, default=540, help="the whole check's wall-clock limit")
     ap.add_argument("--target", default="h200x1", help="the paper config's hardware target")
-    ap.add_argument("--plan", default="analytic",
-                    help="config.plan.method of the paper step: analytic (seconds) | auto (AOT on a GPU: minutes)")
+    ap.add_argument("--plan", default="auto",
+                    help="config.plan.method of the paper step: auto (the launcher's: AOT where the jax-cuda "
+                         "plugin imports, ~1 min of CPU compiles at 3B; else analytic) | analytic (seconds)")
     ap.add_argument("--steps", type=int, default=2, help="paper-config steps (the first compiles)")
     ap.add_argument("--out", default=None, help="the JSON (default benchmarks/results/gpu_check-<date>.json)")
     ap.add_argument("--stage", default=None, help=argparse.SUPPRESS)  # a stage's own process
@@ -248,7 +265,10 @@ def main() -> None:
             res["stages"].append(f"{name}: skipped (budget spent)")
             continue
         path = os.path.join(work, f"{name}.json")
-        _stage(name, [*argv, "--json", path], min(cap, left()), res["stages"])
+        # The update's optimized HLO (only that module's dumps) for the paper stage's remat check.
+        dump = (f"--xla_dump_to={os.path.join(work, 'xla')} --xla_dump_hlo_module_re=.*train_step.*"
+                if name == "paper_step" else "")
+        _stage(name, [*argv, "--json", path], min(cap, left()), res["stages"], xla_flags=dump)
         got = _load(path)
         res[name] = got
         if got and res["device"] == "n/a":
@@ -271,6 +291,7 @@ def main() -> None:
         "sampler_calls": p.get("sampler_calls"), "rows_per_call": p.get("rows_per_call"),
         "peak_gib": max((s.get("peak_gib", 0) for s in p.get("steps") or []), default=None),
         "compiles": last.get("compiles"),
+        "train_step_xla_remat_gemms": max((d["gemms"] for d in p.get("train_step_xla_remat") or []), default=None),
         "plan": {"method": (p.get("plan") or {}).get("method"), "peak_gib": (p.get("plan") or {}).get("peak_gib"),
                  "step_s": (p.get("plan") or {}).get("step_time_s"),
                  "rollout_s": (programs.get("rollout") or {}).get("time_s"),

@@ -88,6 +88,8 @@ def test_gpu_check_tiny(tmp_path):
     assert table["plan"]["method"] == "analytic" and table["plan"]["peak_gib"] > 0
     assert set(paper["plan"]["programs"]) == {"rollout", "scoring", "train_step"}
     assert table["compiles"] >= 4 and {c["program"] for c in paper["compiled"]} >= {"sampler", "train_step"}
+    # The update's own optimized HLO was dumped and read (a toy step needs no XLA rematerialization).
+    assert paper["train_step_xla_remat"] and table["train_step_xla_remat_gemms"] == 0
     line = stdout.strip().splitlines()[-1]
     assert re.fullmatch(r"gpu_check \d{4}-\d\d-\d\d cpu: rollout n/a HF \(n/a roofline\), train MFU n/a, "
                         r"llama3b h200x1 step [0-9.]+ s, peak [0-9.]+ GiB \(plan [0-9.]+ GiB\)", line), line

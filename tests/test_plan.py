@@ -325,6 +325,30 @@ def test_remat_auto_picks_the_cheapest_policy_that_fits(tmp_path):
     assert {r: p.peak_bytes for r, p in choice.plans} == peak
 
 
+
+def test_remat_auto_skips_a_policy_xla_fits_only_by_recomputing_gemms(tmp_path, monkeypatch):
+    """An AOT plan whose compiled train step XLA rematerialized GEMMs of (to fit its memory limit)
+    does more work than the next policy: "auto" passes over it, and its line says why."""
+    from sharpjax.plan import fit
+
+    def recomputed(plan, gemms):  # as `plan.aot` reads it off the compiled HLO
+        return dataclasses.replace(plan, programs=tuple(
+            dataclasses.replace(p, xla_remat_gemms=gemms) if p.name == "train_step" else p for p in plan.programs))
+
+    real = fit._replan_train_step
+    gemms = {"dots": 16}
+    monkeypatch.setattr(fit, "_replan_train_step", lambda plan, run: recomputed(real(plan, run),
+                                                                                gemms.get(run.train.remat, 0)))
+    dots = plan_run(tiny_run(tmp_path, **{**ACTIVATION_BOUND, "train": {"micro_batches": 1, "remat": "dots"}}),
+                    "h100x1", method="analytic")
+    memory = math.ceil(dots.peak_bytes / 0.9) + 1  # dots fits by memory, none does not
+    resolved, summary = preflight_run(_auto_run(tmp_path, memory))
+    assert resolved.train.remat == "full"
+    assert f"dots {dots.peak_bytes / memory:.0%} (XLA recomputed 16 GEMMs to fit)" in summary.splitlines()[0]
+    # When every policy that fits needs XLA's recompute, the one that needs the least.
+    gemms["full"] = 40
+    assert choose_remat(_auto_run(tmp_path), "h100x1", method="analytic", memory_bytes=memory).policy == "dots"
+
 def test_remat_auto_when_nothing_fits_names_the_knobs(tmp_path):
     full = plan_run(tiny_run(tmp_path, **{**ACTIVATION_BOUND, "train": {"micro_batches": 1, "remat": "full"}}),
                     "h100x1", method="analytic")

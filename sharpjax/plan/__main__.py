@@ -59,6 +59,7 @@ def main(argv):
             frac = step.peak_bytes / p.memory_bytes
             print(f"  {name:<5} train_step peak {step.peak_bytes / GiB:6.1f} GiB ({frac:4.0%}), "
                   f"max over programs {worst / p.memory_bytes:4.0%}, update {step.time_s(p.target.gpu):6.2f} s"
+                  f"{f'  (XLA recomputed {step.xla_remat_gemms} GEMMs to fit)' if step.xla_remat_gemms else ''}"
                   f"{'  <- chosen' if name == choice.policy else ''}"
                   f"{'' if name in choice.trusted else '  (not chosen by an analytic plan of a sharded mesh)'}")
         print(f"remat auto -> {choice.policy or 'nothing fits'}; the plan with {choice.policy or 'full'}:")
@@ -88,7 +89,8 @@ def plan_to_dict(plan) -> dict:
         "programs": {p.name: {"argument_bytes": p.argument_bytes, "output_bytes": p.output_bytes,
                               "alias_bytes": p.alias_bytes, "temp_bytes": p.temp_bytes,
                               "resident_bytes": p.resident_bytes, "peak_bytes": p.peak_bytes,
-                              "time_s": p.time_s(plan.target.gpu)} for p in plan.programs},
+                              "time_s": p.time_s(plan.target.gpu), "xla_remat_gemms": p.xla_remat_gemms}
+                     for p in plan.programs},
     }
 
 

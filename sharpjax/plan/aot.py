@@ -16,6 +16,7 @@ from sharpjax.models.config import ModelConfig
 from sharpjax.plan.analytic import gpu_attention
 from sharpjax.plan.shapes import PlanShapes, ProgramPlan
 from sharpjax.plan.targets import GPUS, Target
+from sharpjax.rollout.hlo import rematerialized
 from sharpjax.train.config import RunConfig
 
 if TYPE_CHECKING:
@@ -219,9 +220,11 @@ def _aot_compile(run: RunConfig, model: ModelConfig, target: Target, s: PlanShap
         low = make_train_step(cfg, state, mesh).lower(state, batch)
     resident = {"rollout": local_bytes(state) + local_bytes(compute), "scoring": local_bytes(state),
                 "train_step": local_bytes(compute)}
-    m = low.compile().memory_analysis()
+    compiled = low.compile()
+    m = compiled.memory_analysis()
     return ProgramPlan(
         name=name, argument_bytes=m.argument_size_in_bytes, output_bytes=m.output_size_in_bytes,
         alias_bytes=m.alias_size_in_bytes, temp_bytes=m.temp_size_in_bytes, resident_bytes=resident[name],
         phases=(), calls=s.rollout_calls if name == "rollout" else 1,
+        xla_remat_gemms=rematerialized(compiled.as_text())["gemms"],
     )

@@ -113,12 +113,21 @@ def _fits(plan: Plan, max_fraction: float) -> bool:
     return all(p.peak_bytes <= max_fraction * plan.memory_bytes for p in plan.programs)
 
 
+def _recomputed_by_xla(plan: Plan) -> int:
+    """GEMMs XLA rematerialized in the plan's train step to fit its memory limit (AOT plans).
+    A policy that fits only that way is not chosen: the GEMMs XLA recomputes cost more than the
+    next policy's own recompute (3B on one H200, 16 rows a micro-batch: "dots" compiled to 14.9
+    PFLOP a step against 12.7 for "full"; BENCHMARKS.md)."""
+    return _program(plan, "train_step").xla_remat_gemms
+
+
 @dataclasses.dataclass(frozen=True)
 class RematChoice:
     """What `config.train.remat="auto"` resolved to, and the plans that chose it.
 
     Attributes:
-      policy: the first of REMAT_CANDIDATES whose plan fits; None when none does.
+      policy: the first of REMAT_CANDIDATES whose plan fits without XLA recomputing GEMMs
+        (else the fitting one with the fewest recomputed); None when none fits.
       plans: (policy, plan) of each candidate planned, cheapest first (all three with
         `plan_all`, else up to the one chosen).
       max_fraction: the fit limit, a fraction of the device's memory.
@@ -136,9 +145,13 @@ class RematChoice:
         return dict(self.plans)[self.policy or REMAT_CANDIDATES[-1]]
 
     def peaks(self) -> str:
-        """"none 95%, dots 76%": each candidate's train_step peak as a fraction of the device."""
-        return ", ".join(f"{name} {_program(plan, 'train_step').peak_bytes / plan.memory_bytes:.0%}"
-                         for name, plan in self.plans)
+        """"none 95%, dots 76%": each candidate's train_step peak as a fraction of the device, and
+        where XLA fit it only by recomputing GEMMs, how many ("dots 86% (XLA recomputed 16 GEMMs)")."""
+        def peak(plan):
+            recomputed = _recomputed_by_xla(plan)
+            return (f"{_program(plan, 'train_step').peak_bytes / plan.memory_bytes:.0%}"
+                    + (f" (XLA recomputed {recomputed} GEMMs to fit)" if recomputed else ""))
+        return ", ".join(f"{name} {peak(plan)}" for name, plan in self.plans)
 
     def restriction(self) -> str:
         """"" or why some candidates were not eligible (appended to the summary and the error)."""
@@ -165,8 +178,10 @@ def choose_remat(
     plan_all: bool = False,
 ) -> RematChoice:
     """Plans `run` with each of REMAT_CANDIDATES, cheapest compute first, and picks the first
-    whose every program is at most `max_fraction` of the device (whatever `run.train.remat`);
-    an analytic plan of a sharded mesh picks only "full" (`_trusted_policies`).
+    whose every program is at most `max_fraction` of the device (whatever `run.train.remat`) and
+    whose compiled train step XLA did not have to rematerialize GEMMs of to fit
+    (`_recomputed_by_xla`); an analytic plan of a sharded mesh picks only "full"
+    (`_trusted_policies`).
 
     Only the train step depends on the policy: the rollout and the scoring are planned (or
     compiled) once. Without `plan_all` the candidates after the first that fits are not
@@ -175,13 +190,17 @@ def choose_remat(
     base = plan_run(_with_remat(run, REMAT_CANDIDATES[0]), target, method=method, model=model,
                     memory_bytes=memory_bytes, prompt_len=prompt_len)
     trusted = _trusted_policies(base)
-    ok = lambda name, plan: name in trusted and _fits(plan, max_fraction)  # noqa: E731
+    ok = lambda name, plan: name in trusted and _fits(plan, max_fraction) and not _recomputed_by_xla(plan)  # noqa: E731
     plans = [(REMAT_CANDIDATES[0], base)]
     for policy in REMAT_CANDIDATES[1:]:
         if not plan_all and ok(*plans[-1]):
             break
         plans.append((policy, _replan_train_step(base, _with_remat(run, policy))))
     policy = next((name for name, plan in plans if ok(name, plan)), None)
+    if policy is None:  # every policy that fits needs XLA's recompute: the one that needs the least
+        fitting = [(_recomputed_by_xla(plan), i, name) for i, (name, plan) in enumerate(plans)
+                   if name in trusted and _fits(plan, max_fraction)]
+        policy = min(fitting)[2] if fitting else None
     return RematChoice(policy=policy, plans=tuple(plans), max_fraction=max_fraction, trusted=trusted)
 
 

@@ -148,6 +148,9 @@ class ProgramPlan:
       phases: (FLOPs, HBM bytes) per device of each roofline phase, with a repeat count.
       calls: calls per optimizer step.
       parts: the largest analytic components, for the error message (name -> bytes).
+      xla_remat_gemms: GEMMs XLA's own HLO rematerialization recomputed so that the compiled
+        program fits its memory limit (`rollout.hlo.rematerialized`; AOT plans only, else 0).
+        Then the program fits only by doing more work than its remat policy says.
     """
 
     name: str
@@ -159,6 +162,7 @@ class ProgramPlan:
     phases: tuple[tuple[float, float, int], ...]
     calls: int = 1
     parts: tuple[tuple[str, int], ...] = ()
+    xla_remat_gemms: int = 0
 
     @property
     def peak_bytes(self) -> int:
@@ -206,4 +210,7 @@ class Plan:
             )
         lines.append(f"  step (roofline, full-length responses): {self.step_time_s:.1f} s")
         lines += [f"  note: {n}" for n in self.notes]
+        lines += [f"  note: {p.name}: XLA recomputed {p.xla_remat_gemms} GEMMs to fit its memory limit (its HLO "
+                  "rematerialization): more compute than the time above; more micro-batches or remat 'full' avoid it"
+                  for p in self.programs if p.xla_remat_gemms]
         return "\n".join(lines)

@@ -16,7 +16,7 @@ import math
 import re
 
 __all__ = ["COMPUTATION", "DTYPE_BYTES", "SHAPE", "computations", "kernel_costs", "loop_launches",
-           "parse_computations", "shape_bytes", "stacked_weight_slices", "while_bodies"]
+           "parse_computations", "rematerialized", "shape_bytes", "stacked_weight_slices", "while_bodies"]
 
 COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s+\(.*\{\s*$")  # a computation's first line: its name
 _DEFINITION = re.compile(r"%([\w.\-]+)\s*=\s*\w+\[([\d,]*)\]")
@@ -180,6 +180,28 @@ def kernel_costs(hlo: str, computation: str, client) -> list[dict]:
             "flops": cost.get("flops", 0.0), "bytes": cost.get("bytes accessed", 0.0), "hbm_bytes": hbm,
         })
     return rows
+
+
+_REMAT = re.compile(r"^\s*(?:ROOT\s+)?%([\w.\-]*\.remat[\w.\-]*)\s*=")
+_GEMM = re.compile(r"^(gemm_fusion|cublas|triton_gemm|dot)")
+
+
+def rematerialized(hlo: str) -> dict[str, int]:
+    """What XLA's own HLO rematerialization recomputed in a compiled module: {"ops": instructions,
+    "gemms": of them matrix multiplies}.
+
+    When a program does not fit XLA's memory limit for the device, that pass clones instructions
+    next to their late uses (named `<name>.remat`, `.remat2`, ...) to shorten live ranges. A
+    cloned GEMM is recomputed work the remat policy did not ask for: a policy that needs it to
+    fit costs more compute than its name says (3B, paper shape, one H200, remat "dots" at 16
+    rows a micro-batch: 35 GEMMs, about 4 PFLOP a step; BENCHMARKS.md).
+    """
+    ops = gemms = 0
+    for line in hlo.splitlines():
+        if match := _REMAT.match(line):
+            ops += 1
+            gemms += bool(_GEMM.search(match.group(1)) or "__cublas$" in line)
+    return {"ops": ops, "gemms": gemms}
 
 
 # ---- XLA:GPU thunk sequences (`<module>.thunk_sequence_after_thunk_passes.txt` under xla_dump_to) ----

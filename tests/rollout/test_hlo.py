@@ -4,7 +4,7 @@
 import jax
 import jax.numpy as jnp
 
-from sharpjax.rollout.hlo import kernel_costs, loop_launches, shape_bytes, while_bodies
+from sharpjax.rollout.hlo import kernel_costs, loop_launches, rematerialized, shape_bytes, while_bodies
 
 
 def test_shape_bytes():
@@ -75,3 +75,20 @@ def test_loop_launches_counts_each_body_and_what_runs_as_a_cuda_graph():
     assert decode == {"launches": 4, "in_graphs": 4, "graphs": 1}
     assert loop_launches(THUNKS.replace("kCommandBuffer", "kSequential")) == [
         {"launches": 6, "in_graphs": 0, "graphs": 0}, {"launches": 4, "in_graphs": 0, "graphs": 0}]
+
+
+
+def test_rematerialized_counts_what_xla_cloned_to_fit():
+    """Lines of a compiled 3B train step (one H200, remat "dots", 16 rows a micro-batch), trimmed:
+    XLA's rematerialization names its clones `.remat`, `.remat2`; a use of a clone is not one."""
+    hlo = """\
+  %loop_dynamic_slice_fusion.remat = bf16[1,16,256,3072]{3,2,1,0} fusion(%get-tuple-element.545, %gte.538)
+  %bitcast.remat.23 = bf16[4096,3072]{1,0} bitcast(%loop_dynamic_slice_fusion.remat)
+  %gemm_fusion_dot.1.remat = f32[4096,128256]{1,0} fusion(%bitcast.remat.23, %gte.547), kind=kCustom
+  %input_reduce_fusion = f32[16,256,501]{2,1,0} fusion(%gemm_fusion_dot.1.remat, %loop_select_fusion)
+  %gemm_fusion_dot.1.remat2 = f32[4096,128256]{1,0} fusion(%bitcast.remat.24, %gte.547), kind=kCustom
+  %custom-call.7.remat = (bf16[64,64]{1,0}, s8[0]{0}) custom-call(%a, %b), custom_call_target="__cublas$gemm"
+  ROOT %gemm_fusion_dot.9 = f32[4096,128256]{1,0} fusion(%p0, %p1), kind=kCustom
+"""
+    assert rematerialized(hlo) == {"ops": 5, "gemms": 3}
+    assert rematerialized(hlo.replace(".remat", "")) == {"ops": 0, "gemms": 0}
