@@ -19,9 +19,11 @@ no successor, so sharpjax keeps its own copy and its tests pin it (interpreter-m
 against dense attention on every supported JAX). Changes from upstream: 4-space indentation
 and this docstring; the kernel is untouched; `decode_attn_unbatched`'s pallas_call moved,
 unchanged, into `_split_partials`, which it calls and which the sharpjax-only `mqa_splits`
-(at the end, marked) also calls, returning each split's partial (o, l, m) unreduced. Each
-query row reads only the key blocks of [start_idx, kv_seq_len), which is what makes a decode
-step's cost follow the filled length.
+(at the end, marked) also calls, returning each split's partial (o, l, m) unreduced. The
+decode calls `mqa_splits` and combines the splits itself (`transformer._combine_partials`);
+`mqa` stays as upstream's reference, which the tests compare with. Each query row reads only
+the key blocks of [start_idx, kv_seq_len), which is what makes a decode step's cost follow
+the filled length.
 """
 
 from __future__ import annotations

@@ -473,21 +473,13 @@ def _row_ends(num_filled, live_B, rows: int) -> Int[Array, " B"]:
 def _pallas_decode_attention(q_B1NH, k_BKSH, v_BKSH, first_slot_B, num_filled, num_kv_heads, *, interpret,
                              live_B=None):
     """The Pallas GPU decode kernel: each (row, kv head) reads only slots [first, num_filled),
-    and a row that is not `live_B` reads none (its output is 0)."""
-    from sharpjax.models import decode_kernel
-
+    and a row that is not `live_B` reads none (its output is 0). Its splits are combined by
+    `_combine_partials` (one fused kernel, fp32), not by the vendored `mqa`'s own combine
+    (3 kernels on the GPU target, o normalised in q's dtype)."""
     b, _, n, h = q_B1NH.shape
-    k_heads, s = num_kv_heads, k_BKSH.shape[2]
-    block_k, k_splits = _pallas_decode_blocks(s)
-    # [B, K, S, H] -> [B*K, S, H] is a bitcast: the kernel reads the cache in place.
-    q_RGH = q_B1NH.reshape(b * k_heads, n // k_heads, h)
-    start_R = jnp.repeat(first_slot_B.astype(jnp.int32), k_heads)
-    length_R = jnp.repeat(_row_ends(num_filled, live_B, b), k_heads)
-    out_RGH = decode_kernel.mqa(
-        q_RGH, k_BKSH.reshape(b * k_heads, s, h), v_BKSH.reshape(b * k_heads, s, h), start_R, length_R,
-        block_k=block_k, k_splits=k_splits, interpret=interpret,
-    )
-    return out_RGH.astype(v_BKSH.dtype).reshape(b, 1, n, h)
+    part = _attention_part(q_B1NH.reshape(b, num_kv_heads, n // num_kv_heads, h), k_BKSH, v_BKSH, None,
+                           first_slot_B, num_filled, impl="pallas_interpret" if interpret else "pallas", live_R=live_B)
+    return _combine_partials(part, dtype=v_BKSH.dtype).reshape(b, 1, n, h)
 
 
 def _decode_attention(q_B1NH, k_BKSH, v_BKSH, visible_B1S, num_kv_heads, *, first_slot_B, num_filled, impl,
