@@ -299,6 +299,7 @@ def _classify(row, vocab, cache_bytes):
         return "embedding + sampling + log-probs (B x V)"
     if "dynamic_update_slice" in row["calls"]:  # the cache, or the [B, M] token / log-prob records
         return "KV cache write" if row["out_bytes"] == cache_bytes else "loop bookkeeping"
+    # The vendored `mqa`'s own split-combine, or `_combine_partials` (named_scope "attention_combine").
     if "mqa" in row["op_name"] or "attention" in row["op_name"]:
         return "attention combine"
     if row["out_bytes"] >= 64 * 1024:

@@ -10,6 +10,7 @@ heads, G = N // K, H head dim, F mlp, V vocab, L layers.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -463,7 +464,8 @@ def _pallas_decode_blocks(num_slots: int) -> tuple[int, int] | None:
 def _row_ends(num_filled, live_B, rows: int) -> Int[Array, " B"]:
     """Each row's end slot for the length-aware kernel: `num_filled`, or 0 where `live_B` is
     False. The kernel skips every block of a row whose end is at or before its start, and its
-    output for such a row is exactly 0 (no NaN: it divides by l + eps)."""
+    output for such a row is exactly 0, no NaN: `mqa` divides by l + eps, and `mqa_splits`
+    gives every split l = 0, which `_combine_partials` turns into 0."""
     end_B = jnp.broadcast_to(jnp.asarray(num_filled, jnp.int32), (rows,))
     return end_B if live_B is None else jnp.where(live_B, end_B, 0)
 
@@ -471,21 +473,13 @@ def _row_ends(num_filled, live_B, rows: int) -> Int[Array, " B"]:
 def _pallas_decode_attention(q_B1NH, k_BKSH, v_BKSH, first_slot_B, num_filled, num_kv_heads, *, interpret,
                              live_B=None):
     """The Pallas GPU decode kernel: each (row, kv head) reads only slots [first, num_filled),
-    and a row that is not `live_B` reads none (its output is 0)."""
-    from sharpjax.models import decode_kernel
-
+    and a row that is not `live_B` reads none (its output is 0). Its splits are combined by
+    `_combine_partials` (one fused kernel, fp32), not by the vendored `mqa`'s own combine
+    (3 kernels on the GPU target, o normalised in q's dtype)."""
     b, _, n, h = q_B1NH.shape
-    k_heads, s = num_kv_heads, k_BKSH.shape[2]
-    block_k, k_splits = _pallas_decode_blocks(s)
-    # [B, K, S, H] -> [B*K, S, H] is a bitcast: the kernel reads the cache in place.
-    q_RGH = q_B1NH.reshape(b * k_heads, n // k_heads, h)
-    start_R = jnp.repeat(first_slot_B.astype(jnp.int32), k_heads)
-    length_R = jnp.repeat(_row_ends(num_filled, live_B, b), k_heads)
-    out_RGH = decode_kernel.mqa(
-        q_RGH, k_BKSH.reshape(b * k_heads, s, h), v_BKSH.reshape(b * k_heads, s, h), start_R, length_R,
-        block_k=block_k, k_splits=k_splits, interpret=interpret,
-    )
-    return out_RGH.astype(v_BKSH.dtype).reshape(b, 1, n, h)
+    part = _attention_part(q_B1NH.reshape(b, num_kv_heads, n // num_kv_heads, h), k_BKSH, v_BKSH, None,
+                           first_slot_B, num_filled, impl="pallas_interpret" if interpret else "pallas", live_R=live_B)
+    return _combine_partials(part, dtype=v_BKSH.dtype).reshape(b, 1, n, h)
 
 
 def _decode_attention(q_B1NH, k_BKSH, v_BKSH, visible_B1S, num_kv_heads, *, first_slot_B, num_filled, impl,
@@ -518,51 +512,79 @@ def _decode_attention(q_B1NH, k_BKSH, v_BKSH, visible_B1S, num_kv_heads, *, firs
 
 
 def _attention_part(q_RKGH, k_RKSH, v_RKSH, visible_RS, start_R, num_filled, *, impl, live_R=None):
-    """One part of a split attention, unnormalised: (sum_s e^(s - m) v_s, sum_s e^(s - m), m).
+    """One part of a split attention as P flash-attention partials, one per split of its slots:
+    (o = sum_s e^(s - m) v_s unnormalised, l = sum_s e^(s - m), m = max_s s) over each split's
+    visible slots, for `_combine_partials` to reduce.
 
     R rows, each with its own keys; every one of the G queries of a (row, kv head) sees the
-    same visible slots. "xla" scores all S slots under `visible_RS`; "pallas" and
-    "pallas_interpret" run the length-aware kernel over slots [start_R, num_filled) (which
-    must be what `visible_RS` says) and return its residuals; there a row whose `live_R` is
-    False reads no slot (l = 0, o = 0). A part with no visible slot returns m = a large
-    negative number, so `_merge_parts` gives it weight exactly 0.
+    same visible slots. "xla" scores all S slots under `visible_RS`, as one split (P = 1, o in
+    fp32); "pallas" and "pallas_interpret" run the length-aware kernel over slots
+    [start_R, num_filled) (which must be what `visible_RS` says), P = its k_splits, o as the
+    kernel stores it (q's dtype); there a row whose `live_R` is False reads no slot. A split
+    with no visible slot has l = 0 and o = 0, and m = a large negative number (the kernel's
+    fp32 min, or `_MASK_VALUE`), so that `_combine_partials` gives it weight exactly 0.
 
     Returns:
-      (o [R, K, G, H] fp32 unnormalised, l [R, K, G] fp32, m [R, K, G] fp32).
+      (o [R, K, P, G, H], l [R, K, P, G] fp32, m [R, K, P, G] fp32).
     """
     r, k_heads, g, h = q_RKGH.shape
     s = k_RKSH.shape[2]
     if impl == "xla":
         scores_RKGS = jnp.einsum("rkgh,rksh->rkgs", q_RKGH, k_RKSH, preferred_element_type=jnp.float32)
-        scores_RKGS = jnp.where(visible_RS[:, None, None], scores_RKGS / math.sqrt(h), _MASK_VALUE)
+        visible_RKGS = jnp.broadcast_to(visible_RS[:, None, None], scores_RKGS.shape)
+        scores_RKGS = jnp.where(visible_RKGS, scores_RKGS / math.sqrt(h), _MASK_VALUE)
         m_RKG = scores_RKGS.max(-1)
-        e_RKGS = jnp.exp(scores_RKGS - m_RKG[..., None])
+        # Hidden slots count 0 even when no slot is visible (m = _MASK_VALUE): l = 0, o = 0 as the kernel's.
+        e_RKGS = jnp.where(visible_RKGS, jnp.exp(scores_RKGS - m_RKG[..., None]), 0.0)
         o_RKGH = jnp.einsum("rkgs,rksh->rkgh", e_RKGS.astype(v_RKSH.dtype), v_RKSH, preferred_element_type=jnp.float32)
-        return o_RKGH, e_RKGS.sum(-1), m_RKG
+        return o_RKGH[:, :, None], e_RKGS.sum(-1)[:, :, None], m_RKG[:, :, None]
     from sharpjax.models import decode_kernel
 
     block_k, k_splits = _pallas_decode_blocks(s)
     # [R, K, S, H] -> [R*K, S, H] is a bitcast: the kernel reads the cache in place.
-    o_XGH, (l_XG, m_XG) = decode_kernel.mqa(
+    o_XPGH, l_XPG, m_XPG = decode_kernel.mqa_splits(
         q_RKGH.reshape(r * k_heads, g, h), k_RKSH.reshape(r * k_heads, s, h), v_RKSH.reshape(r * k_heads, s, h),
         jnp.repeat(start_R.astype(jnp.int32), k_heads), jnp.repeat(_row_ends(num_filled, live_R, r), k_heads),
-        block_k=block_k, k_splits=k_splits, interpret=impl == "pallas_interpret", return_residuals=True,
+        block_k=block_k, k_splits=k_splits, interpret=impl == "pallas_interpret",
     )
-    # The kernel normalises by l (+ eps); undo it so both parts merge alike.
-    o_XGH = o_XGH.astype(jnp.float32) * l_XG[..., None]
-    return o_XGH.reshape(r, k_heads, g, h), l_XG.reshape(r, k_heads, g), m_XG.reshape(r, k_heads, g)
+    return (o_XPGH.reshape(r, k_heads, k_splits, g, h), l_XPG.reshape(r, k_heads, k_splits, g),
+            m_XPG.reshape(r, k_heads, k_splits, g))
 
 
-def _merge_parts(part_a, part_b):
-    """Softmax attention over the union of two parts' keys from their (o, l, m): exact up to
-    fp32 rounding (the per-part sums are rescaled to the common max, flash-attention style)."""
-    (o_a, l_a, m_a), (o_b, l_b, m_b) = part_a, part_b
-    m = jnp.maximum(m_a, m_b)
-    w_a, w_b = jnp.exp(m_a - m), jnp.exp(m_b - m)
-    l = w_a * l_a + w_b * l_b  # noqa: E741 - flash attention's name
-    # A row that read no slot in either part (a finished row, see `decode_step`) has l = 0:
-    # its output is 0, not 0 / 0. Every other row has l >= 1 (the maximum's own e^0), unchanged.
-    return (w_a[..., None] * o_a + w_b[..., None] * o_b) / jnp.where(l > 0, l, 1.0)[..., None]
+def _combine_partials(*parts, dtype=jnp.float32):
+    """Softmax attention over the union of the parts' keys, from every split's (o, l, m) of every
+    part (`_attention_part`): one flash-attention combine, exact up to fp32 rounding (and o's own
+    rounding if a part stored it in bf16). m = max over all splits, w = e^(m_split - m),
+    out = sum w o_split / sum w l_split, all in fp32, cast to `dtype` at the end.
+
+    The splits are few (P <= 8 per part) and unrolled, and each split's l and m are tied to its
+    o's shape [R, K, G, H] (`x + 0 * o`, which is x exactly: o is finite), so every operation is
+    elementwise on one shape and XLA fuses the whole combine into one kernel. Untied, XLA's GPU
+    fusion does not recompute the exps per H element: it writes m and l at [R, K, G] from
+    kernels of their own, 2 or 3 kernels per layer instead of 1 (compile-only H200 target).
+
+    No `optimization_barrier` on m, unlike the vendored `mqa`'s combine (upstream's TODO
+    b/389925439, NaNs after JIT on GPU): every step here is bounded whatever XLA fuses or
+    recomputes: m_split - m <= 0 (so 0 <= w <= 1, no overflow), m and m_split are finite (a
+    split with no slot has the kernel's fp32 min or `_MASK_VALUE`, never -inf, so no inf - inf),
+    and l is never divided by where it is 0. The barrier would force m out to memory from a
+    kernel of its own, +1 kernel per layer (measured: +28 per 3B step). The two-part merge this
+    replaces ran without one too. If a GPU ever shows a NaN here, the barrier goes on m.
+    """
+    with jax.named_scope("attention_combine"):  # the op_name `benchmarks/rollout.py` classifies by
+        splits = []
+        for o, l, m in parts:  # noqa: E741 - flash attention's names
+            for i in range(m.shape[2]):
+                o_s = o[:, :, i].astype(jnp.float32)
+                tie = 0.0 * o_s
+                splits.append((o_s, l[:, :, i, :, None] + tie, m[:, :, i, :, None] + tie))
+        m = functools.reduce(jnp.maximum, [m_s for _, _, m_s in splits])
+        w = [jnp.exp(m_s - m) for _, _, m_s in splits]
+        l = sum(w_s * l_s for w_s, (_, l_s, _) in zip(w, splits))  # noqa: E741
+        o = sum(w_s * o_s for w_s, (o_s, _, _) in zip(w, splits))
+        # A row that read no slot in any part (a finished row, see `decode_step`) has l = 0: its
+        # output is 0, not 0 / 0. Every other row has l >= 1 (the maximum's own e^0), unchanged.
+        return (o / jnp.where(l > 0, l, 1.0)).astype(dtype)
 
 
 def _shared_prompt_decode_attention(
@@ -571,12 +593,12 @@ def _shared_prompt_decode_attention(
 ):
     """Decode attention when the B = Q * C rows share Q prompt caches (C consecutive rows each).
 
-    Attention over [the row's prompt slots, the row's own response slots] in two parts that
-    `_merge_parts` combines: the prompt part batches the C rows of a prompt as C * G queries
-    against one copy of its keys (read once per prompt, not once per row); the response part
-    is per row. "auto" uses the length-aware Pallas kernel for a part on one NVIDIA GPU when
-    its slot count is a multiple of 16 (as `_decode_attention`), else XLA's dense attention.
-    With `live_B`, the kernel reads no response slot of a row that is not live and no prompt
+    Attention over [the row's prompt slots, the row's own response slots] in two parts whose
+    per-split partials `_combine_partials` reduces in one combine: the prompt part batches the
+    C rows of a prompt as C * G queries against one copy of its keys (read once per prompt, not
+    once per row); the response part is per row. "auto" uses the length-aware Pallas kernel for
+    a part on one NVIDIA GPU when its slot count is a multiple of 16 (as `_decode_attention`),
+    else XLA's dense attention. With `live_B`, the kernel reads no response slot of a row that is not live and no prompt
     slot of a prompt none of whose C rows is live (those rows' outputs are 0).
     """
     b, _, n, h = q_B1NH.shape
@@ -590,10 +612,10 @@ def _shared_prompt_decode_attention(
     live_Q = None if live_B is None else live_B.reshape(q_rows, c).any(-1)
 
     def to_rows(part):
-        o_QKXH, l_QKX, m_QKX = part
-        back = lambda x: jnp.moveaxis(x.reshape(q_rows, num_kv_heads, c, g, *x.shape[3:]), 2, 1).reshape(  # noqa: E731
-            b, num_kv_heads, g, *x.shape[3:])
-        return back(o_QKXH), back(l_QKX), back(m_QKX)
+        # [Q, K, P, C*G(, H)] -> [Q, C, K, P, G(, H)] -> [B, K, P, G(, H)]: row i*C + j's queries.
+        back = lambda x: jnp.moveaxis(x.reshape(*x.shape[:3], c, g, *x.shape[4:]), 3, 1).reshape(  # noqa: E731
+            b, num_kv_heads, x.shape[2], g, *x.shape[4:])
+        return tuple(back(x) for x in part)
 
     def attend(part_impl):
         def run(q_QKXH, q_BKGH, prompt_k, prompt_v, k, v):
@@ -603,7 +625,7 @@ def _shared_prompt_decode_attention(
                                           prompt_len, impl=prompt_impl, live_R=live_Q)
             response_part = _attention_part(q_BKGH, k, v, visible_B1S[:, 0], first_slot_B, num_filled,
                                             impl=response_impl, live_R=live_B)
-            return _merge_parts(to_rows(prompt_part), response_part)
+            return _combine_partials(to_rows(prompt_part), response_part, dtype=v.dtype)
         return run
 
     args = (q_QKXH, q_BKGH, prompt_k_QKTH, prompt_v_QKTH, k_BKSH, v_BKSH)

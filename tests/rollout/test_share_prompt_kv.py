@@ -17,7 +17,7 @@ from sharpjax.models import ModelConfig, init_params
 from sharpjax.models.transformer import (
     _attention,
     _attention_part,
-    _merge_parts,
+    _combine_partials,
     _shared_prompt_decode_attention,
     apply,
 )
@@ -37,8 +37,8 @@ def _attention_tolerance(v, num_slots):
     return (num_slots + 4) * EPS * float(np.abs(v).max())
 
 
-def test_merge_parts_equals_one_softmax():
-    """Two parts' (o, l, m) merged == one softmax over the union of their visible keys,
+def test_combine_partials_of_two_parts_equals_one_softmax():
+    """Two parts' (o, l, m) combined == one softmax over the union of their visible keys,
     including a part with no visible key (weight exactly 0) and parts with very different maxima."""
     rng = np.random.default_rng(0)
     r, k, g, s, h = 3, 2, 2, 12, 8
@@ -55,11 +55,110 @@ def test_merge_parts_equals_one_softmax():
     split = 5
     part = lambda sl: _attention_part(q_RKGH, k_RKSH[:, :, sl], v_RKSH[:, :, sl], visible_RS[:, sl],  # noqa: E731
                                       None, None, impl="xla")
-    merged_RKGH = _merge_parts(part(slice(0, split)), part(slice(split, s)))
+    merged_RKGH = _combine_partials(part(slice(0, split)), part(slice(split, s)))
     # Reference: the dense decode attention over all S slots (one query per row).
     ref_B1NH = _attention(q_RKGH.reshape(r, 1, k * g, h), k_RKSH, v_RKSH, visible_RS[:, None, :], k)
     np.testing.assert_allclose(merged_RKGH.reshape(r, 1, k * g, h), ref_B1NH, rtol=0,
                                atol=_attention_tolerance(v_RKSH, s))
+
+
+BF16_U = 2.0**-8  # bf16's unit roundoff: 8 significant bits, round to nearest
+
+
+def _split_partials_f64(q_RKGH, k_RKSH, v_RKSH, visible_RS, splits):
+    """Exact (float64) flash partials of each split of the slots, as the kernel defines them:
+    a split with no visible slot has m = fp32 min, l = 0, o = 0. o [R, K, P, G, H], l, m [R, K, P, G]."""
+    h = q_RKGH.shape[-1]
+    scores_RKGS = np.einsum("rkgh,rksh->rkgs", q_RKGH, k_RKSH) / np.sqrt(h)
+    os, ls, ms = [], [], []
+    for sl in splits:
+        vis = visible_RS[:, None, None, sl]
+        sc = np.where(vis, scores_RKGS[..., sl], -np.inf)
+        m = sc.max(-1)
+        e = np.where(vis, np.exp(sc - np.where(np.isfinite(m), m, 0)[..., None]), 0.0)
+        os.append(np.einsum("rkgs,rksh->rkgh", e, v_RKSH[:, :, sl]))
+        ls.append(e.sum(-1))
+        ms.append(np.where(np.isfinite(m), m, np.finfo(np.float32).min))
+    return np.stack(os, 2), np.stack(ls, 2), np.stack(ms, 2)
+
+
+@pytest.mark.parametrize("o_dtype", ["float32", "bfloat16"])
+def test_combine_partials_over_splits_equals_dense_softmax(o_dtype):
+    """Every split of two parts (3 + 4 splits, as the kernel returns them, o stored in fp32 or
+    bf16) combined at once == one float64 softmax over all visible slots. Row 1: the first
+    part has no visible slot (all its splits weigh exactly 0); row 2: no slot visible in either
+    part (a finished row): output exactly 0, not NaN; row 3: maxima far apart across splits.
+
+    Tolerance: the partials are the exact ones rounded once when stored (o by u_o = 2^-24 in
+    fp32 or 2^-8 in bf16, l and m by 2^-24), then combined in fp32. Each |o_split| <= l_split
+    max|v|, so out = sum w o / sum w l moves by <= u_o max|v| from o's rounding, and by a few
+    fp32 ulps per split (the exps, the sums of P terms, the division): (u_o + (2P + 8) 2^-24) max|v|.
+    """
+    rng = np.random.default_rng(7)
+    r, k, g, h = 4, 2, 3, 8
+    splits_a = [slice(0, 8), slice(8, 16), slice(16, 24)]
+    splits_b = [slice(24, 28), slice(28, 32), slice(32, 36), slice(36, 40)]
+    s = 40
+    q_RKGH = rng.normal(size=(r, k, g, h))
+    k_RKSH = rng.normal(size=(r, k, s, h))
+    v_RKSH = rng.normal(size=(r, k, s, h))
+    k_RKSH[3, :, 10:14] *= 8.0  # row 3: one split's scores dominate the others by a wide margin
+    visible_RS = np.ones((r, s), bool)
+    visible_RS[0, :5] = False  # left padding of the prompt part
+    visible_RS[0, 30:] = False  # unfilled response slots: splits 2 and 3 of part b are empty
+    visible_RS[1, :24] = False  # row 1: no prompt slot
+    visible_RS[2, :] = False  # row 2: nothing visible (a finished row reads nothing)
+    o_a, l_a, m_a = _split_partials_f64(q_RKGH, k_RKSH, v_RKSH, visible_RS, splits_a)
+    o_b, l_b, m_b = _split_partials_f64(q_RKGH, k_RKSH, v_RKSH, visible_RS, splits_b)
+    store = lambda o, ls, m: (jnp.asarray(o, o_dtype), jnp.asarray(ls, jnp.float32), jnp.asarray(m, jnp.float32))  # noqa: E731
+    out_RKGH = np.asarray(_combine_partials(store(o_a, l_a, m_a), store(o_b, l_b, m_b)))
+    assert out_RKGH.dtype == np.float32 and np.isfinite(out_RKGH).all()
+    # Reference: softmax over the visible slots in float64.
+    scores_RKGS = np.einsum("rkgh,rksh->rkgs", q_RKGH, k_RKSH) / np.sqrt(h)
+    scores_RKGS = np.where(visible_RS[:, None, None], scores_RKGS, -np.inf)
+    live = visible_RS.any(1)
+    p_RKGS = np.exp(scores_RKGS[live] - scores_RKGS[live].max(-1, keepdims=True))
+    ref = np.einsum("rkgs,rksh->rkgh", p_RKGS / p_RKGS.sum(-1, keepdims=True), v_RKSH[live])
+    u_o = BF16_U if o_dtype == "bfloat16" else 2.0**-24
+    atol = (u_o + (2 * (len(splits_a) + len(splits_b)) + 8) * 2.0**-24) * np.abs(v_RKSH).max()
+    np.testing.assert_allclose(out_RKGH[live], ref, rtol=0, atol=atol)
+    np.testing.assert_array_equal(out_RKGH[2], 0.0)
+
+
+def test_kernel_split_partials_combined_equal_dense_softmax():
+    """`decode_kernel.mqa_splits` (interpreted) + `_combine_partials` == a float64 softmax over
+    each row's slots [start, end), and == the vendored `mqa` (its own per-call combine): rows
+    with left padding, an end mid-block, a window in one split only, and end <= start (no slot:
+    every split has l = 0, m = fp32 min, and the combined output is exactly 0)."""
+    from sharpjax.models import decode_kernel
+
+    rng = np.random.default_rng(3)
+    x, g, s, h, k_splits = 5, 3, 64, 8, 4
+    q = rng.normal(size=(x, g, h)).astype(np.float32)
+    k = rng.normal(size=(x, s, h)).astype(np.float32)
+    v = rng.normal(size=(x, s, h)).astype(np.float32)
+    start = np.array([0, 5, 20, 17, 40], np.int32)
+    end = np.array([64, 37, 30, 50, 40], np.int32)
+    o, l, m = decode_kernel.mqa_splits(q, k, v, start, end, block_k=16, k_splits=k_splits, interpret=True)  # noqa: E741
+    assert o.shape == (x, k_splits, g, h) and l.shape == m.shape == (x, k_splits, g)
+    split_start = np.arange(k_splits)[None] * (s // k_splits)
+    empty = (end[:, None] <= split_start) | (start[:, None] >= split_start + s // k_splits)
+    np.testing.assert_array_equal(np.asarray(l)[empty], 0.0)
+    np.testing.assert_array_equal(np.asarray(m)[empty], np.finfo(np.float32).min)
+    # _combine_partials takes [R, K, P, G(, H)]: one kv head per row here.
+    out = np.asarray(_combine_partials((o[:, None], l[:, None], m[:, None])))[:, 0]
+    np.testing.assert_array_equal(out[4], 0.0)
+    live = end > start
+    scores = np.einsum("xgh,xsh->xgs", q.astype(np.float64), k.astype(np.float64)) / np.sqrt(h)
+    visible = (np.arange(s)[None] >= start[:, None]) & (np.arange(s)[None] < end[:, None])
+    scores = np.where(visible[:, None], scores, -np.inf)[live]
+    p = np.exp(scores - scores.max(-1, keepdims=True))
+    ref = np.einsum("xgs,xsh->xgh", p / p.sum(-1, keepdims=True), v[live].astype(np.float64))
+    # Blockwise online softmax in fp32 inside the kernel, then the combine: as `_attention_tolerance`.
+    atol = _attention_tolerance(v, s)
+    np.testing.assert_allclose(out[live], ref, rtol=0, atol=atol)
+    upstream = np.asarray(decode_kernel.mqa(q, k, v, start, end, block_k=16, k_splits=k_splits, interpret=True))
+    np.testing.assert_allclose(out[live], upstream[live], rtol=0, atol=atol)
 
 
 @pytest.mark.parametrize("impl", ["xla", "pallas_interpret"])

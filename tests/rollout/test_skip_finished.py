@@ -169,13 +169,16 @@ def test_sampler_reads_kv_only_for_live_rows(share_prompt_kv, prompt_len, monkey
     response cache at step t only while it samples again (t + 1 < its length), so the kernel
     rows with a block to read number L * K * sum(length - 1), not L * K * B * steps."""
     calls = []
-    real_mqa = decode_kernel.mqa
 
-    def spy(q, k, v, start_idx, kv_seq_len, **kw):
-        jax.debug.callback(lambda s, e: calls.append((s.shape[0], int((e > s).sum()))), start_idx, kv_seq_len)
-        return real_mqa(q, k, v, start_idx, kv_seq_len, **kw)
+    def spy(real):
+        def call(q, k, v, start_idx, kv_seq_len, **kw):
+            jax.debug.callback(lambda s, e: calls.append((s.shape[0], int((e > s).sum()))), start_idx, kv_seq_len)
+            return real(q, k, v, start_idx, kv_seq_len, **kw)
+        return call
 
-    monkeypatch.setattr(decode_kernel, "mqa", spy)
+    # `mqa` on the unshared path, `mqa_splits` (the same kernel, splits combined by the caller) on the shared one.
+    for name in ("mqa", "mqa_splits"):
+        monkeypatch.setattr(decode_kernel, name, spy(getattr(decode_kernel, name)))
     config = _config()
     sample.clear_cache()  # a trace cached by another test would not call the spy (nor would this one, after)
     try:
