@@ -33,6 +33,7 @@ from sharpjax.parallel import batch_sharding, make_mesh
 from sharpjax.plan import _target_cudnn
 from sharpjax.plan.aot import abstract_train_state
 from sharpjax.plan.targets import parse_target
+from sharpjax.rollout.hlo import rematerialized
 from sharpjax.train.config import OptimConfig
 from sharpjax.train.step import StepConfig, TrainBatch, make_train_step
 
@@ -213,7 +214,9 @@ def main():
              flops=flops, bytes_accessed=nbytes, roofline_s=roof, cost_source=source,
              peak_bytes=mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
              + mem.temp_size_in_bytes,
-             f32_vocab_buffers=fp32_logits_buffers(hlo, a.batch, a.seq_len, model.vocab_size)[:6])
+             f32_vocab_buffers=fp32_logits_buffers(hlo, a.batch, a.seq_len, model.vocab_size)[:6],
+             # What XLA cloned to fit its memory limit (0 GEMMs: the policy's compute is the step's).
+             xla_rematerialized=rematerialized(hlo))
     if a.breakdown:
         classes = breakdown(hlo, target.gpu)
         cf = closed_form(cfg, a.batch, a.seq_len, target.gpu)
