@@ -207,17 +207,23 @@ def _compile_for_target(config, batch, prompt, sampling, target_path, dump_dir=N
     from jax.sharding import SingleDeviceSharding
 
     from sharpjax.models.transformer import init_params
+    from sharpjax.parallel import make_mesh, on_mesh
 
     with open(target_path) as f:
         topology = get_topology_desc("aot", "cuda", target_config=f.read(), topology="1x1x1")
     sharding = SingleDeviceSharding(topology.devices[0])
+    # Traced under the target's (abstract) mesh: the Pallas kernel's Triton lowering asks for the
+    # GPU's compute capability, which on a CPU host only the target's abstract device has (jax >= 0.11).
+    mesh = make_mesh(1, 1, 1, devices=topology.devices)
     abstract = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)  # noqa: E731
     params = jax.tree.map(abstract, jax.eval_shape(lambda: init_params(config, jax.random.key(0))))
     tokens = jax.ShapeDtypeStruct((batch // sampling.num_samples, prompt), jnp.int32, sharding=sharding)
     key = abstract(jax.eval_shape(lambda: jax.random.key(0)))
     start = time.perf_counter()
     options = {"xla_dump_to": dump_dir} if dump_dir else None
-    compiled = sample.lower(params, tokens, tokens, key, config=config, sampling=sampling).compile(options)
+    with on_mesh(mesh):
+        lowered = sample.lower(params, tokens, tokens, key, config=config, sampling=sampling)
+    compiled = lowered.compile(options)
     return compiled, time.perf_counter() - start
 
 
