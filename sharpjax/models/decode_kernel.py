@@ -16,14 +16,12 @@
 Vendored from JAX (`jax/experimental/pallas/ops/gpu/decode_attention.py`, jax 0.12.0.1, the
 kernel and `mqa` only; Apache-2.0, notice above): JAX deprecated that module in 0.11 and names
 no successor, so sharpjax keeps its own copy and its tests pin it (interpreter-mode exactness
-against dense attention on every supported JAX). Changes from upstream: 4-space indentation
-and this docstring; the kernel is untouched; `decode_attn_unbatched`'s pallas_call moved,
-unchanged, into `_split_partials`, which it calls and which the sharpjax-only `mqa_splits`
-(at the end, marked) also calls, returning each split's partial (o, l, m) unreduced. The
-decode calls `mqa_splits` and combines the splits itself (`transformer._combine_partials`);
-`mqa` stays as upstream's reference, which the tests compare with. Each query row reads only
-the key blocks of [start_idx, kv_seq_len), which is what makes a decode step's cost follow
-the filled length.
+against dense attention on every supported JAX). Changes from upstream: 4-space indentation,
+this docstring, and one option, `split_partials` (marked "sharpjax" below): return each K
+split's partial flash-attention state (o, l, m) unreduced, for the caller's own combine
+(`transformer._combine_partials`: one fused combine over every split of several calls); the
+kernel is untouched. Each query row reads only the key blocks of [start_idx, kv_seq_len),
+which is what makes a decode step's cost follow the filled length.
 """
 
 from __future__ import annotations
@@ -142,7 +140,7 @@ def attn_forward_kernel(
     plgpu.store(o_ref.at[q_slice, :], o, mask=q_mask)
 
 
-def _split_partials(
+def decode_attn_unbatched(
         q,           # [num_heads, head_dim]
         k,           # [k_seq_len, head_dim]
         v,           # [k_seq_len, head_dim]
@@ -157,9 +155,10 @@ def _split_partials(
         grid: tuple[int, ...] | None,
         interpret: bool,
         debug: bool,
+        return_residuals: bool,
+        normalize_output: bool,
+        split_partials: bool = False,
 ):
-    # sharpjax: upstream's `decode_attn_unbatched` up to and including its pallas_call, moved
-    # here unchanged so that `decode_attn_unbatched` and `mqa_splits` share it.
     num_heads, head_dim = q.shape
     k_seq_len, _ = k.shape
     # Pad num query heads to 16 if needed, and slice output at the end.
@@ -192,7 +191,7 @@ def _split_partials(
             num_heads=num_heads,
     )
 
-    return pl.pallas_call(
+    o, l, m = pl.pallas_call(  # noqa: E741 - upstream's names (flash attention's o, l, m)
         kernel,
         grid=grid_,
         in_specs=[
@@ -223,30 +222,8 @@ def _split_partials(
         interpret=interpret,
         name="mha_forward",
     )(q, k, v, start_idx, kv_seq_len)
-
-
-def decode_attn_unbatched(
-        q,           # [num_heads, head_dim]
-        k,           # [k_seq_len, head_dim]
-        v,           # [k_seq_len, head_dim]
-        start_idx,   # []
-        kv_seq_len,  # []
-        sm_scale: float,
-        block_h: int,
-        block_k: int,
-        k_splits: int,
-        num_warps: int | None,
-        num_stages: int,
-        grid: tuple[int, ...] | None,
-        interpret: bool,
-        debug: bool,
-        return_residuals: bool,
-        normalize_output: bool
-):
-    o, l, m = _split_partials(  # noqa: E741 - upstream's names (flash attention's o, l, m)
-        q, k, v, start_idx, kv_seq_len, sm_scale=sm_scale, block_h=block_h, block_k=block_k,
-        k_splits=k_splits, num_warps=num_warps, num_stages=num_stages, grid=grid,
-        interpret=interpret, debug=debug)
+    if split_partials:  # sharpjax: each split's (o unnormalised in q.dtype, l, m), no combine
+        return o, l, m
 
     # final round of flash
     m_next = m.max(axis=0)
@@ -279,7 +256,8 @@ def decode_attn_unbatched(
                 "interpret",
                 "debug",
                 "return_residuals",
-                "normalize_output"
+                "normalize_output",
+                "split_partials",
         ],
 )
 def mqa(
@@ -299,7 +277,16 @@ def mqa(
         debug: bool = False,
         return_residuals: bool = False,
         normalize_output: bool = True,
+        split_partials: bool = False,
 ):
+    """Decode attention of each batch row's queries over its keys [start_idx, kv_seq_len).
+
+    Returns [batch, num_heads, head_dim] (and the residuals (l, m) if `return_residuals`), or with
+    `split_partials` (sharpjax) the kernel's per-split state before upstream's combine: o
+    [batch, k_splits, num_heads, head_dim] unnormalised (sum_s e^(score_s - m) v_s, stored in
+    q.dtype), l and m [batch, k_splits, num_heads] fp32; a split with no visible slot has l = 0,
+    o = 0 and m = fp32 min.
+    """
     sm_scale = sm_scale if sm_scale is not None else (1 / math.sqrt(q.shape[-1]))
     bs = q.shape[0]
     if start_idx is not None:
@@ -319,50 +306,6 @@ def mqa(
             debug=debug,
             return_residuals=return_residuals,
             normalize_output=normalize_output,
-    )
-    return jax.vmap(inner)(q, k, v, start_idx, kv_seq_len)
-
-
-# ---- sharpjax (not upstream) -------------------------------------------------------------
-
-
-@functools.partial(
-        jax.jit,
-        static_argnames=["sm_scale", "block_h", "block_k", "k_splits", "num_warps", "num_stages", "interpret",
-                         "debug"],
-)
-def mqa_splits(
-        q,                # [batch_size, num_heads, head_dim]
-        k,                # [batch_size, k_seq_len, head_dim]
-        v,                # [batch_size, k_seq_len, head_dim]
-        start_idx=None,   # [batch_size]
-        kv_seq_len=None,  # [batch_size]
-        sm_scale: float | None = None,
-        block_h: int = 16,
-        block_k: int = 256,
-        k_splits: int = 16,
-        num_warps: int | None = None,
-        num_stages: int = 2,
-        interpret: bool = False,
-        debug: bool = False,
-):
-    """`mqa`'s kernel without its split-combine: each K split's partial flash-attention state.
-
-    Returns (o [batch, k_splits, num_heads, head_dim] in q.dtype, l and m [batch, k_splits,
-    num_heads] fp32): for split j's slots s visible to the row ([start_idx, kv_seq_len) within
-    the split), m = max_s score_s (fp32 min if the split has none: then l = 0 and o = 0),
-    l = sum_s e^(score_s - m) and o = sum_s e^(score_s - m) v_s, unnormalised (rounded to q.dtype
-    when stored, as the kernel stores it). The caller combines the splits, possibly with other
-    partials (one flash combine over all of them, instead of `mqa`'s per call).
-    """
-    sm_scale = sm_scale if sm_scale is not None else (1 / math.sqrt(q.shape[-1]))
-    bs = q.shape[0]
-    if start_idx is not None:
-        start_idx = jnp.broadcast_to(start_idx, (bs,))
-    if kv_seq_len is not None:
-        kv_seq_len = jnp.broadcast_to(kv_seq_len, (bs,))
-    inner = functools.partial(
-            _split_partials, sm_scale=sm_scale, block_h=block_h, block_k=block_k, k_splits=k_splits,
-            num_warps=num_warps, num_stages=num_stages, grid=None, interpret=interpret, debug=debug,
+            split_partials=split_partials,
     )
     return jax.vmap(inner)(q, k, v, start_idx, kv_seq_len)

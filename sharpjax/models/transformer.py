@@ -464,8 +464,8 @@ def _pallas_decode_blocks(num_slots: int) -> tuple[int, int] | None:
 def _row_ends(num_filled, live_B, rows: int) -> Int[Array, " B"]:
     """Each row's end slot for the length-aware kernel: `num_filled`, or 0 where `live_B` is
     False. The kernel skips every block of a row whose end is at or before its start, and its
-    output for such a row is exactly 0, no NaN: `mqa` divides by l + eps, and `mqa_splits`
-    gives every split l = 0, which `_combine_partials` turns into 0."""
+    output for such a row is exactly 0, no NaN: `mqa` divides by l + eps, and with
+    `split_partials` gives every split l = 0, which `_combine_partials` turns into 0."""
     end_B = jnp.broadcast_to(jnp.asarray(num_filled, jnp.int32), (rows,))
     return end_B if live_B is None else jnp.where(live_B, end_B, 0)
 
@@ -542,10 +542,10 @@ def _attention_part(q_RKGH, k_RKSH, v_RKSH, visible_RS, start_R, num_filled, *, 
 
     block_k, k_splits = _pallas_decode_blocks(s)
     # [R, K, S, H] -> [R*K, S, H] is a bitcast: the kernel reads the cache in place.
-    o_XPGH, l_XPG, m_XPG = decode_kernel.mqa_splits(
+    o_XPGH, l_XPG, m_XPG = decode_kernel.mqa(
         q_RKGH.reshape(r * k_heads, g, h), k_RKSH.reshape(r * k_heads, s, h), v_RKSH.reshape(r * k_heads, s, h),
         jnp.repeat(start_R.astype(jnp.int32), k_heads), jnp.repeat(_row_ends(num_filled, live_R, r), k_heads),
-        block_k=block_k, k_splits=k_splits, interpret=impl == "pallas_interpret",
+        block_k=block_k, k_splits=k_splits, interpret=impl == "pallas_interpret", split_partials=True,
     )
     return (o_XPGH.reshape(r, k_heads, k_splits, g, h), l_XPG.reshape(r, k_heads, k_splits, g),
             m_XPG.reshape(r, k_heads, k_splits, g))

@@ -126,7 +126,7 @@ def test_combine_partials_over_splits_equals_dense_softmax(o_dtype):
 
 
 def test_kernel_split_partials_combined_equal_dense_softmax():
-    """`decode_kernel.mqa_splits` (interpreted) + `_combine_partials` == a float64 softmax over
+    """`decode_kernel.mqa(split_partials=True)` (interpreted) + `_combine_partials` == a float64 softmax over
     each row's slots [start, end), and == the vendored `mqa` (its own per-call combine): rows
     with left padding, an end mid-block, a window in one split only, and end <= start (no slot:
     every split has l = 0, m = fp32 min, and the combined output is exactly 0)."""
@@ -139,7 +139,8 @@ def test_kernel_split_partials_combined_equal_dense_softmax():
     v = rng.normal(size=(x, s, h)).astype(np.float32)
     start = np.array([0, 5, 20, 17, 40], np.int32)
     end = np.array([64, 37, 30, 50, 40], np.int32)
-    o, l, m = decode_kernel.mqa_splits(q, k, v, start, end, block_k=16, k_splits=k_splits, interpret=True)  # noqa: E741
+    o, l, m = decode_kernel.mqa(q, k, v, start, end, block_k=16, k_splits=k_splits, interpret=True,  # noqa: E741
+                                split_partials=True)
     assert o.shape == (x, k_splits, g, h) and l.shape == m.shape == (x, k_splits, g)
     split_start = np.arange(k_splits)[None] * (s // k_splits)
     empty = (end[:, None] <= split_start) | (start[:, None] >= split_start + s // k_splits)
