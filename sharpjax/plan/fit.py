@@ -116,8 +116,8 @@ def _fits(plan: Plan, max_fraction: float) -> bool:
 def _recomputed_by_xla(plan: Plan) -> int:
     """GEMMs XLA rematerialized in the plan's train step to fit its memory limit (AOT plans).
     A policy that fits only that way is not chosen: the GEMMs XLA recomputes cost more than the
-    next policy's own recompute (3B on one H200, 16 rows a micro-batch: "dots" compiled to 14.9
-    PFLOP a step against 12.7 for "full"; BENCHMARKS.md)."""
+    next policy's own recompute (3B on one H200, 256 rows x 3,072 tokens in micro-batches of 16:
+    "dots" compiled to 22.3 PFLOP of GEMMs a step against 19.1 for "full"; BENCHMARKS.md)."""
     return _program(plan, "train_step").xla_remat_gemms
 
 
