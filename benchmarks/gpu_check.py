@@ -3,6 +3,8 @@
 Runs, each stage in its own process with a timeout from one overall budget (default 540 s:
 a 15-minute device lease keeps room for the machine's start and a rerun):
 
+0. the GPU-only tests of the compiled Pallas decode kernel (`GPU_TESTS`: against dense
+   attention; skipping finished rows bitwise), pytest's counts in the JSON;
 1. `benchmarks/rollout.py` with the default decode attention (the Pallas kernel on one GPU)
    and HF `generate` beside it: tok/s, % of the HBM roofline, ratio to HF;
 2. `benchmarks/train_step.py` (8 x 1024, remat full) and the PyTorch step: MFU, ratio;
@@ -43,6 +45,7 @@ import datetime
 import glob
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -50,6 +53,8 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+GPU_TESTS = ("tests/rollout/test_decode.py::test_sampler_gpu_kernel_matches_dense",
+             "tests/rollout/test_skip_finished.py::test_gpu_kernel_skipping_keeps_every_output_bitwise")
 ROOT = os.path.dirname(HERE)
 GiB = 2**30
 
@@ -250,6 +255,14 @@ def main() -> None:
         with open(out, "w") as f:
             json.dump(res, f, indent=1)
 
+    # First, the compiled Pallas kernel on the GPU: against dense attention, and skipping finished
+    # rows bitwise (GPU-only tests; they skip on a CPU). The decode's split-combine runs without
+    # upstream's optimization barrier (`transformer._combine_partials`): a NaN would show here.
+    code, text = _stage("gpu_kernel_tests", ["-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *GPU_TESTS],
+                        min(120, left()), res["stages"])
+    res["gpu_kernel_tests"] = {"exit": code, **{kind: int(n) for n, kind in
+                                                re.findall(r"(\d+) (passed|failed|skipped|errors?)\b", text)}}
+    save()
     stages = [
         ("rollout", ["benchmarks/rollout.py", "--size", size, *no_torch("--skip-hf")], 150),
         ("train_step", ["benchmarks/train_step.py", "--size", size, *tiny_args("--iters", "1"),
@@ -291,6 +304,7 @@ def main() -> None:
         "sampler_calls": p.get("sampler_calls"), "rows_per_call": p.get("rows_per_call"),
         "peak_gib": max((s.get("peak_gib", 0) for s in p.get("steps") or []), default=None),
         "compiles": last.get("compiles"),
+        "gpu_kernel_tests": res.get("gpu_kernel_tests"),
         "train_step_xla_remat_gemms": max((d["gemms"] for d in p.get("train_step_xla_remat") or []), default=None),
         "plan": {"method": (p.get("plan") or {}).get("method"), "peak_gib": (p.get("plan") or {}).get("peak_gib"),
                  "step_s": (p.get("plan") or {}).get("step_time_s"),

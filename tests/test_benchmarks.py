@@ -76,7 +76,9 @@ def test_gpu_check_tiny(tmp_path):
     stdout = _run(["benchmarks/gpu_check.py", "--tiny", "--out", str(out)], timeout=900,
                   env=dict(os.environ, SHARPJAX_DATA_DIR=os.environ.get("SHARPJAX_DATA_DIR", "")))
     res = json.loads(out.read_text())
-    assert all(": exit 0 " in s for s in res["stages"]) and len(res["stages"]) == 5, res["stages"]
+    assert all(": exit 0 " in s for s in res["stages"]) and len(res["stages"]) == 6, res["stages"]
+    # The GPU-only kernel tests ran and, on this CPU, skipped (1 + 2 parametrized cases).
+    assert res["gpu_kernel_tests"] == {"exit": 0, "skipped": 3}, res["gpu_kernel_tests"]
     table = res["table"]
     assert table["rollout_tok_s"] > 0 and table["rollout_xla_tok_s"] > 0
     assert table["realistic_skip_s"] > 0 and table["realistic_noskip_s"] > 0 and table["realistic_tokens"] > 0
