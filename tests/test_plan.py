@@ -25,6 +25,7 @@ from sharpjax.plan import (
     parse_target,
     plan_run,
     preflight,
+    preflight_plan,
     preflight_run,
 )
 from sharpjax.train.config import RunConfig
@@ -312,6 +313,10 @@ def test_remat_auto_picks_the_cheapest_policy_that_fits(tmp_path):
         assert f"{peak[expected] / GiB:.1f} of {memory / GiB:.1f} GiB" in line  # the numbers that chose it
         assert f"{expected} {peak[expected] / memory:.0%}" in line and "limit 90%" in line
         assert summary.splitlines()[1].startswith("fit check (analytic plan, h100x1)")
+        # preflight_plan: the same resolution, and the plan that chose it (made once, not replanned).
+        again, same_summary, chosen = preflight_plan(_auto_run(tmp_path, memory))
+        assert again == resolved and same_summary == summary
+        assert chosen.remat == expected and chosen.peak_bytes == peak[expected] and chosen.memory_bytes == memory
         # The candidates after the chosen one are not planned (each is an AOT compile on a GPU target).
         choice = choose_remat(_auto_run(tmp_path), "h100x1", method="analytic", memory_bytes=memory)
         assert [r for r, _ in choice.plans] == list(REMAT_CANDIDATES[:REMAT_CANDIDATES.index(expected) + 1])
@@ -371,6 +376,7 @@ def test_remat_auto_without_a_plan_is_full(tmp_path):
                                     "policy that holds the least activation memory)",
                                     "fit check skipped: no config.plan.target and no local GPU"]
     off, summary = preflight_run(tiny_run(tmp_path, train=dict(remat="auto"), plan=dict(target="h100x1", method="off")))
+    assert preflight_plan(run)[2] is None  # no plan made, none returned
     assert off.train.remat == "full" and summary.startswith("remat: auto -> full (no plan")
     # A fixed policy is left alone, and the summary is the fit check's alone.
     fixed, summary = preflight_run(tiny_run(tmp_path, train=dict(remat="dots"), plan=dict(target="h100x1",

@@ -54,6 +54,7 @@ from sharpjax.plan.fit import (  # noqa: F401
     local_target,
     plan_run,
     preflight,
+    preflight_plan,
     preflight_run,
 )
 from sharpjax.plan.shapes import PAPER_MODELS, GiB, Plan, PlanShapes, ProgramPlan, model_config_for, plan_shapes
@@ -63,5 +64,6 @@ __all__ = [
     "GiB", "GPUS", "Gpu", "Target", "parse_target", "PAPER_MODELS", "Plan", "ProgramPlan", "PlanShapes",
     "aot_available",
     "check_fit", "gpu_attention", "local_target", "model_config_for", "plan_run", "plan_shapes", "preflight",
-    "preflight_run", "REMAT_CANDIDATES", "REMAT_DEFAULT", "RematChoice", "check_remat_choice", "choose_remat",
+    "preflight_plan", "preflight_run", "REMAT_CANDIDATES", "REMAT_DEFAULT", "RematChoice", "check_remat_choice",
+    "choose_remat",
 ]

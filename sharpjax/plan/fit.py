@@ -283,6 +283,16 @@ def preflight_run(run: RunConfig, *, model: ModelConfig | None = None) -> tuple[
     with one line naming the policy and the numbers that chose it. Raises ConfigError when
     the run cannot fit (with "auto": under any policy).
     """
+    run, summary, _ = preflight_plan(run, model=model)
+    return run, summary
+
+
+def preflight_plan(run: RunConfig, *, model: ModelConfig | None = None) -> tuple[RunConfig, str, Plan | None]:
+    """`preflight_run`, and the plan that checked the fit (None when there was none to make).
+
+    For a caller that reports the plan's predictions beside the run (benchmarks/gpu_check.py):
+    an AOT plan compiles every program for the target, minutes at 3B, so it is made once.
+    """
     p = run.plan
     auto = run.train.remat == "auto"
     memory = int(p.device_memory_gb * GiB) if p.device_memory_gb else None
@@ -321,11 +331,11 @@ def preflight_run(run: RunConfig, *, model: ModelConfig | None = None) -> tuple[
         skipped = "\n".join(chunk_line + [skipped]) if target is None else None
     if target is None:
         if not auto:
-            return run, skipped
+            return run, skipped, None
         why = "no plan" if p.method == "off" else "no config.plan.target and no local GPU"
         line = (f"remat: auto -> {REMAT_DEFAULT} ({why} to choose by: the policy that holds the least "
                 "activation memory)")
-        return _with_remat(run, REMAT_DEFAULT), f"{line}\n{skipped}"
+        return _with_remat(run, REMAT_DEFAULT), f"{line}\n{skipped}", None
     lines = chunk_line
     if auto:
         choice = choose_remat(run, target, method=p.method, model=model, memory_bytes=memory,
@@ -339,4 +349,4 @@ def preflight_run(run: RunConfig, *, model: ModelConfig | None = None) -> tuple[
     worst = max(plan.programs, key=lambda q: q.peak_bytes)
     lines.append(f"fit check ({plan.method} plan, {target.name}): peak {worst.peak_bytes / GiB:.1f} GiB per device "
                  f"({worst.name}) of {plan.memory_bytes / GiB:.1f} GiB, limit {p.max_memory_fraction:.0%}")
-    return run, "\n".join(lines)
+    return run, "\n".join(lines), plan
