@@ -313,7 +313,7 @@ def test_remat_auto_picks_the_cheapest_policy_that_fits(tmp_path):
         assert f"{peak[expected] / GiB:.1f} of {memory / GiB:.1f} GiB" in line  # the numbers that chose it
         assert f"{expected} {peak[expected] / memory:.0%}" in line and "limit 90%" in line
         assert summary.splitlines()[1].startswith("fit check (analytic plan, h100x1)")
-        # preflight_plan: the same resolution, and the plan that chose it (made once, not replanned).
+        # preflight_plan: the same resolution and summary, and the chosen policy's plan at that memory.
         again, same_summary, chosen = preflight_plan(_auto_run(tmp_path, memory))
         assert again == resolved and same_summary == summary
         assert chosen.remat == expected and chosen.peak_bytes == peak[expected] and chosen.memory_bytes == memory
@@ -328,7 +328,6 @@ def test_remat_auto_picks_the_cheapest_policy_that_fits(tmp_path):
     choice = choose_remat(_auto_run(tmp_path), "h100x1", method="analytic", plan_all=True)
     assert choice.policy == "none"
     assert {r: p.peak_bytes for r, p in choice.plans} == peak
-
 
 
 def test_remat_auto_skips_a_policy_xla_fits_only_by_recomputing_gemms(tmp_path, monkeypatch):
@@ -353,6 +352,7 @@ def test_remat_auto_skips_a_policy_xla_fits_only_by_recomputing_gemms(tmp_path, 
     # When every policy that fits needs XLA's recompute, the one that needs the least.
     gemms["full"] = 40
     assert choose_remat(_auto_run(tmp_path), "h100x1", method="analytic", memory_bytes=memory).policy == "dots"
+
 
 def test_remat_auto_when_nothing_fits_names_the_knobs(tmp_path):
     full = plan_run(tiny_run(tmp_path, **{**ACTIVATION_BOUND, "train": {"micro_batches": 1, "remat": "full"}}),

@@ -598,8 +598,9 @@ def _shared_prompt_decode_attention(
     C rows of a prompt as C * G queries against one copy of its keys (read once per prompt, not
     once per row); the response part is per row. "auto" uses the length-aware Pallas kernel for
     a part on one NVIDIA GPU when its slot count is a multiple of 16 (as `_decode_attention`),
-    else XLA's dense attention. With `live_B`, the kernel reads no response slot of a row that is not live and no prompt
-    slot of a prompt none of whose C rows is live (those rows' outputs are 0).
+    else XLA's dense attention. With `live_B`, the kernel reads no response slot of a row that
+    is not live and no prompt slot of a prompt none of whose C rows is live (those rows'
+    outputs are 0).
     """
     b, _, n, h = q_B1NH.shape
     q_rows = prompt_k_QKTH.shape[0]

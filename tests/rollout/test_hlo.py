@@ -77,7 +77,6 @@ def test_loop_launches_counts_each_body_and_what_runs_as_a_cuda_graph():
         {"launches": 6, "in_graphs": 0, "graphs": 0}, {"launches": 4, "in_graphs": 0, "graphs": 0}]
 
 
-
 def test_rematerialized_counts_what_xla_cloned_to_fit():
     """Lines of a compiled 3B train step (one H200, remat "dots", 16 rows a micro-batch), trimmed:
     XLA's rematerialization names its clones `.remat`, `.remat2`; a use of a clone is not one."""

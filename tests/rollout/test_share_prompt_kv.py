@@ -349,7 +349,6 @@ def test_sampling_config_for_threads_share_prompt_kv():
     assert sampling_config_for(config, Tok(), max_new_tokens=4, share_prompt_kv=False).share_prompt_kv is False
 
 
-
 def test_one_sample_per_prompt_keeps_one_cache():
     """At G = 1 there is nothing to share: `share_prompt_kv` lowers to the very program of the
     one [B, K, P + M, H] cache (one attention call per layer, no merge). At G = 2 it does not."""
