@@ -503,3 +503,39 @@ def test_the_plan_samples_as_the_target_will(tmp_path, target, attention):
     assert sampling.decode_attention == attention
     # ... with the run's per-prompt budgets and the plan's worst-case response slots.
     assert (sampling.max_total_length, sampling.max_new_tokens) == (run.rollout.max_total_length, shapes.new_tokens)
+
+
+# ---- the rollout's decode reads ---------------------------------------------------------------
+
+@pytest.mark.parametrize("filled_before, steps, block", [(0, 1, 64), (0, 2048, 64), (0, 1792, 64), (1024, 2048, 64),
+                                                         (5, 63, 16), (100, 65, 32), (0, 7, 16)])
+def test_mean_slots_read_is_the_mean_of_whole_blocks_over_the_steps(filled_before, steps, block):
+    from sharpjax.plan.analytic import mean_slots_read
+
+    direct = sum(math.ceil((filled_before + t + 1) / block) * block for t in range(steps)) / steps
+    assert mean_slots_read(filled_before, steps, block) == pytest.approx(direct, rel=1e-12)
+
+
+@pytest.mark.parametrize("samples", [2, 4])
+def test_one_gpu_decode_reads_the_filled_slots_several_read_them_all(tmp_path, samples):
+    """The plan's decode phase reads what the decode attention reads: each prompt's P slots once
+    for its rows, and each row's response slots: on one GPU the length-aware kernel reads the
+    filled ones in 64-slot blocks (~M / 2 a step over a full-length decode); on several devices
+    the dense attention reads all M, every step."""
+    run = tiny_run(tmp_path, rollout=dict(samples_per_prompt=samples, prompts_per_step=32 // samples))
+    one, two = (plan_run(run, target, method="analytic") for target in ("h100x1", "h100x2"))
+    model, P, M = one.model, one.shapes.prompt_len, one.shapes.new_tokens
+    assert M % 64 == 0  # the kernel's block
+    kv_slot = model.num_layers * 2 * model.num_kv_heads * model.head_dim * 2  # bf16 K and V, every layer
+
+    def kv_bytes_and_rows(plan):  # the decode phase's bytes less the weights and the fp32 logits
+        _, decode_bytes, steps = plan.programs[0].phases[1]
+        rows = plan.shapes.prompts_per_call * samples / plan.shapes.batch_shards
+        assert steps == M
+        return decode_bytes - 2 * model.num_params - rows * model.vocab_size * 12, rows
+
+    kv, rows = kv_bytes_and_rows(one)
+    filled = sum(math.ceil((t + 1) / 64) * 64 for t in range(M)) / M
+    assert kv == pytest.approx((rows / samples * P + rows * filled) * kv_slot, rel=1e-9)
+    kv, rows = kv_bytes_and_rows(two)
+    assert kv == pytest.approx((rows / samples * P + rows * M) * kv_slot, rel=1e-9)

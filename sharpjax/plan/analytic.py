@@ -135,6 +135,38 @@ def _analytic_programs(run: RunConfig, model: ModelConfig, s: PlanShapes) -> lis
     return out
 
 
+def mean_slots_read(filled_before: int, steps: int, block: int) -> float:
+    """Mean over the decode steps t < `steps` of ceil((filled_before + t + 1) / block) * block:
+    the slots a length-aware kernel reads when step t attends over filled_before + t + 1 filled
+    slots (write-then-attend), whole blocks of `block` slots."""
+    if steps <= 0:
+        return 0.0
+    # Sum of ceil(n / b) for n in [a + 1, a + steps], from the closed form of sum_{n <= x} ceil(n / b).
+    def ceil_sum(x):
+        q, r = divmod(x, block)
+        return block * q * (q + 1) // 2 + r * (q + 1)
+    return block * (ceil_sum(filled_before + steps) - ceil_sum(filled_before)) / steps
+
+
+def decode_slots_read(s: PlanShapes, *, length_aware: bool) -> tuple[float, float]:
+    """KV slots one decode step reads, on average over the M steps of a full-length decode:
+    (per prompt, per row), as `SamplingConfig` lays out the cache for the plan's shapes.
+
+    RLOO samples at least 2 responses per prompt, so the cache is split (`uses_shared_prompt_kv`):
+    each prompt's P slots are read once for its rows, each row reads its own M response slots.
+    The dense XLA attention (several devices, `transformer._decode_attention`)
+    reads every allocated slot every step; the length-aware Pallas kernel (one GPU) only the
+    filled ones, in whole blocks (`transformer._pallas_decode_blocks`): a response part grows one
+    slot a step, so it reads ~M / 2 a step, not M.
+    """
+    from sharpjax.models.transformer import _pallas_decode_blocks
+
+    P, M = s.prompt_len, s.new_tokens
+    blocks = _pallas_decode_blocks(M) if length_aware else None
+    # The prompt part is full from the first step: P slots either way (the kernel's blocks tile it).
+    return float(P), float(M) if blocks is None else mean_slots_read(0, M, blocks[0])
+
+
 def _phases(name: str, run: RunConfig, model: ModelConfig, s: PlanShapes) -> tuple[tuple[float, float, int], ...]:
     """Roofline phases (FLOPs, HBM bytes, repeats) per device of one call of a program."""
     d, f, t = s.mesh
@@ -159,10 +191,10 @@ def _phases(name: str, run: RunConfig, model: ModelConfig, s: PlanShapes) -> tup
     if name == "rollout":
         rr = s.prompts_per_call * s.samples / s.batch_shards
         rp = s.prompts_per_call / s.batch_shards
-        # Each decode step reads the prompts' shared KV once and every row's response slots.
-        kv_bytes = (rp * P + rr * M) * L * 2 * KH * c / n_split
+        prompt_slots, row_slots = decode_slots_read(s, length_aware=d * f * t == 1)
+        kv_bytes = (rp * prompt_slots + rr * row_slots) * L * 2 * KH * c / n_split
         return ((fwd(rp, P, T), weights + act_bytes(rp, P, T), 1),
-                (fwd(rr, 1, T), weights + kv_bytes + rr * V * 4 * 3, M))
+                (fwd(rr, 1, prompt_slots + row_slots), weights + kv_bytes + rr * V * 4 * 3, M))
     if name == "scoring":
         return ((fwd(rows, T, T), weights + act_bytes(rows, T, T), 1),)
     factor = {"full": 4, "dots": 3.5, "none": 3}[run.train.remat]  # fwd + (recomputed fwd) + 2x bwd
