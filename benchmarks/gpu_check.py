@@ -180,7 +180,9 @@ def paper_stage(args) -> None:
     from sharpjax.rollout.hlo import rematerialized
 
     rec["train_step_xla_remat"] = []
-    for path in sorted(glob.glob(os.path.join(work, "xla", "*train_step*after_optimizations.txt"))):
+    # The update's program: `train_step`, or with train.group_by_length (the paper configs) the
+    # per-micro-batch `train_micro_batch`.
+    for path in sorted(glob.glob(os.path.join(work, "xla", "*train_*after_optimizations.txt"))):
         with open(path) as f:
             rec["train_step_xla_remat"].append(rematerialized(f.read()))
     shutil.rmtree(os.path.join(work, "xla"), ignore_errors=True)  # kernels' IR too: ~100 MB at 3B
@@ -282,7 +284,7 @@ def main() -> None:
             continue
         path = os.path.join(work, f"{name}.json")
         # The update's optimized HLO (only that module's dumps) for the paper stage's remat check.
-        dump = (f"--xla_dump_to={os.path.join(work, 'xla')} --xla_dump_hlo_module_re=.*train_step.*"
+        dump = (f"--xla_dump_to={os.path.join(work, 'xla')} --xla_dump_hlo_module_re=.*train_(step|micro_batch).*"
                 if name == "paper_step" else "")
         _stage(name, [*argv, "--json", path], min(cap, left()), res["stages"], xla_flags=dump)
         got = _load(path)

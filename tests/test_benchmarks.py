@@ -89,7 +89,8 @@ def test_gpu_check_tiny(tmp_path):
     assert paper["remat"] in ("none", "dots", "full") and len(paper["steps"]) == 2
     assert table["plan"]["method"] == "analytic" and table["plan"]["peak_gib"] > 0
     assert set(paper["plan"]["programs"]) == {"rollout", "scoring", "train_step"}
-    assert table["compiles"] >= 4 and {c["program"] for c in paper["compiled"]} >= {"sampler", "train_step"}
+    # The paper config groups the update's micro-batches by length (train.group_by_length).
+    assert table["compiles"] >= 4 and {c["program"] for c in paper["compiled"]} >= {"sampler", "train_micro"}
     # The update's own optimized HLO was dumped and read (a toy step needs no XLA rematerialization).
     assert paper["train_step_xla_remat"] and table["train_step_xla_remat_gemms"] == 0
     line = stdout.strip().splitlines()[-1]
@@ -121,6 +122,37 @@ def test_decode_cost_bytes_by_hand():
     np.testing.assert_array_equal(noskip, fixed + slot * np.array([64 + 2 * 64] * 3))
     dense = dc.decode_bytes(lengths=lengths, mode="dense", **shape)
     np.testing.assert_array_equal(dense, fixed + slot * np.array([64 + 2 * 3] * 3))
+
+
+def _update_cost():
+    import importlib.util
+
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))  # update_cost imports decode_cost
+    spec = importlib.util.spec_from_file_location("update_cost", os.path.join(ROOT, "benchmarks", "update_cost.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_update_cost_of_equal_micro_batches_is_the_plans_update():
+    """update_cost.py sums the plan's closed form per micro-batch: with every micro-batch at the
+    batch's width it is the plan's own roofline of the scanned update; narrower ones cost less."""
+    from experiments.rl_math import get_config
+    from sharpjax.plan import plan_run
+    from sharpjax.train.config import RunConfig
+
+    c = get_config("llama3b:task:h200x1")
+    c.train.remat, c.rollout.chunk_prompts = "dots", 32
+    run = RunConfig.from_config_dict(c)
+    plan = plan_run(run, "h200x1", method="analytic")
+    s, gpu = plan.shapes, plan.target.gpu
+    per = s.rows // s.micro_batches
+    update = _update_cost().update_seconds
+    step = next(p for p in plan.programs if p.name == "train_step")
+    assert update(run, plan.model, s, gpu, [(s.width, per)] * s.micro_batches) == pytest.approx(step.time_s(gpu),
+                                                                                             rel=1e-9)
+    narrower = [(s.width, per)] * (s.micro_batches - 1) + [(s.prompt_len + 256, per)]
+    assert update(run, plan.model, s, gpu, narrower) < step.time_s(gpu)
 
 
 def test_realistic_lengths_distribution():

@@ -87,6 +87,10 @@ def paper_config(
     # (every target fits with full; BENCHMARKS.md, "Train step", has what each resolves to).
     c.train.remat = "auto"
     c.train.tokens_per_micro_batch = hw["tokens_per_micro_batch"]
+    # Micro-batches of rows of similar length, each trimmed to its own longest row: at realistic
+    # lengths ~2x less update compute (BENCHMARKS.md, "Update micro-batches grouped by length");
+    # nothing to gain when every response runs to the budget.
+    c.train.group_by_length = not fixed_length
     # "auto": the launcher's plan picks the largest sampler call that fits (sharpjax/plan/chunks.py):
     # one call reads the weights once per decoded token for every row.
     c.rollout.chunk_prompts = hw["chunk_prompts"]

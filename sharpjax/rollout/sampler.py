@@ -207,11 +207,7 @@ def trim_padding(rollout: RolloutBatch, prompt_len: int, max_response_len: int, 
       The same batch with [B, P + M'] arrays, M' <= M.
     """
     budget = rollout.tokens.shape[1] - prompt_len
-    step = max(16, -(-budget // 8))
-    keep = min(budget, max(step, -(-max_response_len // step) * step))
-    if width_step is not None:
-        width = -(-(prompt_len + max(max_response_len, 1)) // width_step) * width_step
-        keep = min(budget, width - prompt_len)
+    keep = trimmed_response_slots(budget, max_response_len, prompt_len=prompt_len, width_step=width_step)
     if keep == budget:
         return rollout
     cut = lambda x: x[:, : prompt_len + keep]  # noqa: E731
@@ -220,6 +216,19 @@ def trim_padding(rollout: RolloutBatch, prompt_len: int, max_response_len: int, 
         response_mask=cut(rollout.response_mask), logprobs=cut(rollout.logprobs),
         sampling_logprobs=cut(rollout.sampling_logprobs),
     )
+
+
+def trimmed_response_slots(budget: int, max_response_len: int, *, prompt_len: int,
+                           width_step: int | None = None) -> int:
+    """The response columns `trim_padding` keeps of `budget` for a longest response of
+    `max_response_len` tokens: a multiple of max(16, budget // 8), or with `width_step` the
+    prompt plus response rounded up to a multiple of it; never more than `budget`."""
+    step = max(16, -(-budget // 8))
+    keep = min(budget, max(step, -(-max_response_len // step) * step))
+    if width_step is not None:
+        width = -(-(prompt_len + max(max_response_len, 1)) // width_step) * width_step
+        keep = min(budget, width - prompt_len)
+    return keep
 
 
 def filter_logits(logits_BV: Float[Array, "B V"], *, top_k: int, top_p: float) -> Float[Array, "B V"]:

@@ -530,10 +530,11 @@ def _first_line(e: BaseException) -> str:
 
 # Settings a resume may change: extending a run is a resume with more steps. The mesh among them:
 # the checkpoint restores onto the new mesh's shardings (orbax), so a run moves to another device
-# count with the same state.
+# count with the same state. `train.group_by_length` changes how the update is cut into programs,
+# not the update (fp32 summation order only).
 RESUMABLE_CHANGES = frozenset(
     {"train.steps", "optim.total_steps", "train.tokens_per_micro_batch", "train.max_skipped_updates",
-     "mesh.data", "mesh.fsdp", "mesh.tensor"}
+     "train.group_by_length", "mesh.data", "mesh.fsdp", "mesh.tensor"}
 )
 
 

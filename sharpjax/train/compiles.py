@@ -23,6 +23,10 @@ _BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
 
 # The loop's programs that compile once per trimmed width (scoring, reference, update).
 WIDTH_PROGRAMS = ("reference", "rewards", "train_step")
+# With `train.group_by_length` the update is one program per micro-batch width (on the same grid),
+# and two programs that compile once a run (`train.step.GroupedUpdate`).
+GROUPED_WIDTH_PROGRAMS = ("reference", "rewards", "train_micro")
+GROUPED_ONCE = ("train_start", "train_apply")
 
 
 def width_step(run) -> int:
@@ -40,19 +44,26 @@ class CompileBudget:
 
     Attributes:
       sampler: (prompt bucket, response allocation) pairs: buckets x allocations.
-      widths: trimmed widths, each compiled once by each of WIDTH_PROGRAMS.
+      widths: trimmed widths, each compiled once by each of `width_programs`.
+      grouped: `train.group_by_length` (the update's programs: GROUPED_WIDTH_PROGRAMS, GROUPED_ONCE).
     """
 
     sampler: int
     widths: int
+    grouped: bool = False
+
+    @property
+    def width_programs(self) -> tuple[str, ...]:
+        return GROUPED_WIDTH_PROGRAMS if self.grouped else WIDTH_PROGRAMS
 
     @property
     def programs(self) -> int:
-        return self.sampler + len(WIDTH_PROGRAMS) * self.widths
+        return self.sampler + len(self.width_programs) * self.widths + (len(GROUPED_ONCE) if self.grouped else 0)
 
     def __str__(self) -> str:
+        once = f", {len(GROUPED_ONCE)} once ({', '.join(GROUPED_ONCE)})" if self.grouped else ""
         return (f"at most {self.programs} loop programs: sampler {self.sampler} (prompt bucket x response "
-                f"allocation), {len(WIDTH_PROGRAMS)} x {self.widths} trimmed widths")
+                f"allocation), {len(self.width_programs)} x {self.widths} trimmed widths{once}")
 
 
 def compile_budget(run) -> CompileBudget:
@@ -69,7 +80,7 @@ def compile_budget(run) -> CompileBudget:
     # Trimmed widths on the grid, plus each bucket's untrimmed width (a batch whose longest
     # response reaches the budget keeps it, on the grid or not).
     widths = math.ceil(widest / step) + len(buckets)
-    return CompileBudget(sampler=len(buckets) * allocations, widths=widths)
+    return CompileBudget(sampler=len(buckets) * allocations, widths=widths, grouped=run.train.group_by_length)
 
 
 @dataclasses.dataclass(frozen=True)

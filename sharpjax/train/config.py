@@ -202,6 +202,11 @@ class TrainConfig:
       export_final: write the last and the best policy as Hugging Face directories.
       trim_padding: score and update only up to the batch's longest response (exact; at most 8
         more compiled shapes per prompt length; 2x faster steps on the arithmetic runs).
+      group_by_length: the update's micro-batches take rows of similar response length, and each
+        is trimmed to its own longest row, one program per micro-batch (`train.step.GroupedUpdate`):
+        with a long tail of lengths most micro-batches are far narrower than the batch's longest
+        row. The same gradient up to fp32 summation order; the per-micro-batch metrics (means over
+        a micro-batch, averaged) are of other groupings of the rows.
       max_skipped_updates: stop the run (TrainingDiverged) after this many updates in a row
         were skipped as non-finite (loss, gradient, update or params); the last checkpoint,
         taken before them, is what gets exported.
@@ -220,6 +225,7 @@ class TrainConfig:
     export_final: bool = True
     log_every: int = 1
     trim_padding: bool = True
+    group_by_length: bool = False
     max_skipped_updates: int = 5
 
 

@@ -153,6 +153,33 @@ def _split_micro(batch: TrainBatch, n: int) -> TrainBatch:
     return jax.tree.map(lambda x: x.reshape(n, x.shape[0] // n, *x.shape[1:]), batch)
 
 
+def _gradient(compute: Params, micro: TrainBatch, *, cfg: StepConfig, num_tokens, num_sequences):
+    """One micro-batch's metrics and gradient with respect to the compute-dtype params."""
+    grad_fn = jax.value_and_grad(
+        functools.partial(_loss_fn, cfg=cfg, num_tokens=num_tokens, num_sequences=num_sequences), has_aux=True
+    )
+    (_, metrics), g = grad_fn(compute, micro)
+    return metrics, g
+
+
+def _to_master(g: Params, like: Params) -> Params:
+    """A compute-dtype gradient in the fp32 master's dtype: the cast's own VJP, so the same
+    gradients as differentiating through the cast."""
+    return jax.tree.map(lambda g_i, p: g_i.astype(p.dtype), g, like)
+
+
+def _accumulate(grads: Params, compute: Params, micro: TrainBatch, **loss_kwargs):
+    """grads (fp32) + one micro-batch's gradient, and its metrics."""
+    metrics, g = _gradient(compute, micro, **loss_kwargs)
+    return jax.tree.map(jnp.add, grads, _to_master(g, grads)), metrics
+
+
+def _combine_micro_metrics(metrics: dict[str, Array]) -> dict[str, Array]:
+    """Per-micro-batch metrics, stacked on a leading axis, as one batch's: losses are already
+    globally normalized, so they add up; the others are averaged over the micro-batches."""
+    return {k: (v.sum() if k.endswith("loss") else v.mean()) for k, v in metrics.items()}
+
+
 def train_step(state: TrainState, batch: TrainBatch, *, cfg: StepConfig) -> tuple[TrainState, dict[str, Array]]:
     """One optimizer update on one rollout batch (pure; jit it with `make_train_step`).
 
@@ -163,32 +190,35 @@ def train_step(state: TrainState, batch: TrainBatch, *, cfg: StepConfig) -> tupl
     """
     if batch.tokens.shape[0] % cfg.micro_batches:
         raise ValueError(f"batch of {batch.tokens.shape[0]} rows is not divisible by micro_batches={cfg.micro_batches}.")
-    num_tokens = jnp.maximum(batch.response_mask.sum(), 1).astype(jnp.float32)
-    num_sequences = jnp.asarray(batch.tokens.shape[0], jnp.float32)
-    grad_fn = jax.value_and_grad(
-        functools.partial(_loss_fn, cfg=cfg, num_tokens=num_tokens, num_sequences=num_sequences), has_aux=True
-    )
+    loss_kwargs = dict(cfg=cfg, num_tokens=count_response_tokens(batch),
+                       num_sequences=jnp.asarray(batch.tokens.shape[0], jnp.float32))
 
     # The params are cast once, here: inside the micro-batch scan XLA casts them again in every
-    # micro-batch (6 bytes/param each: 19 GB per micro-batch at 3B). The gradient is taken with
-    # respect to the compute-dtype params and cast back to the fp32 master's dtype, which is the
-    # cast's own VJP: the same gradients as differentiating through the cast.
+    # micro-batch (6 bytes/param each: 19 GB per micro-batch at 3B).
     compute = cast_params(state.params, cfg.model.jnp_dtype)
-    to_master = lambda g: jax.tree.map(lambda g_i, p: g_i.astype(p.dtype), g, state.params)  # noqa: E731
-
-    def accumulate(grads, micro):
-        (loss, metrics), g = grad_fn(compute, micro)
-        return jax.tree.map(jnp.add, grads, to_master(g)), metrics
-
     if cfg.micro_batches == 1:
         # No accumulator: a second full-size fp32 gradient buffer costs 4 bytes/param of HBM.
-        (_, metrics), grads = grad_fn(compute, batch)
-        grads = to_master(grads)
+        metrics, g = _gradient(compute, batch, **loss_kwargs)
+        grads = _to_master(g, state.params)
     else:
         zeros = jax.tree.map(jnp.zeros_like, state.params)
-        grads, metrics = jax.lax.scan(accumulate, zeros, _split_micro(batch, cfg.micro_batches))
-        # Per-micro-batch metrics: losses are already globally normalized, so they add up.
-        metrics = {k: (v.sum() if k.endswith("loss") else v.mean()) for k, v in metrics.items()}
+        grads, metrics = jax.lax.scan(lambda g, micro: _accumulate(g, compute, micro, **loss_kwargs), zeros,
+                                      _split_micro(batch, cfg.micro_batches))
+        metrics = _combine_micro_metrics(metrics)
+    return apply_gradients(state, grads, metrics, cfg=cfg)
+
+
+def count_response_tokens(batch: TrainBatch) -> Float[Array, ""]:
+    """The loss's global normalizer: the batch's response tokens (at least 1), fp32."""
+    return jnp.maximum(batch.response_mask.sum(), 1).astype(jnp.float32)
+
+
+def apply_gradients(state: TrainState, grads: Params, metrics: dict[str, Array], *,
+                    cfg: StepConfig) -> tuple[TrainState, dict[str, Array]]:
+    """The optimizer update from a batch's accumulated fp32 gradient, skipped (params and
+    optimizer state unchanged) when the loss, the gradient, the update or a new param is not
+    finite. `metrics` are the batch's loss metrics; returned with grad_norm, update_norm,
+    learning_rate and update_skipped added."""
     optimizer = make_optimizer(cfg.optim)
 
     def adamw(opt_state, params):
@@ -244,6 +274,122 @@ def make_train_step(cfg: StepConfig, state: TrainState, mesh: Mesh | None) -> Ca
         out_shardings=(shardings, replicated(mesh)),
         donate_argnums=0,
     )
+
+
+# ---- train.group_by_length: one program per micro-batch, trimmed to its own rows ------------
+
+@dataclasses.dataclass(frozen=True)
+class GroupedUpdate:
+    """The update as three kinds of program, so that each micro-batch has its own width.
+
+    `train_step` scans micro-batches of one shape: every row is as wide as the batch's longest
+    response. Here the rows are sorted by response length and each micro-batch runs as its own
+    program, trimmed to its own longest row (`length_grouped_update`): with realistic lengths
+    (a long tail to the budget) most micro-batches are far narrower than the batch. The loss is
+    normalized by the whole batch's token and row counts, so the summed gradient is the same
+    up to fp32 summation order.
+
+    Attributes:
+      start: (state, num_tokens) -> (zero fp32 gradients, compute-dtype params): once a step.
+      micro: (grads, compute, micro batch, num_tokens, num_sequences) -> (grads + its gradient,
+        its metrics), grads donated: one compile per micro-batch width.
+      apply: (state, grads, [metrics of each micro-batch]) -> (new state, metrics), the state
+        donated: `apply_gradients` on the summed gradient, metrics combined as `train_step` does.
+    """
+
+    start: Callable
+    micro: Callable
+    apply: Callable
+
+
+def make_grouped_update(cfg: StepConfig, state: TrainState, mesh: Mesh | None) -> GroupedUpdate:
+    def start_update(state):
+        return jax.tree.map(jnp.zeros_like, state.params), cast_params(state.params, cfg.model.jnp_dtype)
+
+    def train_micro_batch(grads, compute, micro, num_tokens, num_sequences):
+        return _accumulate(grads, compute, micro, cfg=cfg, num_tokens=num_tokens, num_sequences=num_sequences)
+
+    def apply_update(state, grads, micro_metrics):
+        stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *micro_metrics)
+        return apply_gradients(state, grads, _combine_micro_metrics(stacked), cfg=cfg)
+
+    if mesh is None:
+        return GroupedUpdate(start=jax.jit(start_update), micro=jax.jit(train_micro_batch, donate_argnums=0),
+                             apply=jax.jit(apply_update, donate_argnums=0))
+    state_sh, scalar = state_shardings(state), replicated(mesh)
+    params_sh = state_sh.params
+    return GroupedUpdate(
+        start=jax.jit(start_update, in_shardings=(state_sh,), out_shardings=(params_sh, params_sh)),
+        micro=jax.jit(train_micro_batch, donate_argnums=0,
+                      in_shardings=(params_sh, params_sh, batch_shardings(mesh), scalar, scalar),
+                      out_shardings=(params_sh, scalar)),
+        apply=jax.jit(apply_update, donate_argnums=0, in_shardings=(state_sh, params_sh, scalar),
+                      out_shardings=(state_sh, scalar)),
+    )
+
+
+def length_grouped_micro_batches(response_lengths, micro_batches: int, *, prompt_len: int, budget: int,
+                                 width_step: int | None) -> list[tuple[Any, int]]:
+    """(row indices, width) of each micro-batch of `length_grouped_update`: the rows sorted by
+    response length, longest first, cut into `micro_batches` equal groups, each as wide as the
+    prompt plus its longest response trimmed as `trim_padding` trims a batch (one grid of widths,
+    so the micro-batch program compiles once per width)."""
+    import numpy as np
+
+    from sharpjax.rollout.sampler import trimmed_response_slots
+
+    lengths = np.asarray(response_lengths)
+    rows = len(lengths)
+    if rows % micro_batches:
+        raise ValueError(f"batch of {rows} rows is not divisible by micro_batches={micro_batches}.")
+    order = np.argsort(-lengths, kind="stable")
+    per = rows // micro_batches
+    groups = []
+    for i in range(micro_batches):
+        idx = order[i * per:(i + 1) * per]
+        keep = trimmed_response_slots(budget, int(lengths[idx].max()), prompt_len=prompt_len, width_step=width_step)
+        groups.append((idx, prompt_len + keep))
+    return groups
+
+
+def length_grouped_update(update: GroupedUpdate, state: TrainState, batch: TrainBatch, response_lengths, *,
+                          micro_batches: int, prompt_len: int, width_step: int | None = None,
+                          put_rows: Callable = jnp.asarray, program=None) -> tuple[TrainState, dict[str, Array]]:
+    """One optimizer update on `batch` with length-grouped micro-batches (`GroupedUpdate`).
+
+    Args:
+      batch: the step's [B, T] `TrainBatch` as numpy arrays (host: its micro-batches are cut
+        there, so no gather program compiles per width).
+      response_lengths: [B] response tokens of each row.
+      prompt_len: P, the prompt columns of every row.
+      width_step: the trimmed widths' grid (`train.compiles.width_step`), or None.
+      put_rows: places a micro-batch's host rows on the devices (the trainer's row sharding).
+      program: None, or `CompileLog.program` to log each program's compiles with its shape.
+
+    Returns:
+      As `train_step`.
+    """
+    import contextlib
+
+    import numpy as np
+
+    program = program or (lambda *a: contextlib.nullcontext())
+    num_tokens = np.float32(max(int(np.asarray(batch.response_mask).sum()), 1))
+    num_sequences = np.float32(batch.tokens.shape[0])
+    with program("train_start", (), "start_update"):
+        grads, compute = update.start(state)
+    metrics = []
+    budget = batch.tokens.shape[1] - prompt_len
+    for idx, width in length_grouped_micro_batches(response_lengths, micro_batches, prompt_len=prompt_len,
+                                                   budget=budget, width_step=width_step):
+        micro = jax.tree.map(lambda x: put_rows(np.ascontiguousarray(x[idx, :width] if x.ndim == 2 else x[idx])),
+                             batch)
+        with program("train_micro", (len(idx), width), "train_micro_batch"):
+            grads, m = update.micro(grads, compute, micro, num_tokens, num_sequences)
+        metrics.append(m)
+    del compute
+    with program("train_apply", (), "apply_update"):
+        return update.apply(state, grads, metrics)
 
 
 @flax.struct.dataclass
@@ -364,6 +510,8 @@ class StepFunctions:
       ref_logprobs: `jax.jit(reference_logprobs)` (static settings by keyword).
       needs_ref: the reward or the loss reads the reference's log-probs.
       score_ref: the step scores the reference (`needs_ref`, or `train.score_reference_always`).
+      grouped: with `train.group_by_length`, the update's programs (`length_grouped_update`
+        runs them in place of `train_step`); else None.
     """
 
     config: StepConfig
@@ -372,6 +520,7 @@ class StepFunctions:
     ref_logprobs: Callable
     needs_ref: bool
     score_ref: bool
+    grouped: GroupedUpdate | None = None  # train.group_by_length
 
 
 def build_step(
@@ -396,5 +545,6 @@ def build_step(
         reference_logprobs, static_argnames=("model", "logits_chunk", "tokens_per_micro_batch", "row_shards")
     )
     fns = StepFunctions(config=cfg, train_step=make_train_step(cfg, state, mesh), rewards=rewards,
-                        ref_logprobs=ref_logprobs, needs_ref=needs_ref, score_ref=score_ref)
+                        ref_logprobs=ref_logprobs, needs_ref=needs_ref, score_ref=score_ref,
+                        grouped=make_grouped_update(cfg, state, mesh) if train.group_by_length else None)
     return fns, state

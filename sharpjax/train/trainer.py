@@ -43,7 +43,7 @@ from sharpjax.train.config import ConfigError, RunConfig
 from sharpjax.train.load import load_models, load_run_tokenizer, overlong_train_prompts
 from sharpjax.train.lock import WorkdirLock
 from sharpjax.train.metrics import MetricsLogger, format_metrics
-from sharpjax.train.step import build_step, cast_params
+from sharpjax.train.step import build_step, cast_params, length_grouped_update
 
 log = logging.getLogger(__name__)
 
@@ -269,8 +269,15 @@ class Trainer:
                 tokens_per_micro_batch=self.config.train.tokens_per_micro_batch, row_shards=self._row_shards(),
                 ref_logp_BT=ref_logp,
             )
-        with self.compile_log.program("train_step", scored.batch.tokens.shape, "train_step"):
-            self.state, step_metrics = self.step_fns.train_step(self.state, scored.batch)
+        if self.step_fns.grouped is not None:  # config.train.group_by_length
+            self.state, step_metrics = length_grouped_update(
+                self.step_fns.grouped, self.state, jax.tree.map(to_host, scored.batch), lengths,
+                micro_batches=self.config.train.micro_batches, prompt_len=tokens.shape[1],
+                width_step=width_step(self.config), put_rows=self._put_rows, program=self.compile_log.program,
+            )
+        else:
+            with self.compile_log.program("train_step", scored.batch.tokens.shape, "train_step"):
+                self.state, step_metrics = self.step_fns.train_step(self.state, scored.batch)
         jax.block_until_ready(self.state.params)
         t_end = time.perf_counter()
 

@@ -3,6 +3,7 @@ prompt bucket, and each compile of a loop program logged with its shape and time
 
 import logging
 
+import jax
 import numpy as np
 import pytest
 
@@ -41,17 +42,22 @@ def test_trimmed_widths_share_one_grid_across_prompt_buckets():
 
 @pytest.mark.slow  # 20 training steps (~1 min)
 @pytest.mark.guard  # CI's second stage (issue 28)
-def test_twenty_steps_compile_a_bounded_number_of_programs(tiny_model_dir, tmp_path, caplog):
+@pytest.mark.parametrize("group_by_length", [False, True])
+def test_twenty_steps_compile_a_bounded_number_of_programs(tiny_model_dir, tmp_path, caplog, group_by_length):
     """Per-prompt budgets (max_new_tokens=None) and three prompt buckets: the sampler's shape and
     the trimmed width both vary from step to step; each loop program compiles each shape once,
-    within `compile_budget`, and every compile of the run is counted (small eager ops too)."""
+    within `compile_budget`, and every compile of the run is counted (small eager ops too). With
+    `train.group_by_length` the update compiles once per micro-batch width, on the same grid."""
     config = RunConfig.from_config_dict(tiny_config(
         tiny_model_dir, train__steps=STEPS, data__validation=(), eval__every=0, eval__at_start=False,
         rollout__max_new_tokens=None, rollout__max_total_length=64, rollout__prompt_buckets=(8, 16, 32),
-        rollout__prompts_per_step=4, train__checkpoint_every=STEPS,
+        rollout__prompts_per_step=4, train__checkpoint_every=STEPS, train__group_by_length=group_by_length,
+        train__micro_batches=2 if group_by_length else 1,
     ))
     budget = compile_budget(config)
     assert width_step(config) == 16 and (budget.sampler, budget.widths) == (12, 9)
+    update = "train_micro" if group_by_length else "train_step"
+    jax.clear_caches()  # the other parametrization's programs would otherwise not compile again
     with caplog.at_level(logging.INFO, logger="sharpjax"):
         trainer = Trainer(config, str(tmp_path), progress=False)
         trainer.run()
@@ -60,13 +66,16 @@ def test_twenty_steps_compile_a_bounded_number_of_programs(tiny_model_dir, tmp_p
     assert len(set(loop)) == len(loop)  # each (program, shape) compiled once
     sampler = log.shapes("sampler")
     assert 1 <= len(sampler) <= budget.sampler
-    for program in WIDTH_PROGRAMS:
+    assert budget.width_programs == (*WIDTH_PROGRAMS[:2], update)
+    for program in budget.width_programs:
         assert len(log.shapes(program)) <= budget.widths
-    widths = {shape for program, shape in loop if program == "train_step"}
+    widths = {shape for program, shape in loop if program == update}
+    assert widths
     assert all(int(s.split("x")[1]) % 16 == 0 or int(s.split("x")[1]) in (8 + 64, 16 + 64, 32 + 64) for s in widths)
     # The stated bound on everything XLA compiled in 20 steps, the small eager ops included.
     assert log.count <= budget.programs + 40, [(c.program, c.shape, c.fun_name) for c in log.compiles]
     # Each loop compile is logged with its program, shape and time.
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("compile ")]
-    assert len(lines) == len(loop) and any(" train_step 16x" in ln and " s" in ln for ln in lines)
+    rows = 8 if group_by_length else 16  # 4 prompts x 4 samples, in 2 micro-batches when grouped
+    assert len(lines) == len(loop) and any(f" {update} {rows}x" in ln and " s" in ln for ln in lines)
     print(f"{log.count} compiles in {STEPS} steps ({len(loop)} loop programs: {loop}); {budget}")
