@@ -29,18 +29,20 @@ from jax.experimental.topologies import get_topology_desc
 from train_step import model_config
 
 from sharpjax.losses import LossConfig
-from sharpjax.parallel import batch_sharding, make_mesh
+from sharpjax.parallel import batch_sharding, make_mesh, replicated
 from sharpjax.plan import _target_cudnn
 from sharpjax.plan.aot import abstract_train_state
 from sharpjax.plan.targets import parse_target
 from sharpjax.rollout.hlo import rematerialized
 from sharpjax.train.config import OptimConfig
-from sharpjax.train.step import StepConfig, TrainBatch, make_train_step
+from sharpjax.train.step import StepConfig, TrainBatch, make_grouped_update, make_train_step
 
 GiB = 2**30
 
 
-def compile_step(cfg: StepConfig, target, batch: int, seq_len: int):
+def compile_step(cfg: StepConfig, target, batch: int, seq_len: int, *, grouped: bool = False):
+    """The compiled `train_step` for [batch, seq_len]; with `grouped`, the length-grouped update's
+    per-micro-batch program (`train.step.GroupedUpdate.micro`) for one micro-batch of `batch` rows."""
     topology = get_topology_desc("aot", "cuda", target_config=target.gpu.target_config, topology="1x1x1")
     mesh = make_mesh(data=1, devices=topology.devices)
     rows1, rows2 = batch_sharding(mesh, 1), batch_sharding(mesh, 2)
@@ -52,6 +54,11 @@ def compile_step(cfg: StepConfig, target, batch: int, seq_len: int):
     tb = TrainBatch(tokens=i32(B, T), attention_mask=i32(B, T), response_mask=i32(B, T),
                     rollout_logprobs=f32(B, T), advantages=f32(B), ref_logprobs=f32(B, T))
     with _target_cudnn(target):
+        if grouped:
+            compute = jax.tree.map(lambda p: sds(p.shape, cfg.model.jnp_dtype, sharding=p.sharding), state.params)
+            scalar = sds((), jnp.float32, sharding=replicated(mesh))
+            micro = make_grouped_update(cfg, state, mesh).micro
+            return micro.lower(state.params, compute, tb, scalar, scalar).compile()
         return make_train_step(cfg, state, mesh).lower(state, tb).compile()
 
 
@@ -176,6 +183,9 @@ def main():
     p.add_argument("--json", default=None)
     p.add_argument("--hlo", default=None, help="write the optimized HLO here")
     p.add_argument("--micro-batches", type=int, default=1, help="gradient accumulation steps (rows / micro-batch)")
+    p.add_argument("--group-by-length", action="store_true",
+                   help="compile train.group_by_length's per-micro-batch program for --batch rows (one micro-batch); "
+                        "peak_with_resident_bytes adds the train state and the reference it runs beside")
     p.add_argument("--breakdown", action="store_true",
                    help="every kernel's XLA cost x its loop trip counts, by class, with a roofline per class")
     a = p.parse_args()
@@ -186,7 +196,7 @@ def main():
         optim = OptimConfig(state_dtype=a.state_dtype)
     cfg = StepConfig(model=model, loss=LossConfig(), optim=optim, remat=a.remat, logits_chunk=a.logits_chunk,
                      micro_batches=a.micro_batches)
-    compiled = compile_step(cfg, target, a.batch, a.seq_len)
+    compiled = compile_step(cfg, target, a.batch, a.seq_len, grouped=a.group_by_length)
     mem = compiled.memory_analysis()
     try:
         cost = compiled.cost_analysis()
@@ -216,7 +226,10 @@ def main():
              + mem.temp_size_in_bytes,
              f32_vocab_buffers=fp32_logits_buffers(hlo, a.batch, a.seq_len, model.vocab_size)[:6],
              # What XLA cloned to fit its memory limit (0 GEMMs: the policy's compute is the step's).
-             xla_rematerialized=rematerialized(hlo))
+             xla_rematerialized=rematerialized(hlo), group_by_length=a.group_by_length)
+    if a.group_by_length:  # alive beside the program: fp32 params + Adam moments, the bf16 reference
+        state_bytes = (12 if a.state_dtype == "float32" else 10) * model.num_params + 2 * model.num_params
+        r["peak_with_resident_bytes"] = r["peak_bytes"] + state_bytes
     if a.breakdown:
         classes = breakdown(hlo, target.gpu)
         cf = closed_form(cfg, a.batch, a.seq_len, target.gpu)

@@ -13,6 +13,7 @@ phase once a step.
 
     python benchmarks/update_cost.py                 # llama3b h200x1, prompt 256, 10 length draws
     python benchmarks/update_cost.py --json out.json
+    python benchmarks/update_cost.py --measure small  # + both updates timed here (CPU: ~1 min)
 
 Everything here is an estimate: the roofline of the plan's closed forms, no kernel overheads.
 """
@@ -75,6 +76,78 @@ def estimate(run, model, gpu, *, prompt_len: int, seeds: int, median: float) -> 
             "grouped_response_columns_ratio": float(np.mean(columns))}
 
 
+MEASURE_SIZES = {  # a CPU-sized model whose update is compute, not dispatch: the measured ratio
+    "small": dict(vocab_size=2048, hidden_size=256, intermediate_size=768, num_layers=4, num_heads=8,
+                  num_kv_heads=4, head_dim=32),
+}
+
+
+def measure(*, size: str, rows: int, micro_batches: int, prompt_len: int, budget: int, repeats: int,
+            seed: int = 0) -> dict:
+    """Times, on this machine, `train_step` (scanned micro-batches at the batch's width) and the
+    length-grouped update on one batch of random tokens with realistic response lengths (right
+    padding after each row's response), fp32; the min over `repeats` after a warm-up call."""
+    import time
+
+    import jax
+    from _shapes import SIZES
+
+    from sharpjax.models import init_params
+    from sharpjax.models.config import ModelConfig
+    from sharpjax.rollout.sampler import trimmed_response_slots
+    from sharpjax.train.config import OptimConfig
+    from sharpjax.train.optim import make_optimizer
+    from sharpjax.train.step import (
+        StepConfig,
+        TrainBatch,
+        init_train_state,
+        length_grouped_update,
+        make_grouped_update,
+        make_train_step,
+    )
+
+    shape = {**SIZES, **MEASURE_SIZES}[size]
+    config = ModelConfig(model_type="llama", max_position_embeddings=4 * (prompt_len + budget), dtype="float32",
+                         **shape)
+    lengths = realistic_lengths(rows, budget, seed=seed)
+    width = prompt_len + trimmed_response_slots(budget, int(lengths.max()), prompt_len=prompt_len)
+    rng = np.random.default_rng(seed)
+    pos = np.arange(width)[None]
+    ends = prompt_len + lengths[:, None]
+    response = ((pos >= prompt_len) & (pos < ends)).astype(np.int32)
+    batch = TrainBatch(tokens=rng.integers(3, config.vocab_size, (rows, width)).astype(np.int32),
+                       attention_mask=(pos < ends).astype(np.int32), response_mask=response,
+                       rollout_logprobs=np.float32(-np.log(config.vocab_size)) * response,
+                       advantages=rng.normal(size=rows).astype(np.float32),
+                       ref_logprobs=np.zeros((rows, width), np.float32))
+    cfg = StepConfig(model=config, optim=OptimConfig(learning_rate=1e-5, warmup_steps=0),
+                     micro_batches=micro_batches, remat="full", logits_chunk=128)
+    params = init_params(config, jax.random.key(seed))
+
+    def timed(step_fn):
+        state = init_train_state(params, make_optimizer(cfg.optim))
+        times = []
+        for _ in range(repeats + 1):  # the first call compiles
+            t = time.perf_counter()
+            state, metrics = step_fn(state)
+            jax.block_until_ready((state, metrics))
+            times.append(time.perf_counter() - t)
+        assert float(metrics["update_skipped"]) == 0.0
+        return min(times[1:]), float(metrics["loss"])
+
+    device_batch = jax.tree.map(jax.numpy.asarray, batch)
+    train_step = make_train_step(cfg, init_train_state(params, make_optimizer(cfg.optim)), None)
+    plain_s, plain_loss = timed(lambda st: train_step(st, device_batch))
+    grouped = make_grouped_update(cfg, init_train_state(params, make_optimizer(cfg.optim)), None)
+    grouped_s, grouped_loss = timed(lambda st: length_grouped_update(
+        grouped, st, batch, lengths, micro_batches=micro_batches, prompt_len=prompt_len))
+    return {"size": size, "params": config.num_params, "rows": rows, "micro_batches": micro_batches,
+            "prompt_len": prompt_len, "budget": budget, "width": width, "tokens": int(lengths.sum()),
+            "lengths": lengths_description(budget), "repeats": repeats, "device": jax.devices()[0].device_kind,
+            "train_step_s": plain_s, "group_by_length_s": grouped_s, "speedup": plain_s / grouped_s,
+            "loss_train_step": plain_loss, "loss_group_by_length": grouped_loss}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="llama3b:task:h200x1", help="experiments/rl_math.py's argument")
@@ -83,6 +156,11 @@ def main():
     parser.add_argument("--median", type=float, default=PAPER_MEDIAN)
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--json", default=None)
+    parser.add_argument("--measure", default=None, choices=["tiny", "small", "1b", "3b"],
+                        help="also time both updates on this machine at this model size (random weights)")
+    parser.add_argument("--measure-shape", type=int, nargs=4, default=[64, 8, 32, 480],
+                        metavar=("ROWS", "MICRO_BATCHES", "PROMPT", "BUDGET"))
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
     import importlib.util
@@ -119,9 +197,21 @@ def main():
         print(f"  realistic, group_by_length:      {e['realistic_grouped_s']:6.2f} s "
               f"({e['realistic_plain_s'] / e['realistic_grouped_s']:.2f}x; response columns computed "
               f"{100 * e['grouped_response_columns_ratio']:.1f}% of the batch's)")
+    measured = None
+    if args.measure:
+        rows, mb, p, budget = args.measure_shape
+        measured = measure(size=args.measure, rows=rows, micro_batches=mb, prompt_len=p, budget=budget,
+                           repeats=args.repeats)
+        m = measured
+        print(f"\nmeasured on this machine ({m['device']}): model {m['size']} ({m['params'] / 1e6:.1f}M params, fp32), "
+              f"{rows} rows in {mb} micro-batches, prompt {p} + budget {budget}, realistic lengths ({m['lengths']}): "
+              f"{m['tokens']} response tokens, batch width {m['width']}; min of {m['repeats']} after a warm-up")
+        print(f"  train_step {m['train_step_s']:.3f} s, group_by_length {m['group_by_length_s']:.3f} s: "
+              f"{m['speedup']:.2f}x (losses {m['loss_train_step']:.6f} / {m['loss_group_by_length']:.6f})")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"config": args.config, "target": target.name, "results": results}, f, indent=1)
+            json.dump({"config": args.config, "target": target.name, "results": results, "measured": measured},
+                      f, indent=1)
 
 
 if __name__ == "__main__":

@@ -155,6 +155,17 @@ def test_update_cost_of_equal_micro_batches_is_the_plans_update():
     assert update(run, plan.model, s, gpu, narrower) < step.time_s(gpu)
 
 
+def test_update_cost_measures_both_updates_tiny(tmp_path):
+    """update_cost.py --measure times train_step and the length-grouped update on one batch
+    with realistic lengths: both run, on the same loss."""
+    out = tmp_path / "update.json"
+    _run(["benchmarks/update_cost.py", "--prompts", "256", "--seeds", "1", "--measure", "tiny",
+          "--measure-shape", "16", "4", "8", "56", "--repeats", "1", "--json", str(out)])
+    m = json.loads(out.read_text())["measured"]
+    assert m["train_step_s"] > 0 and m["group_by_length_s"] > 0 and m["width"] <= 8 + 56
+    assert m["loss_group_by_length"] == pytest.approx(m["loss_train_step"], rel=1e-5, abs=1e-7)
+
+
 def test_realistic_lengths_distribution():
     """The stated distribution: median 400 tokens, 10% of rows at the budget, in [1, budget], seeded."""
     dc = _decode_cost()
