@@ -1,5 +1,5 @@
-"""What the update costs when response lengths vary, with and without `train.group_by_length`:
-a roofline estimate (no GPU).
+"""What the update (and the reference scoring) cost when response lengths vary, with and without
+`train.group_by_length`: a roofline estimate (no GPU).
 
 The batch is as wide as its longest row after `trim_padding`; with realistic lengths (a long
 tail: 10% of the rows at the budget, `decode_cost.realistic_lengths`) that is the whole budget,
@@ -47,6 +47,18 @@ def update_seconds(run, model, shapes, gpu, widths_rows) -> float:
     return total + n * max(flops / gpu.peak_flops, hbm / gpu.hbm_bandwidth)
 
 
+def scoring_seconds(run, model, shapes, gpu, widths_rows) -> float:
+    """Roofline seconds of the reference scoring made of passes of (width, rows)."""
+    from sharpjax.plan.analytic import _phases
+
+    total = 0.0
+    for width, rows in widths_rows:
+        s = dataclasses.replace(shapes, rows=rows, new_tokens=width - shapes.prompt_len)
+        phases = _phases("scoring", run, model, s)
+        total += sum(n * max(f / gpu.peak_flops, b / gpu.hbm_bandwidth) for f, b, n in phases)
+    return total
+
+
 def estimate(run, model, gpu, *, prompt_len: int, seeds: int, median: float) -> dict:
     from sharpjax.plan.shapes import plan_shapes
     from sharpjax.rollout.sampler import trimmed_response_slots
@@ -58,7 +70,13 @@ def estimate(run, model, gpu, *, prompt_len: int, seeds: int, median: float) -> 
     rows, mb, step = shapes.rows, shapes.micro_batches, width_step(run)
     per = rows // mb
     full = update_seconds(run, model, shapes, gpu, [(prompt_len + budget, per)] * mb)
-    plain, grouped, tokens, columns = [], [], [], []
+    from sharpjax.rollout.scoring import rows_per_micro_batch
+    from sharpjax.train.compiles import widest_width
+
+    # The grouped scoring's rows per pass (as the trainer sizes them), the plain scoring's one pass.
+    ref_rows = rows_per_micro_batch(rows, widest_width(run), tokens_per_micro_batch=run.train.tokens_per_micro_batch)
+    scoring_full = scoring_seconds(run, model, shapes, gpu, [(prompt_len + budget, rows)])
+    plain, grouped, tokens, columns, sc_plain, sc_grouped = [], [], [], [], [], []
     for seed in range(seeds):
         lengths = realistic_lengths(rows, budget, median=median, seed=seed)
         width = prompt_len + trimmed_response_slots(budget, int(lengths.max()), prompt_len=prompt_len,
@@ -66,12 +84,18 @@ def estimate(run, model, gpu, *, prompt_len: int, seeds: int, median: float) -> 
         groups = length_grouped_micro_batches(lengths, mb, prompt_len=prompt_len, budget=budget, width_step=step)
         plain.append(update_seconds(run, model, shapes, gpu, [(width, per)] * mb))
         grouped.append(update_seconds(run, model, shapes, gpu, [(w, len(i)) for i, w in groups]))
+        sc_plain.append(scoring_seconds(run, model, shapes, gpu, [(width, rows)]))
+        ref_groups = length_grouped_micro_batches(lengths, rows // ref_rows, prompt_len=prompt_len, budget=budget,
+                                                  width_step=step)
+        sc_grouped.append(scoring_seconds(run, model, shapes, gpu, [(w, len(i)) for i, w in ref_groups]))
         tokens.append(float(lengths.sum()))
         columns.append(sum(len(i) * (w - prompt_len) for i, w in groups) / (rows * (width - prompt_len)))
     return {"prompt_len": prompt_len, "budget": budget, "rows": rows, "micro_batches": mb, "width_step": step,
             "remat": run.train.remat, "lengths": lengths_description(budget, median), "seeds": seeds,
             "full_length_s": full, "realistic_plain_s": float(np.mean(plain)),
             "realistic_grouped_s": float(np.mean(grouped)),
+            "scoring_full_length_s": scoring_full, "scoring_realistic_plain_s": float(np.mean(sc_plain)),
+            "scoring_realistic_grouped_s": float(np.mean(sc_grouped)), "scoring_rows_per_pass": ref_rows,
             "tokens_ratio": float(np.mean(tokens)) / (rows * budget),
             "grouped_response_columns_ratio": float(np.mean(columns))}
 
@@ -197,6 +221,10 @@ def main():
         print(f"  realistic, group_by_length:      {e['realistic_grouped_s']:6.2f} s "
               f"({e['realistic_plain_s'] / e['realistic_grouped_s']:.2f}x; response columns computed "
               f"{100 * e['grouped_response_columns_ratio']:.1f}% of the batch's)")
+        print(f"  reference scoring: full length {e['scoring_full_length_s']:.2f} s; realistic "
+              f"{e['scoring_realistic_plain_s']:.2f} s as one batch, {e['scoring_realistic_grouped_s']:.2f} s grouped "
+              f"({e['scoring_realistic_plain_s'] / e['scoring_realistic_grouped_s']:.2f}x; "
+              f"{e['scoring_rows_per_pass']} rows a pass)")
     measured = None
     if args.measure:
         rows, mb, p, budget = args.measure_shape

@@ -66,17 +66,19 @@ class CompileBudget:
                 f"allocation), {len(self.width_programs)} x {self.widths} trimmed widths{once}")
 
 
+def widest_width(run) -> int:
+    """The widest batch a run can meet: its largest prompt bucket plus the response allocation."""
+    r = run.rollout
+    return max(r.prompt_buckets) + (r.max_total_length if r.max_new_tokens is None else r.max_new_tokens)
+
+
 def compile_budget(run) -> CompileBudget:
     """The bound `CompileLog` checks against, from the config alone."""
     r = run.rollout
     buckets = sorted(set(r.prompt_buckets))
     step = width_step(run)
-    if r.max_new_tokens is None:
-        allocations = math.ceil(r.max_total_length / step)  # multiples of the unit up to T
-        widest = buckets[-1] + r.max_total_length
-    else:
-        allocations = 1
-        widest = buckets[-1] + r.max_new_tokens
+    allocations = math.ceil(r.max_total_length / step) if r.max_new_tokens is None else 1  # multiples of the unit
+    widest = widest_width(run)
     # Trimmed widths on the grid, plus each bucket's untrimmed width (a batch whose longest
     # response reaches the budget keeps it, on the grid or not).
     widths = math.ceil(widest / step) + len(buckets)

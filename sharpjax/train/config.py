@@ -202,8 +202,9 @@ class TrainConfig:
       export_final: write the last and the best policy as Hugging Face directories.
       trim_padding: score and update only up to the batch's longest response (exact; at most 8
         more compiled shapes per prompt length; 2x faster steps on the arithmetic runs).
-      group_by_length: the update's micro-batches take rows of similar response length, and each
-        is trimmed to its own longest row, one program per micro-batch (`train.step.GroupedUpdate`):
+      group_by_length: the update's micro-batches (and the reference scoring's passes) take rows of
+        similar response length, and each is trimmed to its own longest row, one program per
+        micro-batch (`train.step.GroupedUpdate`, `train.step.dispatch_grouped_reference`):
         with a long tail of lengths most micro-batches are far narrower than the batch's longest
         row. The same gradient up to fp32 summation order; the per-micro-batch metrics (means over
         a micro-batch, averaged) are of other groupings of the rows.

@@ -429,6 +429,55 @@ def reference_logprobs(
     )
 
 
+def reference_rows(ref_params: Params, tokens_BT: Int[Array, "B T"], attention_mask_BT: Int[Array, "B T"], *,
+                   model: ModelConfig, logits_chunk: int = 256) -> Float[Array, "B T"]:
+    """The frozen reference's per-token log-probs of some rows in one pass: one group of the
+    length-grouped scoring (`dispatch_grouped_reference`), as `reference_logprobs` scores a batch."""
+    return score_tokens(cast_params(ref_params, model.jnp_dtype), tokens_BT, attention_mask_BT, config=model,
+                        chunk_size=logits_chunk)
+
+
+def dispatch_grouped_reference(ref_rows: Callable, ref_params: Params, tokens, attention_mask, response_lengths, *,
+                               rows_per_group: int, prompt_len: int, width_step: int | None,
+                               put_rows: Callable = jnp.asarray, program=None, **kwargs) -> list:
+    """With `train.group_by_length`, the reference scoring as the update is cut: rows sorted by
+    response length, groups of `rows_per_group` rows, each as wide as its longest row on the
+    trimmed-width grid (`length_grouped_micro_batches`), one `ref_rows` call each (jitted
+    `reference_rows`; `kwargs` its static settings). Only dispatched: `assemble_rows` waits.
+
+    Args:
+      tokens, attention_mask: the step's [B, T] host arrays (numpy).
+      response_lengths: [B] response tokens of each row.
+
+    Returns:
+      [(row indices, width, [rows, width] log-probs on the device)] of each group.
+    """
+    import contextlib
+
+    program = program or (lambda *a: contextlib.nullcontext())
+    groups = length_grouped_micro_batches(response_lengths, len(tokens) // rows_per_group, prompt_len=prompt_len,
+                                          budget=tokens.shape[1] - prompt_len, width_step=width_step)
+    out = []
+    for idx, width in groups:
+        with program("reference", (len(idx), width), "reference_rows"):
+            logp = ref_rows(ref_params, put_rows(tokens[idx, :width]), put_rows(attention_mask[idx, :width]), **kwargs)
+        out.append((idx, width, logp))
+    return out
+
+
+def assemble_rows(groups: list, shape: tuple[int, int]):
+    """[B, T] numpy of `dispatch_grouped_reference`'s groups, each row back in its place; the
+    columns past a group's width (past every response of its rows) are 0."""
+    import numpy as np
+
+    from sharpjax.parallel import to_host
+
+    out = np.zeros(shape, np.float32)
+    for idx, width, logp in groups:
+        out[idx, :width] = to_host(logp)
+    return out
+
+
 def compute_rewards(
     ref_params: Params | None,
     rollout: RolloutBatch,
@@ -512,6 +561,8 @@ class StepFunctions:
       score_ref: the step scores the reference (`needs_ref`, or `train.score_reference_always`).
       grouped: with `train.group_by_length`, the update's programs (`length_grouped_update`
         runs them in place of `train_step`); else None.
+      ref_rows: `jax.jit(reference_rows)`, with `train.group_by_length` the reference scoring's
+        program (`dispatch_grouped_reference`).
     """
 
     config: StepConfig
@@ -521,6 +572,7 @@ class StepFunctions:
     needs_ref: bool
     score_ref: bool
     grouped: GroupedUpdate | None = None  # train.group_by_length
+    ref_rows: Callable | None = None  # jitted `reference_rows`: the length-grouped reference scoring
 
 
 def build_step(
@@ -546,5 +598,6 @@ def build_step(
     )
     fns = StepFunctions(config=cfg, train_step=make_train_step(cfg, state, mesh), rewards=rewards,
                         ref_logprobs=ref_logprobs, needs_ref=needs_ref, score_ref=score_ref,
-                        grouped=make_grouped_update(cfg, state, mesh) if train.group_by_length else None)
+                        grouped=make_grouped_update(cfg, state, mesh) if train.group_by_length else None,
+                        ref_rows=jax.jit(reference_rows, static_argnames=("model", "logits_chunk")))
     return fns, state

@@ -35,15 +35,22 @@ from sharpjax.errors import TrainingDiverged
 from sharpjax.models.hf import save_model
 from sharpjax.parallel import BATCH_AXES, batch_sharding, on_mesh, put_global, replicated, to_host
 from sharpjax.rollout.sampler import SamplingConfig, sample, sampling_config_for, trim_padding
+from sharpjax.rollout.scoring import rows_per_micro_batch
 from sharpjax.rollout.text import decode_responses, encode_prompts, fit_sampling
 from sharpjax.tasks import Task, build_task
 from sharpjax.train.checkpoint import abstract_like, open_run_checkpoints
-from sharpjax.train.compiles import CompileLog, compile_budget, width_step
+from sharpjax.train.compiles import CompileLog, compile_budget, widest_width, width_step
 from sharpjax.train.config import ConfigError, RunConfig
 from sharpjax.train.load import load_models, load_run_tokenizer, overlong_train_prompts
 from sharpjax.train.lock import WorkdirLock
 from sharpjax.train.metrics import MetricsLogger, format_metrics
-from sharpjax.train.step import build_step, cast_params, length_grouped_update
+from sharpjax.train.step import (
+    assemble_rows,
+    build_step,
+    cast_params,
+    dispatch_grouped_reference,
+    length_grouped_update,
+)
 
 log = logging.getLogger(__name__)
 
@@ -249,8 +256,20 @@ class Trainer:
 
         # Only logged (the reward and loss do not need it): every config.train.kl_every steps.
         score_ref = self.step_fns.score_ref and (self.step_fns.needs_ref or step % self.config.train.kl_every == 0)
-        ref_logp = None
-        if score_ref:  # dispatched, not awaited: the device scores while the host verifies below
+        ref_logp = grouped_ref = None
+        if score_ref and self.step_fns.grouped is not None:  # config.train.group_by_length: as the update
+            # Rows per group: the scoring's micro-batch at the widest batch of the run, so the program's
+            # shape changes with its width only (one compile per width on the grid).
+            budget = self.config.train.tokens_per_micro_batch
+            rows = len(lengths) if budget is None else rows_per_micro_batch(
+                len(lengths), widest_width(self.config), tokens_per_micro_batch=budget, row_shards=self._row_shards())
+            grouped_ref = dispatch_grouped_reference(
+                self.step_fns.ref_rows, self.ref_params, to_host(rollout.tokens), to_host(rollout.attention_mask),
+                lengths, rows_per_group=rows, prompt_len=tokens.shape[1], width_step=width_step(self.config),
+                put_rows=self._put_rows, program=self.compile_log.program, model=self.model,
+                logits_chunk=self.config.train.logits_chunk,
+            )
+        elif score_ref:  # dispatched, not awaited: the device scores while the host verifies below
             with self.compile_log.program("reference", rollout.tokens.shape, "reference_logprobs"):
                 ref_logp = self.step_fns.ref_logprobs(
                     self.ref_params, rollout, model=self.model, logits_chunk=self.config.train.logits_chunk,
@@ -262,6 +281,8 @@ class Trainer:
         scores = early + [self._verify(last, answers[(len(parts) - 1) * chunk * k:])]
         task_reward = self._put_rows(np.concatenate(scores).astype(np.float32))
         t_verify = time.perf_counter()
+        if grouped_ref is not None:  # waits for the scoring (counted in update_s, as the rewards' wait is)
+            ref_logp = self._put_rows(assemble_rows(grouped_ref, rollout.tokens.shape))
         with self.compile_log.program("rewards", rollout.tokens.shape, "compute_rewards"):
             scored = self.step_fns.rewards(
                 None, rollout, task_reward, model=self.model, reward=self.config.reward, loss=self.config.loss,

@@ -112,3 +112,34 @@ def test_the_compile_budget_counts_the_grouped_programs():
     assert budget.width_programs == ("reference", "rewards", "train_micro")
     assert budget.programs == 3 + 3 * 5 + 2 and "train_start" in str(budget)
     assert CompileBudget(sampler=3, widths=5).programs == 3 + 3 * 5
+
+
+def test_grouped_reference_scoring_is_the_batchs_on_every_response_token():
+    """The reference's log-probs scored in length groups (each cut to its rows' width) and put
+    back in place equal one pass over the batch on every response token (causal: the dropped
+    columns are past every response of the group); 0 past a group's width."""
+    from sharpjax.train.step import assemble_rows, dispatch_grouped_reference, reference_logprobs, reference_rows
+
+    params, cfg, batch, lengths = _varied_lengths_batch()
+    tokens, mask = np.asarray(batch.tokens), np.asarray(batch.attention_mask)
+    ref_rows = jax.jit(reference_rows, static_argnames=("model", "logits_chunk"))
+    whole = np.asarray(ref_rows(params, tokens, mask, model=cfg.model, logits_chunk=5))
+    groups = dispatch_grouped_reference(ref_rows, params, tokens, mask, lengths, rows_per_group=4, prompt_len=PROMPT,
+                                        width_step=8, model=cfg.model, logits_chunk=5)
+    assert len(groups) == len(tokens) // 4 and len({w for _, w, _ in groups}) > 1
+    got = assemble_rows(groups, tokens.shape)
+    response = np.asarray(batch.response_mask).astype(bool)
+    assert response.sum() > 0
+    # Another width is another fp32 summation order in the matmuls: ~1e-6 relative to the logits.
+    np.testing.assert_allclose(got[response], whole[response], rtol=1e-5, atol=1e-5)
+    for idx, width, _ in groups:
+        assert not got[idx, width:].any()
+    # The batch's own scoring function agrees with the one-pass rows.
+    from sharpjax.rollout.sampler import RolloutBatch
+
+    zeros = np.zeros(tokens.shape, np.float32)
+    rollout = RolloutBatch(tokens=tokens, attention_mask=mask, response_mask=np.asarray(batch.response_mask),
+                           logprobs=zeros, sampling_logprobs=zeros, lengths=lengths,
+                           finished=np.ones(len(tokens), bool), prompt_index=np.zeros(len(tokens), np.int32))
+    batch_logp = reference_logprobs(params, rollout, model=cfg.model, logits_chunk=5)
+    np.testing.assert_allclose(np.asarray(batch_logp), whole, rtol=1e-6, atol=1e-6)
