@@ -16,6 +16,7 @@ to the model's compute dtype inside the step.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import operator
@@ -25,6 +26,7 @@ from typing import Any
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import Mesh
 from jaxtyping import Array, Float, Int
@@ -290,7 +292,7 @@ class GroupedUpdate:
     up to fp32 summation order.
 
     Attributes:
-      start: (state, num_tokens) -> (zero fp32 gradients, compute-dtype params): once a step.
+      start: state -> (zero fp32 gradients, compute-dtype params): once a step.
       micro: (grads, compute, micro batch, num_tokens, num_sequences) -> (grads + its gradient,
         its metrics), grads donated: one compile per micro-batch width.
       apply: (state, grads, [metrics of each micro-batch]) -> (new state, metrics), the state
@@ -328,14 +330,16 @@ def make_grouped_update(cfg: StepConfig, state: TrainState, mesh: Mesh | None) -
     )
 
 
+def _not_logged(*_):  # `program` when no CompileLog is given
+    return contextlib.nullcontext()
+
+
 def length_grouped_micro_batches(response_lengths, micro_batches: int, *, prompt_len: int, budget: int,
                                  width_step: int | None) -> list[tuple[Any, int]]:
     """(row indices, width) of each micro-batch of `length_grouped_update`: the rows sorted by
     response length, longest first, cut into `micro_batches` equal groups, each as wide as the
     prompt plus its longest response trimmed as `trim_padding` trims a batch (one grid of widths,
     so the micro-batch program compiles once per width)."""
-    import numpy as np
-
     from sharpjax.rollout.sampler import trimmed_response_slots
 
     lengths = np.asarray(response_lengths)
@@ -369,11 +373,7 @@ def length_grouped_update(update: GroupedUpdate, state: TrainState, batch: Train
     Returns:
       As `train_step`.
     """
-    import contextlib
-
-    import numpy as np
-
-    program = program or (lambda *a: contextlib.nullcontext())
+    program = program or _not_logged
     num_tokens = np.float32(max(int(np.asarray(batch.response_mask).sum()), 1))
     num_sequences = np.float32(batch.tokens.shape[0])
     with program("train_start", (), "start_update"):
@@ -452,9 +452,7 @@ def dispatch_grouped_reference(ref_rows: Callable, ref_params: Params, tokens, a
     Returns:
       [(row indices, width, [rows, width] log-probs on the device)] of each group.
     """
-    import contextlib
-
-    program = program or (lambda *a: contextlib.nullcontext())
+    program = program or _not_logged
     groups = length_grouped_micro_batches(response_lengths, len(tokens) // rows_per_group, prompt_len=prompt_len,
                                           budget=tokens.shape[1] - prompt_len, width_step=width_step)
     out = []
@@ -468,8 +466,6 @@ def dispatch_grouped_reference(ref_rows: Callable, ref_params: Params, tokens, a
 def assemble_rows(groups: list, shape: tuple[int, int]):
     """[B, T] numpy of `dispatch_grouped_reference`'s groups, each row back in its place; the
     columns past a group's width (past every response of its rows) are 0."""
-    import numpy as np
-
     from sharpjax.parallel import to_host
 
     out = np.zeros(shape, np.float32)
